@@ -1,0 +1,26 @@
+"""unroll: gradient estimators for long unrolled computations, behind one interface."""
+
+from unroll.estimators.bptt import full_bptt, truncated_bptt
+from unroll.estimators.evolution import es, nres, pes, truncated_es
+from unroll.estimators.forward import forward_gradient
+from unroll.exact import episode_loss, exact_gradient
+from unroll.system import System
+from unroll.window import Estimator
+from unroll import tasks
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Estimator",
+    "System",
+    "episode_loss",
+    "es",
+    "exact_gradient",
+    "forward_gradient",
+    "full_bptt",
+    "nres",
+    "pes",
+    "tasks",
+    "truncated_bptt",
+    "truncated_es",
+]

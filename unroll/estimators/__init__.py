@@ -1,0 +1,1 @@
+"""Gradient estimators, one module per family."""

@@ -1,0 +1,106 @@
+"""Forward-mode estimators: the directional (forward) gradient.
+
+Forward gradient (Baydin et al. 2022; Silver et al. 2022): at an episode start draw
+``v ~ N(0, I_p)`` and keep it for the episode; carry the tangent ``u_t = J_t v``
+(``J_t = d s_t / d theta``) with one jvp per step,
+``(s', l), (u', dl) = jvp(step, (theta, s), (v, u))``.
+The window estimate is ``(1/K) sum_k dl_k v``; it is unbiased because
+``E[v v^T] = I``, and ``E|g|^2 = (p + 2) |grad|^2`` for one direction.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from unroll.estimators.evolution import normal_like
+from unroll.system import check_against_theta, check_positive_int, check_system, check_truncation
+from unroll.window import Estimator, Rule, Worker, run_windows, start_workers, tree_scale, window_info, worker_shape_check
+
+
+class ForwardGradientState(NamedTuple):
+    workers: Worker  # [num_workers, num_directions]
+    direction: object  # theta-shaped v per trajectory
+    tangent: list  # d state / d theta . v, for the inexact (float or complex) leaves of the state
+
+
+def _is_inexact(x) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+def inexact_leaves(state) -> list:
+    """The float/complex leaves of a state, the ones that carry tangents (keys, counters do not)."""
+    return [x for x in jax.tree_util.tree_leaves(state) if _is_inexact(x)]
+
+
+def with_inexact_leaves(state, values: list):
+    """``state`` with its inexact leaves replaced, in order, by ``values``."""
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    values = iter(values)
+    return jax.tree_util.tree_unflatten(treedef, [next(values) if _is_inexact(x) else x for x in leaves])
+
+
+def jvp_init(system, theta, key, direction):
+    """``(s_0, d s_0 / d theta . direction)``, the tangent on the inexact leaves only."""
+
+    def init(theta):
+        state = system.init(theta, key)
+        return inexact_leaves(state), state
+
+    _, tangent, state = jax.jvp(init, (theta,), (direction,), has_aux=True)
+    return state, tangent
+
+
+def jvp_step(system, theta, state, t, direction, tangent):
+    """One step and its tangent: ``(s', l), (u', dl) = jvp(step, (theta, s), (v, u))``."""
+
+    def step(theta, leaves):
+        new_state, loss = system.step(theta, with_inexact_leaves(state, leaves), t)
+        return (inexact_leaves(new_state), loss), new_state
+
+    (_, loss), (tangent, dloss), new_state = jax.jvp(
+        step, (theta, inexact_leaves(state)), (direction, tangent), has_aux=True
+    )
+    return new_state, loss, tangent, dloss
+
+
+def forward_gradient(system, truncation: int, num_directions: int = 1, num_workers: int = 1) -> Estimator:
+    """Directional gradient ``g = (1/(N K)) sum_i sum_k (dl_{i,k}/dtheta . v_i) v_i`` with the
+    directional derivative carried online through the whole episode (no truncation bias)."""
+    check_system(system)
+    truncation = check_truncation(truncation, system.horizon)
+    num_directions = check_positive_int(num_directions, "num_directions")
+    num_workers = check_positive_int(num_workers, "num_workers")
+    shape = (num_workers, num_directions)
+
+    def start(theta, key, noise_key, _):
+        direction = normal_like(noise_key, theta)
+        state, tangent = jvp_init(system, theta, key, direction)
+        return state, (direction, tangent)
+
+    def step(theta, state, t, acc, _):
+        direction, tangent = acc
+        state, loss, tangent, dloss = jvp_step(system, theta, state, t, direction, tangent)
+        return state, (direction, tangent), loss, tree_scale(jnp.real(dloss), direction)
+
+    rule = Rule(start, step)
+
+    def init(theta, key):
+        check_against_theta(system, theta, key)
+        workers, (direction, tangent) = start_workers(system, rule, theta, key, *shape, None, stagger=True)
+        return ForwardGradientState(workers, direction, tangent)
+
+    def estimate(theta, state, key):
+        del key  # directions are drawn per episode from each worker's key chain
+        worker_shape_check(state.workers, *shape)
+        acc = (state.direction, state.tangent)
+        workers, (direction, tangent), total, losses = run_windows(
+            system, rule, theta, state.workers, acc, None, truncation
+        )
+        steps = num_workers * num_directions * truncation
+        grad = jax.tree_util.tree_map(lambda s: jnp.sum(s, axis=(0, 1)) / steps, total)
+        return grad, ForwardGradientState(workers, direction, tangent), window_info(losses, steps)
+
+    return Estimator(init, estimate)

@@ -1,0 +1,76 @@
+"""Influence balancing (Tallec & Ollivier 2017; Vicol et al. 2021).
+
+State ``s`` in R^n (n = 23) starts at ones; ``s_{t+1} = A s_t + theta b`` with
+``A = 0.5 I + 0.5 U`` (``U`` the superdiagonal of ones) and ``b`` = ``+1`` on the
+first 10 units, ``-1`` on the other 13; the step loss is ``0.5 (s_{t+1}[0] - 1)^2``.
+
+Each unit passes half of itself to the unit above, so theta reaches ``s[0]``
+through ever longer chains: positive at first, negative later. A short truncation
+sees only the positive influence and pushes theta the wrong way. At steady state
+``s[0] = 2 theta sum(b) = -6 theta``, so ``theta* = -1/6``; for a finite horizon
+``T`` ``s_t[0] = a_t + theta c_t`` is affine in theta and the optimum of the mean
+episode loss is ``sum_t c_t (1 - a_t) / sum_t c_t^2`` (``influence_optimum``).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from unroll.system import System, check_positive_int
+
+THETA_INIT = 0.5
+
+
+def _matrices(num_units: int, num_positive: int, dtype=np.float64):
+    a = 0.5 * np.eye(num_units, dtype=dtype) + 0.5 * np.eye(num_units, k=1, dtype=dtype)
+    b = np.concatenate([np.ones(num_positive, dtype), -np.ones(num_units - num_positive, dtype)])
+    return a, b
+
+
+def influence_balancing(horizon: int = 1000, num_units: int = 23, num_positive: int = 10) -> System:
+    """The influence-balancing system; theta is a scalar (start it at ``THETA_INIT = 0.5``).
+
+    The state's dtype follows theta's, so a float64 theta gives a float64 unroll.
+    """
+    horizon = check_positive_int(horizon, "horizon")
+    num_units = check_positive_int(num_units, "num_units")
+    if not 0 <= num_positive <= num_units:
+        raise ValueError(f"`num_positive`={num_positive} must lie in [0, num_units={num_units}].")
+    a_np, b_np = _matrices(num_units, num_positive)
+
+    def init(theta, key):
+        del key  # deterministic
+        return jnp.ones(num_units, jnp.result_type(theta))
+
+    def step(theta, state, t):
+        state = jnp.asarray(a_np, state.dtype) @ state + theta * jnp.asarray(b_np, state.dtype)
+        return state, 0.5 * (state[0] - 1.0) ** 2
+
+    return System(init, step, horizon)
+
+
+def _affine_first_unit(horizon: int, num_units: int, num_positive: int):
+    """``(a_t, c_t)`` for ``t = 1..T`` with ``s_t[0] = a_t + theta c_t`` (float64)."""
+    a_mat, b = _matrices(num_units, num_positive)
+    a, c = np.ones(num_units), np.zeros(num_units)
+    offsets, slopes = [], []
+    for _ in range(horizon):  # closed form in float64, numpy: a few thousand tiny matvecs
+        a, c = a_mat @ a, a_mat @ c + b
+        offsets.append(a[0])
+        slopes.append(c[0])
+    return np.array(offsets), np.array(slopes)
+
+
+def influence_optimum(horizon: int = 1000, num_units: int = 23, num_positive: int = 10) -> float:
+    """The exact minimizer of the mean episode loss for this horizon (closed form)."""
+    a, c = _affine_first_unit(horizon, num_units, num_positive)
+    return float(np.sum(c * (1 - a)) / np.sum(c * c))
+
+
+def influence_loss(theta, horizon: int = 1000, num_units: int = 23, num_positive: int = 10):
+    """The exact mean episode loss ``(1/T) sum_t 0.5 (a_t + theta c_t - 1)^2`` (numpy,
+    vectorized over an array of thetas)."""
+    a, c = _affine_first_unit(horizon, num_units, num_positive)
+    theta = np.asarray(theta, np.float64)[..., None]
+    return np.mean(0.5 * (a + theta * c - 1.0) ** 2, axis=-1)

@@ -1,0 +1,213 @@
+"""The one worker / window / reset machinery every estimator runs on.
+
+Layout. The estimator state holds ``workers x particles`` trajectories as leading
+vmap axes ``[W, P]``. Particles of one worker share its episode keys (so
+antithetic pairs see the same data) but each keeps its own system state.
+
+Episodes. A ``Worker`` records ``t``, the number of steps taken in its current
+episode. ``t == horizon`` means the episode is over: the *next* step first starts
+a new episode (fresh key, fresh accumulator) and then runs step 0 of it. So the
+step that ends an episode is always credited with the old episode's accumulator,
+and the reset happens lazily, with the theta of the window that runs the new
+episode. Fresh workers are created in that "episode over" state.
+
+Estimators plug in a ``Rule``: what they carry along one trajectory (the
+accumulator), how it starts with an episode and how it is updated by a step.
+``run_window`` scans one window of one trajectory; ``run_windows`` vmaps it over
+``[W, P]``; ``start_workers`` builds and staggers the workers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+class Estimator(NamedTuple):
+    """A gradient estimator: a pair of pure functions, in the style of optax.
+
+    * ``init(theta, key) -> state``: estimator and worker state;
+    * ``estimate(theta, state, key) -> (grad, state, info)``: advances every worker
+      by one window and returns an estimate of ``dL/dtheta`` with the structure of
+      ``theta``; ``info`` holds scalars, at least ``loss`` and ``steps``.
+    """
+
+    init: Callable[[PyTree, jax.Array], PyTree]
+    estimate: Callable[[PyTree, PyTree, jax.Array], tuple[PyTree, PyTree, dict]]
+
+
+class Worker(NamedTuple):
+    """One trajectory's place in its episode stream.
+
+    ``t`` counts steps taken in the current episode; ``t == horizon`` means the
+    episode is over and the next step starts a new one from ``key``.
+    """
+
+    state: PyTree
+    t: jax.Array
+    key: jax.Array
+
+
+class Rule(NamedTuple):
+    """What an estimator carries along one trajectory.
+
+    * ``start(theta, key, noise_key, noise) -> (state, acc)`` begins an episode:
+      ``key`` is the episode's data key (passed to ``system.init``),
+      ``noise_key`` an independent key for per-episode noise (NRES, forward
+      gradients), ``noise`` this window's per-trajectory data (PES's eps).
+    * ``step(theta, state, t, acc, noise) -> (state, acc, loss, contribution)``
+      advances one step; ``contribution`` (any pytree) is summed over the window.
+    """
+
+    start: Callable[..., tuple[PyTree, PyTree]]
+    step: Callable[..., tuple[PyTree, PyTree, jax.Array, PyTree]]
+
+
+def plain_rule(system) -> Rule:
+    """The rule with no accumulator: just the system's own dynamics."""
+
+    def start(theta, key, noise_key, noise):
+        return system.init(theta, key), ()
+
+    def step(theta, state, t, acc, noise):
+        state, loss = system.step(theta, state, t)
+        return state, acc, loss, ()
+
+    return Rule(start, step)
+
+
+def tree_select(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
+    """Leaf-wise ``where(pred, on_true, on_false)`` for a scalar predicate."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def tree_scale(scale: jax.Array, tree: PyTree) -> PyTree:
+    return jax.tree_util.tree_map(lambda x: scale * x, tree)
+
+
+def tree_add(a: PyTree, b: PyTree) -> PyTree:
+    return jax.tree_util.tree_map(jnp.add, a, b)
+
+
+def run_window(
+    system,
+    rule: Rule,
+    theta: PyTree,
+    worker: Worker,
+    acc: PyTree,
+    noise: PyTree,
+    num_steps: int,
+    num_active: jax.Array | None = None,
+) -> tuple[Worker, PyTree, PyTree, jax.Array]:
+    """Runs ``num_steps`` steps of one trajectory as one ``lax.scan``.
+
+    A trajectory whose episode is over starts a new one (fresh key, the rule's
+    fresh accumulator) before its next step, also in the middle of the window.
+    With ``num_active``, steps ``k >= num_active`` leave everything unchanged and
+    contribute nothing (used to stagger workers by different amounts).
+
+    Returns the advanced worker, the accumulator, the sum of the step
+    contributions and the per-step losses ``[num_steps]``.
+    """
+    horizon = system.horizon
+
+    def advance(worker, acc):
+        new_episode = worker.t >= horizon
+        next_key, key, noise_key = jax.random.split(worker.key, 3)
+        fresh_state, fresh_acc = rule.start(theta, key, noise_key, noise)
+        state = tree_select(new_episode, fresh_state, worker.state)
+        acc = tree_select(new_episode, fresh_acc, acc)
+        t = jnp.where(new_episode, 0, worker.t)
+        worker_key = jnp.where(new_episode, next_key, worker.key)
+        state, acc, loss, contribution = rule.step(theta, state, t, acc, noise)
+        return Worker(state, t + 1, worker_key), acc, loss, contribution
+
+    def body(carry, k):
+        worker, acc, total = carry
+        new_worker, new_acc, loss, contribution = advance(worker, acc)
+        if num_active is not None:
+            active = k < num_active
+            new_worker, new_acc = tree_select(active, (new_worker, new_acc), (worker, acc))
+            contribution = tree_scale(active, contribution)
+            loss = jnp.where(active, loss, 0.0)
+        return (new_worker, new_acc, tree_add(total, contribution)), loss
+
+    contribution_shape = jax.eval_shape(lambda w, a: advance(w, a)[3], worker, acc)
+    total = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), contribution_shape)
+    (worker, acc, total), losses = jax.lax.scan(body, (worker, acc, total), jnp.arange(num_steps))
+    return worker, acc, total, losses
+
+
+def run_windows(system, rule, theta, workers, acc, noise, num_steps, num_active=None):
+    """``run_window`` vmapped over the ``[W, P]`` axes of workers, accumulators and
+    noise (theta shared; ``num_active`` has shape ``[W]``)."""
+
+    def one(worker, acc, noise, num_active):
+        return run_window(system, rule, theta, worker, acc, noise, num_steps, num_active)
+
+    inner = jax.vmap(one, in_axes=(0, 0, 0, None))
+    return jax.vmap(inner, in_axes=(0, 0, 0, 0 if num_active is not None else None))(
+        workers, acc, noise, num_active
+    )
+
+
+def stagger_offsets(horizon: int, num_workers: int) -> jax.Array:
+    """Worker ``w`` starts ``floor(w * horizon / num_workers)`` steps into its episode."""
+    return (jnp.arange(num_workers) * horizon) // num_workers
+
+
+def start_workers(
+    system,
+    rule: Rule,
+    theta: PyTree,
+    key: jax.Array,
+    num_workers: int,
+    num_particles: int,
+    noise: PyTree = None,
+    stagger: bool = True,
+) -> tuple[Worker, PyTree]:
+    """Creates ``[W, P]`` trajectories whose episodes are over (the first step of the
+    first window starts one with the theta it is given), then, with ``stagger``,
+    advances worker ``w`` by ``stagger_offsets(horizon, W)[w]`` steps with the
+    estimator's own rule at ``theta``, so the workers' windows cover the whole
+    horizon and their accumulators hold the whole history of their episodes.
+
+    ``noise`` is the per-trajectory data the rule sees while staggering
+    (leading axes ``[W, P]``), e.g. the perturbations of a first, longer window.
+    """
+    worker_keys = jax.random.split(key, num_workers)
+
+    def fresh(worker_key, noise):
+        _, episode_key, noise_key = jax.random.split(worker_key, 3)
+        state, acc = rule.start(theta, episode_key, noise_key, noise)
+        return Worker(state, jnp.asarray(system.horizon, jnp.int32), worker_key), acc
+
+    per_worker = jax.vmap(fresh, in_axes=(None, 0), axis_size=num_particles)  # particles share the key
+    workers, acc = jax.vmap(per_worker, in_axes=(0, 0), axis_size=num_workers)(worker_keys, noise)
+    if stagger and num_workers > 1:
+        offsets = stagger_offsets(system.horizon, num_workers)
+        max_offset = int((num_workers - 1) * system.horizon // num_workers)
+        workers, acc, _, _ = run_windows(system, rule, theta, workers, acc, noise, max_offset, offsets)
+    return workers, acc
+
+
+def worker_shape_check(workers: Worker, num_workers: int, num_particles: int) -> None:
+    """Trace-time check that an estimator state belongs to this estimator."""
+    t = workers.t
+    if t.shape != (num_workers, num_particles):
+        raise ValueError(
+            f"estimator state holds workers of shape {tuple(t.shape)}, expected "
+            f"({num_workers}, {num_particles}) (num_workers, num_particles); pass the state "
+            "returned by this estimator's own init."
+        )
+
+
+def window_info(losses: jax.Array, steps: int, **extra) -> dict:
+    """The ``info`` dict: mean loss of the steps unrolled and the number of steps."""
+    info = {"loss": jnp.mean(losses), "steps": jnp.asarray(steps, jnp.int32)}
+    info.update(extra)
+    return info
