@@ -5,6 +5,7 @@ from unroll.estimators.evolution import es, nres, pes, truncated_es
 from unroll.estimators.forward import forward_gradient
 from unroll.exact import episode_loss, exact_gradient
 from unroll.system import System
+from unroll.train import train
 from unroll.window import Estimator
 from unroll import tasks
 
@@ -21,6 +22,7 @@ __all__ = [
     "nres",
     "pes",
     "tasks",
+    "train",
     "truncated_bptt",
     "truncated_es",
 ]

@@ -107,6 +107,7 @@ def run_window(
 
     A trajectory whose episode is over starts a new one (fresh key, the rule's
     fresh accumulator) before its next step, also in the middle of the window.
+    ``num_steps <= horizon``, so that happens at most once per window.
     With ``num_active``, steps ``k >= num_active`` leave everything unchanged and
     contribute nothing (used to stagger workers by different amounts).
 
@@ -114,11 +115,15 @@ def run_window(
     contributions and the per-step losses ``[num_steps]``.
     """
     horizon = system.horizon
+    if num_steps > horizon:
+        raise ValueError(f"a window of {num_steps} steps is longer than the horizon {horizon}.")
+    # With num_steps <= horizon a window crosses at most one episode start, and the
+    # worker's key only changes there: the fresh episode is built once, before the scan.
+    next_key, key, noise_key = jax.random.split(worker.key, 3)
+    fresh_state, fresh_acc = rule.start(theta, key, noise_key, noise)
 
     def advance(worker, acc):
         new_episode = worker.t >= horizon
-        next_key, key, noise_key = jax.random.split(worker.key, 3)
-        fresh_state, fresh_acc = rule.start(theta, key, noise_key, noise)
         state = tree_select(new_episode, fresh_state, worker.state)
         acc = tree_select(new_episode, fresh_acc, acc)
         t = jnp.where(new_episode, 0, worker.t)
