@@ -23,7 +23,7 @@ class TrainState(NamedTuple):
     estimator_state: Any
     step: jax.Array  # outer steps taken
     first_nonfinite: jax.Array  # outer step of the first non-finite loss/gradient, -1 if none
-    num_skipped: jax.Array
+    num_rejected: jax.Array  # outer steps not applied (non-finite, or after a stop)
 
 
 def _all_finite(tree) -> jax.Array:
@@ -59,7 +59,7 @@ def make_train_step(estimator: Estimator, optimizer: optax.GradientTransformatio
         )
         first = jnp.where((state.first_nonfinite < 0) & ~finite, state.step, state.first_nonfinite)
         metrics = dict(info, grad_norm=_global_norm(grad), accepted=accept)
-        new_state = TrainState(*kept, state.step + 1, first, state.num_skipped + (~finite).astype(jnp.int32))
+        new_state = TrainState(*kept, state.step + 1, first, state.num_rejected + (~accept).astype(jnp.int32))
         return new_state, metrics
 
     return step
@@ -101,7 +101,7 @@ def train(
     Returns:
       ``(theta, history)``: the final (last finite) theta and a dict of numpy arrays
       ``[num_steps]`` (``[num_seeds, num_steps]``): every ``info`` entry of the
-      estimator, ``grad_norm``, ``accepted``, plus ``first_nonfinite`` (-1 if none).
+      estimator, ``grad_norm``, ``accepted``, plus ``first_nonfinite`` (-1 if none) and ``num_rejected``.
     """
     num_steps = check_positive_int(num_steps, "num_steps")
     if eval_every and eval_fn is None:
@@ -155,7 +155,7 @@ def train(
     if evals:
         history["eval_step"] = np.asarray(eval_steps)
     history["first_nonfinite"] = np.asarray(state.first_nonfinite)
-    history["num_skipped"] = np.asarray(state.num_skipped)
+    history["num_rejected"] = np.asarray(state.num_rejected)
     bad = np.atleast_1d(history["first_nonfinite"])
     if np.any(bad >= 0):
         what = "was stopped at" if on_nonfinite == "stop" else "skipped steps from"

@@ -71,6 +71,24 @@ def influence_optimum(horizon: int = 1000, num_units: int = 23, num_positive: in
 def influence_loss(theta, horizon: int = 1000, num_units: int = 23, num_positive: int = 10):
     """The exact mean episode loss ``(1/T) sum_t 0.5 (a_t + theta c_t - 1)^2`` (numpy,
     vectorized over an array of thetas)."""
+    return influence_loss_fn(horizon, num_units, num_positive, np)(np.asarray(theta, np.float64))
+
+
+def influence_loss_fn(horizon: int = 1000, num_units: int = 23, num_positive: int = 10, xp=jnp):
+    """``theta -> L(theta)``, the exact objective as the quadratic
+    ``L = q0 + q1 theta + q2 theta^2`` (``xp`` = jnp, jit-able; or np)."""
     a, c = _affine_first_unit(horizon, num_units, num_positive)
-    theta = np.asarray(theta, np.float64)[..., None]
-    return np.mean(0.5 * (a + theta * c - 1.0) ** 2, axis=-1)
+    q0, q1, q2 = _coefficients(a, c)
+    return lambda theta: q0 + q1 * xp.asarray(theta) + q2 * xp.asarray(theta) ** 2
+
+
+def influence_gap_fn(horizon: int = 1000, num_units: int = 23, num_positive: int = 10, xp=jnp):
+    """``theta -> L(theta) - L(theta*) = q2 (theta - theta*)^2``, exact without cancellation."""
+    a, c = _affine_first_unit(horizon, num_units, num_positive)
+    _, q1, q2 = _coefficients(a, c)
+    optimum = -q1 / (2 * q2)
+    return lambda theta: q2 * (xp.asarray(theta) - optimum) ** 2
+
+
+def _coefficients(a, c):
+    return tuple(float(np.mean(v)) for v in (0.5 * (a - 1) ** 2, c * (a - 1), 0.5 * c * c))

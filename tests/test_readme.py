@@ -1,0 +1,30 @@
+"""The README's tour runs as written and its claims hold."""
+
+import os
+import re
+
+import pytest
+
+README = os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")
+
+
+@pytest.mark.slow
+def test_tour_runs_and_recovers_the_oscillator(capsys):
+    with open(README) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    assert blocks, "README has no python block"
+    exec(compile(blocks[0], "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    for name in ("full BPTT", "PES (10)"):
+        line = next(line for line in out.splitlines() if line.strip().startswith(name))
+        stiffness, damping = (float(x) for x in re.findall(r"(?:stiffness|damping) ([\d.]+)", line))
+        assert stiffness == pytest.approx(4.0, abs=0.05) and damping == pytest.approx(0.3, abs=0.02), line
+
+
+def test_readme_test_command_is_what_ci_runs():
+    with open(README) as f:
+        readme = f.read()
+    with open(os.path.join(os.path.dirname(README), ".ci", "run")) as f:
+        ci = f.read()
+    command = re.search(r"\*\*Install and run the tests\*\*.*?```bash\n(.*?)\n```", readme, re.S).group(1)
+    assert command.strip() in ci

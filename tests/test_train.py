@@ -1,0 +1,80 @@
+"""The outer loop: exact iterates, seeds as a vmap axis, divergence handling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import unroll
+from tests.stochastic import THETA, linear_quadratic
+
+
+def test_sgd_iterates_match_a_hand_loop():
+    system = linear_quadratic(5, target_noise=0.0)
+    lr, steps = 0.05, 6
+    theta, history = unroll.train(
+        unroll.full_bptt(system), optax.sgd(lr), jnp.asarray(THETA), jax.random.key(0), steps, progress=False
+    )
+    expected = jnp.asarray(THETA)
+    losses = []
+    for _ in range(steps):
+        losses.append(unroll.episode_loss(system, expected, jax.random.key(0)))
+        expected = expected - lr * unroll.exact_gradient(system, expected, jax.random.key(0))
+    np.testing.assert_allclose(np.asarray(theta), np.asarray(expected), rtol=1e-12)
+    np.testing.assert_allclose(history["loss"], np.asarray(losses), rtol=1e-12)
+    assert history["steps"].tolist() == [5] * steps
+    assert int(history["first_nonfinite"]) == -1
+
+
+def test_seeds_are_a_vmap_axis_equal_to_single_runs():
+    system = linear_quadratic(7)
+    est = unroll.pes(system, truncation=3, sigma=0.1, num_particles=2, num_workers=2)
+    key = jax.random.key(3)
+    theta, history = unroll.train(est, optax.sgd(0.01), jnp.asarray(THETA), key, 4, num_seeds=3, progress=False)
+    assert history["loss"].shape == (3, 4) and theta.shape == (3, 3)
+    single, single_history = unroll.train(
+        est, optax.sgd(0.01), jnp.asarray(THETA), jax.random.split(key, 3)[1], 4, progress=False
+    )
+    np.testing.assert_allclose(np.asarray(theta[1]), np.asarray(single), rtol=1e-10)
+    np.testing.assert_allclose(history["loss"][1], single_history["loss"], rtol=1e-10)
+    assert not np.allclose(np.asarray(theta[0]), np.asarray(theta[1]))
+
+
+def _exploding_system():
+    """Finite for theta < 1, NaN loss once theta >= 1."""
+
+    def init(theta, key):
+        return jnp.zeros(())
+
+    def step(theta, state, t):
+        loss = jnp.where(theta[0] < 1.0, -theta[0], jnp.nan)
+        return state, loss
+
+    return unroll.System(init, step, 2)
+
+
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_nonfinite_loss_stops_and_keeps_the_last_finite_theta(mode):
+    system = _exploding_system()
+    theta0 = jnp.asarray([0.55])
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        theta, history = unroll.train(
+            unroll.full_bptt(system), optax.sgd(0.2), theta0, jax.random.key(0), 6, progress=False, on_nonfinite=mode
+        )
+    # theta: 0.55 -> 0.75 -> 0.95 -> 1.15 (its loss, at step 3, is NaN)
+    assert int(history["first_nonfinite"]) == 3
+    np.testing.assert_allclose(np.asarray(theta), [1.15], rtol=1e-12)
+    assert history["accepted"].tolist() == [True, True, True, False, False, False]
+    assert int(history["num_rejected"]) == 3
+
+
+def test_eval_fn_history():
+    system = linear_quadratic(5, target_noise=0.0)
+    theta, history = unroll.train(
+        unroll.full_bptt(system), optax.sgd(0.05), jnp.asarray(THETA), jax.random.key(0), 4,
+        eval_fn=lambda th: {"norm": jnp.sum(th**2)}, eval_every=2, progress=False,
+    )
+    assert history["eval_step"].tolist() == [0, 2, 4]
+    assert history["eval/norm"][-1] == pytest.approx(float(jnp.sum(theta**2)), rel=1e-12)
+    assert history["eval/norm"][0] == pytest.approx(float(np.sum(THETA**2)), rel=1e-12)
