@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 USAGE_ERROR = 2
@@ -25,10 +26,10 @@ def _compare(args: argparse.Namespace) -> int:
     from unroll.compare import compare
 
     estimators = [e for part in args.estimators for e in part.split(",") if e] if args.estimators else None
-    task_kwargs = {"horizon": args.horizon} if args.horizon else None
+    task_kwargs = {"horizon": args.horizon} if args.horizon is not None else None
     out_dir, summary = compare(
         args.task, estimators, args.seeds, args.steps, args.out, progress=not args.no_progress,
-        task_kwargs=task_kwargs, command=" ".join(["unroll"] + sys.argv[1:]),
+        task_kwargs=task_kwargs, command=shlex.join(["unroll"] + args.argv),
     )
     reference = summary["reference"]
     print(f"\n{args.task}: theta* = {reference.get('theta_star', float('nan')):.4f} (horizon {reference.get('horizon')})")
@@ -61,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.run(args)
     except ValueError as err:

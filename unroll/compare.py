@@ -171,8 +171,8 @@ def compare(
     setup = TASKS[task](**(task_kwargs or {}))
     names = estimators or setup.default_estimators
     parsed = [parse_estimator(name, setup) for name in names]  # all errors before any run
-    seeds = unroll.system.check_positive_int(seeds or setup.default_seeds, "seeds")
-    steps = unroll.system.check_positive_int(steps or setup.default_steps, "steps")
+    seeds = unroll.system.check_positive_int(setup.default_seeds if seeds is None else seeds, "seeds")
+    steps = unroll.system.check_positive_int(setup.default_steps if steps is None else steps, "steps")
     out_dir = out_dir or os.path.join("runs", f"{task}-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(out_dir, exist_ok=True)
     eval_every = max(1, steps // 500)
