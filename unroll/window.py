@@ -13,8 +13,8 @@ episode. Fresh workers are created in that "episode over" state.
 
 Estimators plug in a ``Rule``: what they carry along one trajectory (the
 accumulator), how it starts with an episode and how it is updated by a step.
-``run_window`` scans one window of one trajectory; ``run_windows`` vmaps it over
-``[W, P]``; ``start_workers`` builds and staggers the workers.
+``run_windows`` scans one window of all ``[W, P]`` trajectories; ``start_workers``
+builds and staggers the workers.
 """
 
 from __future__ import annotations
@@ -80,11 +80,6 @@ def plain_rule(system) -> Rule:
     return Rule(start, step)
 
 
-def tree_select(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
-    """Leaf-wise ``where(pred, on_true, on_false)`` for a scalar predicate."""
-    return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
-
-
 def tree_scale(scale: jax.Array, tree: PyTree) -> PyTree:
     return jax.tree_util.tree_map(lambda x: scale * x, tree)
 
@@ -93,71 +88,90 @@ def tree_add(a: PyTree, b: PyTree) -> PyTree:
     return jax.tree_util.tree_map(jnp.add, a, b)
 
 
-def run_window(
+def episode_start(rule: Rule, theta: PyTree, worker: Worker, noise: PyTree) -> tuple[jax.Array, PyTree, PyTree]:
+    """The worker's next episode: ``(key after it, its initial state, fresh accumulator)``."""
+    next_key, key, noise_key = jax.random.split(worker.key, 3)
+    state, acc = rule.start(theta, key, noise_key, noise)
+    return next_key, state, acc
+
+
+def _batched_select(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
+    """``where(pred[i], on_true[i], on_false[i])`` along the leading axis of every leaf."""
+    return jax.tree_util.tree_map(
+        lambda a, b: jnp.where(pred.reshape(pred.shape + (1,) * (a.ndim - 1)), a, b), on_true, on_false
+    )
+
+
+def run_windows(
     system,
     rule: Rule,
     theta: PyTree,
-    worker: Worker,
+    workers: Worker,
     acc: PyTree,
     noise: PyTree,
     num_steps: int,
     num_active: jax.Array | None = None,
 ) -> tuple[Worker, PyTree, PyTree, jax.Array]:
-    """Runs ``num_steps`` steps of one trajectory as one ``lax.scan``.
+    """Runs ``num_steps`` steps of every ``[W, P]`` trajectory as one ``lax.scan``.
 
-    A trajectory whose episode is over starts a new one (fresh key, the rule's
-    fresh accumulator) before its next step, also in the middle of the window.
-    ``num_steps <= horizon``, so that happens at most once per window.
-    With ``num_active``, steps ``k >= num_active`` leave everything unchanged and
-    contribute nothing (used to stagger workers by different amounts).
+    Theta is shared; workers, accumulators and noise carry leading ``[W, P]`` axes
+    (flattened into one vmap axis inside: nested vmaps make XLA transpose the state
+    every step). A trajectory whose episode is over starts a new one (fresh key, the
+    rule's fresh accumulator) before its next step, also mid-window. Since
+    ``num_steps <= horizon`` that happens at most once per trajectory and window, so
+    the next episodes are built once, before the scan, and only in windows where some
+    trajectory starts one; inside the scan the reset is a ``lax.cond`` on "does any
+    trajectory start an episode at this step" (unbatched, so most steps skip it).
+    With ``num_active`` (``[W]``), steps ``k >= num_active[w]`` leave worker ``w``
+    unchanged and contribute nothing (used to stagger workers).
 
-    Returns the advanced worker, the accumulator, the sum of the step
-    contributions and the per-step losses ``[num_steps]``.
+    Returns the advanced workers, the accumulators, the per-trajectory sums of the
+    rule's step contributions and the per-step losses ``[W, P, num_steps]``.
     """
     horizon = system.horizon
     if num_steps > horizon:
         raise ValueError(f"a window of {num_steps} steps is longer than the horizon {horizon}.")
-    # With num_steps <= horizon a window crosses at most one episode start, and the
-    # worker's key only changes there: the fresh episode is built once, before the scan.
-    next_key, key, noise_key = jax.random.split(worker.key, 3)
-    fresh_state, fresh_acc = rule.start(theta, key, noise_key, noise)
+    num_workers, num_particles = workers.t.shape
+    flat = lambda tree: jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
+    unflat = lambda tree: jax.tree_util.tree_map(
+        lambda x: x.reshape((num_workers, num_particles) + x.shape[1:]), tree
+    )
+    workers, acc, noise = flat(workers), flat(acc), flat(noise)
+    if num_active is not None:
+        num_active = jnp.repeat(num_active, num_particles)
 
-    def advance(worker, acc):
-        new_episode = worker.t >= horizon
-        state = tree_select(new_episode, fresh_state, worker.state)
-        acc = tree_select(new_episode, fresh_acc, acc)
-        t = jnp.where(new_episode, 0, worker.t)
-        worker_key = jnp.where(new_episode, next_key, worker.key)
-        state, acc, loss, contribution = rule.step(theta, state, t, acc, noise)
-        return Worker(state, t + 1, worker_key), acc, loss, contribution
+    steps = num_steps if num_active is None else num_active
+    next_key, fresh_state, fresh_acc = jax.lax.cond(
+        jnp.any(workers.t + steps > horizon),
+        lambda: jax.vmap(lambda w, n: episode_start(rule, theta, w, n))(workers, noise),
+        lambda: (workers.key, workers.state, acc),
+    )
+    step = jax.vmap(rule.step, in_axes=(None, 0, 0, 0, 0))
+
+    def reset(carry):
+        workers, acc = carry
+        new = workers.t >= horizon
+        state, key, acc = _batched_select(new, (fresh_state, next_key, fresh_acc), (workers.state, workers.key, acc))
+        return Worker(state, jnp.where(new, 0, workers.t), key), acc
 
     def body(carry, k):
-        worker, acc, total = carry
-        new_worker, new_acc, loss, contribution = advance(worker, acc)
-        if num_active is not None:
+        before, acc_before, total = carry
+        workers, acc = jax.lax.cond(jnp.any(before.t >= horizon), reset, lambda c: c, (before, acc_before))
+        state, new_acc, loss, contribution = step(theta, workers.state, workers.t, acc, noise)
+        new_workers = Worker(state, workers.t + 1, workers.key)
+        if num_active is not None:  # an inactive trajectory keeps its state from before any reset
             active = k < num_active
-            new_worker, new_acc = tree_select(active, (new_worker, new_acc), (worker, acc))
-            contribution = tree_scale(active, contribution)
+            new_workers, new_acc = _batched_select(active, (new_workers, new_acc), (before, acc_before))
+            contribution = jax.tree_util.tree_map(
+                lambda c: c * active.reshape(active.shape + (1,) * (c.ndim - 1)).astype(c.dtype), contribution
+            )
             loss = jnp.where(active, loss, 0.0)
-        return (new_worker, new_acc, tree_add(total, contribution)), loss
+        return (new_workers, new_acc, tree_add(total, contribution)), loss
 
-    contribution_shape = jax.eval_shape(lambda w, a: advance(w, a)[3], worker, acc)
+    contribution_shape = jax.eval_shape(lambda w, a: step(theta, w.state, w.t, a, noise)[3], workers, acc)
     total = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), contribution_shape)
-    (worker, acc, total), losses = jax.lax.scan(body, (worker, acc, total), jnp.arange(num_steps))
-    return worker, acc, total, losses
-
-
-def run_windows(system, rule, theta, workers, acc, noise, num_steps, num_active=None):
-    """``run_window`` vmapped over the ``[W, P]`` axes of workers, accumulators and
-    noise (theta shared; ``num_active`` has shape ``[W]``)."""
-
-    def one(worker, acc, noise, num_active):
-        return run_window(system, rule, theta, worker, acc, noise, num_steps, num_active)
-
-    inner = jax.vmap(one, in_axes=(0, 0, 0, None))
-    return jax.vmap(inner, in_axes=(0, 0, 0, 0 if num_active is not None else None))(
-        workers, acc, noise, num_active
-    )
+    (workers, acc, total), losses = jax.lax.scan(body, (workers, acc, total), jnp.arange(num_steps))
+    return unflat((workers, acc, total, jnp.moveaxis(losses, 0, -1)))
 
 
 def stagger_offsets(horizon: int, num_workers: int) -> jax.Array:

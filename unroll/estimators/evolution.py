@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from unroll.system import (
     check_against_theta, check_particles, check_positive_int, check_sigma, check_system, check_truncation,
@@ -49,11 +50,15 @@ class NRESState(NamedTuple):
 
 
 def normal_like(key: jax.Array, tree, shape: tuple = (), scale: float = 1.0):
-    """``scale * N(0, I)`` with the structure and dtypes of ``tree``, leading ``shape`` axes."""
+    """``scale * N(0, I)`` with the structure and dtypes of ``tree``, leading ``shape`` axes
+    (one draw for all leaves, split among them)."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(key, len(leaves))
+    sizes = [int(np.prod(jnp.shape(x), dtype=np.int64)) for x in leaves]
+    dtype = jnp.result_type(*leaves)
+    flat = scale * jax.random.normal(key, shape + (sum(sizes),), dtype)
+    parts = jnp.split(flat, np.cumsum(sizes)[:-1], axis=-1) if len(leaves) > 1 else [flat]
     noise = [
-        scale * jax.random.normal(k, shape + jnp.shape(x), jnp.result_type(x)) for k, x in zip(keys, leaves)
+        part.reshape(shape + jnp.shape(x)).astype(jnp.result_type(x)) for part, x in zip(parts, leaves)
     ]
     return jax.tree_util.tree_unflatten(treedef, noise)
 

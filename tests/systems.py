@@ -1,0 +1,212 @@
+"""Small systems shared by the tests (plain functions, importable from any test file).
+
+Every system is deterministic given ``theta`` unless its name says otherwise, and
+casts its constants to the dtype of ``theta``, so float64 theta gives a float64
+computation (``tests/conftest.py`` enables x64).
+
+* ``rnn_system``: a tanh RNN driven by a fixed input sequence, with a readout loss;
+  ``theta = {W, U, b, readout}``.
+* ``noisy_rnn_system``: the same RNN with Gaussian state noise drawn from a key kept
+  in the state (randomness the interface way: ``init`` seeds it from its key).
+* ``linear_system``: ``s' = A s + B theta`` (A stable), ``0.5 |C s' - target|^2``;
+  ``linear_exact_gradient`` is its closed-form episode gradient.
+* ``scalar_lq_system``: ``s' = a s + theta``, ``0.5 (s' - c)^2``, ``s_0 = s0``;
+  ``scalar_lq_windows`` simulates it in numpy and returns the closed-form truncated
+  gradient of each window.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import unroll
+
+
+def _dtype(theta):
+    return jnp.result_type(*jax.tree_util.tree_leaves(theta))
+
+
+# --------------------------------------------------------------------------- (a) RNN
+
+
+def rnn_constants(n: int = 3, m: int = 2, horizon: int = 6, seed: int = 0):
+    """Fixed inputs ``xs [T, m]``, targets ``ys [T]`` and initial hidden state ``h0 [n]``."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(horizon, m)), rng.normal(size=(horizon,)), 0.5 * rng.normal(size=(n,))
+
+
+def rnn_system(n: int = 3, m: int = 2, horizon: int = 6, seed: int = 0, learned_h0: bool = False) -> unroll.System:
+    """``h' = tanh(W h + U x_t + b)``, ``loss_t = 0.5 (readout . h' - y_t)^2``; state ``(h,)``.
+
+    ``h_0`` is a fixed vector, or with ``learned_h0`` ``tanh(h0 + b)``, so that ``init``
+    depends on theta (its derivative then enters every episode's gradient)."""
+    xs, ys, h0 = rnn_constants(n, m, horizon, seed)
+
+    def init(theta, key):
+        del key
+        h = jnp.asarray(h0, _dtype(theta))
+        return (jnp.tanh(h + theta["b"]),) if learned_h0 else (h,)
+
+    def step(theta, state, t):
+        (h,) = state
+        dtype = _dtype(theta)
+        x = jnp.take(jnp.asarray(xs, dtype), t, axis=0)
+        y = jnp.take(jnp.asarray(ys, dtype), t)
+        h = jnp.tanh(theta["W"] @ h + theta["U"] @ x + theta["b"])
+        loss = 0.5 * (theta["readout"] @ h - y) ** 2
+        return (h,), loss
+
+    return unroll.System(init=init, step=step, horizon=horizon)
+
+
+def rnn_theta(n: int = 3, m: int = 2, seed: int = 1, dtype=jnp.float64) -> dict:
+    rng = np.random.default_rng(seed)
+    theta = {
+        "W": 0.9 * rng.normal(size=(n, n)) / np.sqrt(n),
+        "U": rng.normal(size=(n, m)) / np.sqrt(m),
+        "b": 0.1 * rng.normal(size=(n,)),
+        "readout": rng.normal(size=(n,)),
+    }
+    return {k: jnp.asarray(v, dtype) for k, v in theta.items()}
+
+
+def noisy_rnn_system(n: int = 3, m: int = 2, horizon: int = 6, seed: int = 0, noise: float = 0.1) -> unroll.System:
+    """``rnn_system`` plus ``noise * N(0, I)`` on the hidden state each step, the noise key
+    kept in the state ``(h, key)`` and seeded by ``init``'s key."""
+    base = rnn_system(n, m, horizon, seed)
+
+    def init(theta, key):
+        (h,) = base.init(theta, key)
+        return (h, key)
+
+    def step(theta, state, t):
+        h, key = state
+        key, sub = jax.random.split(key)
+        (h,), loss = base.step(theta, (h,), t)
+        h = h + noise * jax.random.normal(sub, h.shape, h.dtype)
+        return (h, key), loss
+
+    return unroll.System(init=init, step=step, horizon=horizon)
+
+
+# --------------------------------------------------------------------------- (b) linear
+
+
+def linear_constants(n: int = 3, p: int = 2, k: int = 2, seed: int = 0):
+    """``A [n, n]`` (spectral radius 0.8), ``B [n, p]``, ``C [k, n]``, ``target [k]``, ``s0 [n]``."""
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(n, n))
+    A = 0.8 * A / np.max(np.abs(np.linalg.eigvals(A)))
+    return A, rng.normal(size=(n, p)), rng.normal(size=(k, n)), rng.normal(size=(k,)), rng.normal(size=(n,))
+
+
+def linear_system(n: int = 3, p: int = 2, k: int = 2, horizon: int = 5, seed: int = 0) -> unroll.System:
+    """``s' = A s + B theta``, ``loss_t = 0.5 |C s' - target|^2``, ``s_0`` fixed; theta ``[p]``."""
+    A, B, C, target, s0 = linear_constants(n, p, k, seed)
+
+    def init(theta, key):
+        del key
+        return jnp.asarray(s0, _dtype(theta))
+
+    def step(theta, s, t):
+        dtype = _dtype(theta)
+        s = jnp.asarray(A, dtype) @ s + jnp.asarray(B, dtype) @ theta
+        r = jnp.asarray(C, dtype) @ s - jnp.asarray(target, dtype)
+        return s, 0.5 * jnp.sum(r**2)
+
+    return unroll.System(init=init, step=step, horizon=horizon)
+
+
+def linear_exact_gradient(theta, n: int = 3, p: int = 2, k: int = 2, horizon: int = 5, seed: int = 0):
+    """Closed form in numpy: ``s_t = A^t s0 + M_t theta`` with ``M_t = sum_{j<t} A^j B``, so
+    ``dL/dtheta = (1/T) sum_{t=1..T} M_t^T C^T (C s_t - target)``."""
+    A, B, C, target, s0 = linear_constants(n, p, k, seed)
+    theta = np.asarray(theta, np.float64)
+    s, M, grad = s0.copy(), np.zeros((n, p)), np.zeros(p)
+    for _ in range(horizon):
+        s = A @ s + B @ theta
+        M = A @ M + B
+        grad += M.T @ C.T @ (C @ s - target)
+    return grad / horizon
+
+
+# --------------------------------------------------------------------------- (c) scalar LQ
+
+
+def scalar_lq_system(a: float = 0.7, c: float = 1.3, s0: float = 0.4, horizon: int = 7) -> unroll.System:
+    """``s' = a s + theta``, ``loss_t = 0.5 (s' - c)^2``, ``s_0 = s0``; theta a scalar."""
+
+    def init(theta, key):
+        del key
+        return jnp.asarray(s0, _dtype(theta))
+
+    def step(theta, s, t):
+        s = a * s + theta
+        return s, 0.5 * (s - c) ** 2
+
+    return unroll.System(init=init, step=step, horizon=horizon)
+
+
+def scalar_lq_windows(theta, truncation, num_windows, offset=0, a=0.7, c=1.3, s0=0.4, horizon=7):
+    """The truncated-BPTT windows of one worker of ``scalar_lq_system``, in numpy.
+
+    The worker starts an episode at ``s0``, takes ``offset`` steps, then runs
+    ``num_windows`` windows of ``K = truncation`` steps, resetting to ``s0`` whenever
+    ``t`` reaches the horizon (also inside a window).
+
+    Closed form. With the window's incoming state ``s`` held fixed, after ``k`` steps
+    ``s_k = a^k s + theta sum_{j<k} a^j``, so ``D_k := ds_k/dtheta = sum_{j<k} a^j =
+    (1 - a^k)/(1 - a)``, i.e. ``D_0 = 0`` and ``D_{k+1} = a D_k + 1``. Each step's loss
+    ``0.5 (s_k - c)^2`` contributes ``(s_k - c) D_k``, and the window gradient is
+    ``(1/K) sum_{k=1..K} (s_k - c) D_k``. At an episode end inside the window the
+    state restarts at ``s0``, which does not depend on theta, so ``D`` restarts at 0
+    (the recursion then continues from the reset).
+
+    Returns a list of dicts per window: ``grad``, ``loss`` (window mean loss), and the
+    state ``s`` and episode time ``t`` after the window.
+    """
+    theta = float(theta)
+    s, t = s0, 0
+    for _ in range(offset):
+        s, t = a * s + theta, t + 1
+    windows = []
+    for _ in range(num_windows):
+        D, grad, loss = 0.0, 0.0, 0.0
+        for _ in range(truncation):
+            if t == horizon:
+                s, t, D = s0, 0, 0.0
+            s, D, t = a * s + theta, a * D + 1.0, t + 1
+            grad += (s - c) * D
+            loss += 0.5 * (s - c) ** 2
+        windows.append({"grad": grad / truncation, "loss": loss / truncation, "s": s, "t": t})
+    return windows
+
+
+def scalar_lq_closed_form_D(a: float, k: int) -> float:
+    """``ds_k/dtheta = (1 - a^k)/(1 - a)`` for ``k`` steps without a reset."""
+    return (1.0 - a**k) / (1.0 - a)
+
+
+# --------------------------------------------------------------------------- estimators
+
+
+ESTIMATOR_DEFAULTS = {
+    "full_bptt": (unroll.full_bptt, {}),
+    "truncated_bptt": (unroll.truncated_bptt, {"truncation": 2}),
+    "es": (unroll.es, {"sigma": 0.1, "num_particles": 4}),
+    "truncated_es": (unroll.truncated_es, {"truncation": 2, "sigma": 0.1, "num_particles": 4}),
+    "pes": (unroll.pes, {"truncation": 2, "sigma": 0.1, "num_particles": 4}),
+    "nres": (unroll.nres, {"truncation": 2, "sigma": 0.1, "num_particles": 4}),
+    "forward_gradient": (unroll.forward_gradient, {"truncation": 2, "num_directions": 2}),
+}
+ESTIMATOR_NAMES = tuple(ESTIMATOR_DEFAULTS)
+WINDOWED = tuple(name for name, (_, kw) in ESTIMATOR_DEFAULTS.items() if "truncation" in kw)
+ES_FAMILY = ("es", "truncated_es", "pes", "nres")
+
+
+def build_estimator(name: str, system, **overrides):
+    """``unroll.<name>(system, ...)`` with small default settings, ``overrides`` on top."""
+    constructor, defaults = ESTIMATOR_DEFAULTS[name]
+    return constructor(system, **{**defaults, **overrides})
