@@ -225,6 +225,11 @@ def worker_shape_check(workers: Worker, num_workers: int, num_particles: int) ->
         )
 
 
+def trajectory_sum(total: PyTree, scale: float) -> PyTree:
+    """``scale * sum`` over the ``[W, P]`` axes of per-trajectory contributions."""
+    return jax.tree_util.tree_map(lambda s: scale * jnp.sum(s, axis=(0, 1)), total)
+
+
 def window_info(losses: jax.Array, steps: int, **extra) -> dict:
     """The ``info`` dict: mean loss of the steps unrolled and the number of steps."""
     info = {"loss": jnp.mean(losses), "steps": jnp.asarray(steps, jnp.int32)}

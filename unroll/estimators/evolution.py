@@ -30,7 +30,7 @@ from unroll.system import (
     check_against_theta, check_particles, check_positive_int, check_sigma, check_system, check_truncation,
 )
 from unroll.window import (
-    Estimator, Rule, Worker, plain_rule, run_windows, start_workers, tree_add, tree_scale, window_info,
+    Estimator, Rule, Worker, plain_rule, run_windows, start_workers, trajectory_sum, tree_add, tree_scale, window_info,
     worker_shape_check,
 )
 
@@ -87,9 +87,9 @@ def perturbed_rule(system) -> Rule:
     return Rule(start, step)
 
 
-def _es_gradient(total, sigma: float, num_windows_steps: int):
+def _es_gradient(total, sigma: float, num_steps: int):
     """``1/(W P K sigma^2) sum xi l`` from the per-trajectory sums ``total`` ``[W, P, ...]``."""
-    return jax.tree_util.tree_map(lambda s: jnp.sum(s, axis=(0, 1)) / (num_windows_steps * sigma**2), total)
+    return trajectory_sum(total, 1.0 / (num_steps * sigma**2))
 
 
 def _check_es(system, truncation, sigma, num_particles, num_workers, antithetic):

@@ -17,7 +17,9 @@ import jax.numpy as jnp
 
 from unroll.estimators.evolution import normal_like
 from unroll.system import check_against_theta, check_positive_int, check_system, check_truncation
-from unroll.window import Estimator, Rule, Worker, run_windows, start_workers, tree_scale, window_info, worker_shape_check
+from unroll.window import (
+    Estimator, Rule, Worker, run_windows, start_workers, trajectory_sum, tree_scale, window_info, worker_shape_check,
+)
 
 
 class ForwardGradientState(NamedTuple):
@@ -100,7 +102,7 @@ def forward_gradient(system, truncation: int, num_directions: int = 1, num_worke
             system, rule, theta, state.workers, acc, None, truncation
         )
         steps = num_workers * num_directions * truncation
-        grad = jax.tree_util.tree_map(lambda s: jnp.sum(s, axis=(0, 1)) / steps, total)
+        grad = trajectory_sum(total, 1.0 / steps)
         return grad, ForwardGradientState(workers, direction, tangent), window_info(losses, steps)
 
     return Estimator(init, estimate)
