@@ -2,8 +2,8 @@
 
 Expected (Vicol et al. 2021, Fig. 4): truncated BPTT with short truncations and
 truncated ES drift away from the optimum (they see only the positive short-term
-influence of theta); PES, like full BPTT, reaches it. RTRL-style unbiased online
-estimators (here NRES and forward gradients) should too.
+influence of theta); PES, like full BPTT, reaches it; so do RTRL (exact online)
+and the other unbiased online estimators (NRES, forward gradients).
 
 Runs `unroll compare influence-balancing` with its defaults, copies the outputs to
 experiments/results/influence-balancing/, and rewrites the README's results section
@@ -27,7 +27,7 @@ OUT = os.path.join(ROOT, "experiments", "results", "influence-balancing")
 MARKER = "influence-balancing"
 EXPECTED = {
     "tbptt-1": "far from theta*", "tbptt-10": "far from theta*", "tbptt-100": "short of theta*",
-    "tes": "far from theta*", "pes": "theta*", "nres": "theta*", "forward": "theta*", "full-bptt": "theta*",
+    "tes": "far from theta*", "pes": "theta*", "nres": "theta*", "forward": "theta*", "rtrl": "theta*", "full-bptt": "theta*",
 }
 
 

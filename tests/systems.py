@@ -200,6 +200,7 @@ ESTIMATOR_DEFAULTS = {
     "pes": (unroll.pes, {"truncation": 2, "sigma": 0.1, "num_particles": 4}),
     "nres": (unroll.nres, {"truncation": 2, "sigma": 0.1, "num_particles": 4}),
     "forward_gradient": (unroll.forward_gradient, {"truncation": 2, "num_directions": 2}),
+    "rtrl": (unroll.rtrl, {"truncation": 2}),
 }
 ESTIMATOR_NAMES = tuple(ESTIMATOR_DEFAULTS)
 WINDOWED = tuple(name for name, (_, kw) in ESTIMATOR_DEFAULTS.items() if "truncation" in kw)

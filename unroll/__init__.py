@@ -2,7 +2,7 @@
 
 from unroll.estimators.bptt import full_bptt, truncated_bptt
 from unroll.estimators.evolution import es, nres, pes, truncated_es
-from unroll.estimators.forward import forward_gradient
+from unroll.estimators.forward import forward_gradient, rtrl
 from unroll.exact import episode_loss, exact_gradient
 from unroll.system import System
 from unroll.train import train
@@ -21,6 +21,7 @@ __all__ = [
     "full_bptt",
     "nres",
     "pes",
+    "rtrl",
     "tasks",
     "train",
     "truncated_bptt",

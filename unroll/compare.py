@@ -81,6 +81,9 @@ def influence_balancing_setup(horizon: int = 1000) -> TaskSetup:
             10,
             "forward gradient (unbiased)",
         ),
+        "rtrl": EstimatorSpec(
+            lambda s, k: unroll.rtrl(s, k, num_workers=workers), 10, "real-time recurrent learning (exact, online)"
+        ),
         "es": EstimatorSpec(lambda s, k: unroll.es(s, sigma, particles), None, "ES over whole episodes"),
     }
     return TaskSetup(
@@ -94,7 +97,7 @@ def influence_balancing_setup(horizon: int = 1000) -> TaskSetup:
             "horizon": horizon,
         },
         estimators=estimators,
-        default_estimators=["tbptt-1", "tbptt-10", "tbptt-100", "tes", "pes", "nres", "forward", "full-bptt"],
+        default_estimators=["tbptt-1", "tbptt-10", "tbptt-100", "tes", "pes", "nres", "forward", "rtrl", "full-bptt"],
         optimizer=lambda steps: optax.adam(optax.cosine_decay_schedule(1e-2, steps, alpha=0.01)),
         default_steps=500,
         default_seeds=3,

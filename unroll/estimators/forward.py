@@ -1,4 +1,10 @@
-"""Forward-mode estimators: the directional (forward) gradient.
+"""Forward-mode estimators: real-time recurrent learning and the directional (forward) gradient.
+
+RTRL (Williams & Zipser 1989) carries the influence ``J_t = d s_t / d theta``
+(``n x p``) through the episode: ``dl_t/dtheta = dl/dtheta + dl/ds J_t`` and
+``J_{t+1} = ds'/ds J_t + ds'/dtheta``, as one jvp of ``step`` per parameter
+direction ``(e_j, J[:, j])``, vmapped over ``j``. ``J`` starts at ``d s_0 / d theta``
+(zero unless ``init`` uses theta). Exact, online, no truncation; ``O(n p)`` memory.
 
 Forward gradient (Baydin et al. 2022; Silver et al. 2022): at an episode start draw
 ``v ~ N(0, I_p)`` and keep it for the episode; carry the tangent ``u_t = J_t v``
@@ -14,12 +20,18 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
 from unroll.estimators.evolution import normal_like
 from unroll.system import check_against_theta, check_positive_int, check_system, check_truncation
 from unroll.window import (
     Estimator, Rule, Worker, run_windows, start_workers, trajectory_sum, tree_scale, window_info, worker_shape_check,
 )
+
+
+class RTRLState(NamedTuple):
+    workers: Worker  # [num_workers, 1]
+    influence: list  # d state / d theta for the inexact state leaves, each [W, 1, p, *leaf.shape]
 
 
 class ForwardGradientState(NamedTuple):
@@ -66,6 +78,52 @@ def jvp_step(system, theta, state, t, direction, tangent):
         step, (theta, inexact_leaves(state)), (direction, tangent), has_aux=True
     )
     return new_state, loss, tangent, dloss
+
+
+def rtrl(system, truncation: int, num_workers: int = 1) -> Estimator:
+    """Real-time recurrent learning: ``g = (1/K) sum_k dl_{t+k}/dtheta``, each step's total
+    derivative through the whole episode so far, from the influence ``J = d s / d theta``
+    carried across windows and reset with episodes. At a fixed theta, the mean of the
+    windows of an episode is the exact episode gradient (no truncation bias)."""
+    check_system(system)
+    truncation = check_truncation(truncation, system.horizon)
+    num_workers = check_positive_int(num_workers, "num_workers")
+
+    def basis(theta):
+        """The ``p`` unit directions ``e_j`` as a theta-shaped pytree with a leading ``p`` axis,
+        and the map from a flat ``[p]`` vector back to theta's structure."""
+        flat, unravel = ravel_pytree(theta)
+        return jax.vmap(unravel)(jnp.eye(flat.size, dtype=flat.dtype)), unravel
+
+    def start(theta, key, noise_key, _):
+        directions, _ = basis(theta)
+        state, influence = jax.vmap(lambda v: jvp_init(system, theta, key, v))(directions)
+        return jax.tree_util.tree_map(lambda x: x[0], state), influence
+
+    def step(theta, state, t, influence, _):
+        directions, unravel = basis(theta)
+        new_state, loss, influence, dloss = jax.vmap(
+            lambda v, j: jvp_step(system, theta, state, t, v, j), out_axes=(None, None, 0, 0)
+        )(directions, influence)
+        return new_state, influence, loss, unravel(jnp.real(dloss))
+
+    rule = Rule(start, step)
+
+    def init(theta, key):
+        check_against_theta(system, theta, key)
+        workers, influence = start_workers(system, rule, theta, key, num_workers, 1, None, stagger=True)
+        return RTRLState(workers, influence)
+
+    def estimate(theta, state, key):
+        del key  # deterministic given the workers' episodes
+        worker_shape_check(state.workers, num_workers, 1)
+        workers, influence, total, losses = run_windows(
+            system, rule, theta, state.workers, state.influence, None, truncation
+        )
+        steps = num_workers * truncation
+        return trajectory_sum(total, 1.0 / steps), RTRLState(workers, influence), window_info(losses, steps)
+
+    return Estimator(init, estimate)
 
 
 def forward_gradient(system, truncation: int, num_directions: int = 1, num_workers: int = 1) -> Estimator:
