@@ -201,6 +201,7 @@ ESTIMATOR_DEFAULTS = {
     "nres": (unroll.nres, {"truncation": 2, "sigma": 0.1, "num_particles": 4}),
     "forward_gradient": (unroll.forward_gradient, {"truncation": 2, "num_directions": 2}),
     "rtrl": (unroll.rtrl, {"truncation": 2}),
+    "uoro": (unroll.uoro, {"truncation": 2}),
 }
 ESTIMATOR_NAMES = tuple(ESTIMATOR_DEFAULTS)
 WINDOWED = tuple(name for name, (_, kw) in ESTIMATOR_DEFAULTS.items() if "truncation" in kw)

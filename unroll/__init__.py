@@ -2,7 +2,7 @@
 
 from unroll.estimators.bptt import full_bptt, truncated_bptt
 from unroll.estimators.evolution import es, nres, pes, truncated_es
-from unroll.estimators.forward import forward_gradient, rtrl
+from unroll.estimators.forward import forward_gradient, rtrl, uoro
 from unroll.exact import episode_loss, exact_gradient
 from unroll.system import System
 from unroll.train import train
@@ -26,4 +26,5 @@ __all__ = [
     "train",
     "truncated_bptt",
     "truncated_es",
+    "uoro",
 ]

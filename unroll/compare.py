@@ -84,6 +84,9 @@ def influence_balancing_setup(horizon: int = 1000) -> TaskSetup:
         "rtrl": EstimatorSpec(
             lambda s, k: unroll.rtrl(s, k, num_workers=workers), 10, "real-time recurrent learning (exact, online)"
         ),
+        "uoro": EstimatorSpec(
+            lambda s, k: unroll.uoro(s, k, num_workers=workers), 10, "unbiased rank-one RTRL (high variance)"
+        ),
         "es": EstimatorSpec(lambda s, k: unroll.es(s, sigma, particles), None, "ES over whole episodes"),
     }
     return TaskSetup(

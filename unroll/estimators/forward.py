@@ -34,6 +34,13 @@ class RTRLState(NamedTuple):
     influence: list  # d state / d theta for the inexact state leaves, each [W, 1, p, *leaf.shape]
 
 
+class UOROState(NamedTuple):
+    workers: Worker  # [num_workers, 1]
+    state_factor: list  # s~: one array per inexact state leaf
+    theta_factor: object  # theta~: theta-shaped
+    key: jax.Array  # per-trajectory key of the +-1 draws
+
+
 class ForwardGradientState(NamedTuple):
     workers: Worker  # [num_workers, num_directions]
     direction: object  # theta-shaped v per trajectory
@@ -122,6 +129,85 @@ def rtrl(system, truncation: int, num_workers: int = 1) -> Estimator:
         )
         steps = num_workers * truncation
         return trajectory_sum(total, 1.0 / steps), RTRLState(workers, influence), window_info(losses, steps)
+
+    return Estimator(init, estimate)
+
+
+def _norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def _rademacher_like(key, leaves: list) -> list:
+    keys = jax.random.split(key, len(leaves))
+    return [jax.random.rademacher(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+
+
+def uoro(system, truncation: int, num_workers: int = 1, epsilon: float = 1e-7) -> Estimator:
+    """Unbiased online recurrent optimization (Tallec & Ollivier 2017).
+
+    The influence is kept as a rank-one ``J ~ s~ theta~^T``. Each step, with
+    ``nu`` uniform in ``{-1, +1}^n``, ``A = ds'/ds s~`` (a jvp) and
+    ``B = nu^T ds'/dtheta`` (a vjp), the step's gradient is
+    ``dl/dtheta + (dl/ds s~) theta~`` (the influence before the update), then
+    ``s~ <- rho0 A + rho1 nu`` and ``theta~ <- theta~ / rho0 + B / rho1`` with the
+    variance-minimizing ``rho0 = sqrt(|theta~| / |A|)``, ``rho1 = sqrt(|B| / |nu|)``
+    (``epsilon`` keeps them finite). An episode starts at ``s~ = nu``,
+    ``theta~ = nu^T d s_0 / d theta``. Unbiased; high variance. Real states only.
+    """
+    check_system(system)
+    truncation = check_truncation(truncation, system.horizon)
+    num_workers = check_positive_int(num_workers, "num_workers")
+
+    def start(theta, key, noise_key, _):
+        def init(theta):
+            state = system.init(theta, key)
+            return inexact_leaves(state), state
+
+        leaves, pullback, state = jax.vjp(init, theta, has_aux=True)
+        if any(jnp.iscomplexobj(x) for x in leaves):
+            raise TypeError("`uoro` needs a real state; this system's state has complex leaves: use rtrl instead.")
+        noise_key, sub = jax.random.split(noise_key)
+        nu = _rademacher_like(sub, leaves)
+        (theta_factor,) = pullback(nu)
+        return state, (nu, theta_factor, noise_key)
+
+    def step(theta, state, t, acc, _):
+        state_factor, theta_factor, key = acc
+
+        def step_of(theta, leaves):
+            new_state, loss = system.step(theta, with_inexact_leaves(state, leaves), t)
+            return (inexact_leaves(new_state), loss), new_state
+
+        leaves = inexact_leaves(state)
+        (new_leaves, loss), (a, dloss_along), new_state = jax.jvp(
+            lambda lv: step_of(theta, lv), (leaves,), (state_factor,), has_aux=True
+        )
+        _, pullback, _ = jax.vjp(lambda th: step_of(th, leaves), theta, has_aux=True)
+        key, sub = jax.random.split(key)
+        nu = _rademacher_like(sub, new_leaves)
+        (b,) = pullback((nu, jnp.zeros_like(loss)))
+        (dloss_dtheta,) = pullback(([jnp.zeros_like(x) for x in new_leaves], jnp.ones_like(loss)))
+        gradient = jax.tree_util.tree_map(lambda d, f: d + dloss_along * f, dloss_dtheta, theta_factor)
+        rho0 = jnp.sqrt((_norm(theta_factor) + epsilon) / (_norm(a) + epsilon))
+        rho1 = jnp.sqrt((_norm(b) + epsilon) / (_norm(nu) + epsilon))
+        state_factor = [rho0 * x + rho1 * n for x, n in zip(a, nu)]
+        theta_factor = jax.tree_util.tree_map(lambda f, g: f / rho0 + g / rho1, theta_factor, b)
+        return new_state, (state_factor, theta_factor, key), loss, gradient
+
+    rule = Rule(start, step)
+
+    def init(theta, key):
+        check_against_theta(system, theta, key)
+        workers, acc = start_workers(system, rule, theta, key, num_workers, 1, None, stagger=True)
+        return UOROState(workers, *acc)
+
+    def estimate(theta, state, key):
+        del key  # the +-1 draws come from each episode's own key
+        worker_shape_check(state.workers, num_workers, 1)
+        acc = (state.state_factor, state.theta_factor, state.key)
+        workers, acc, total, losses = run_windows(system, rule, theta, state.workers, acc, None, truncation)
+        steps = num_workers * truncation
+        return trajectory_sum(total, 1.0 / steps), UOROState(workers, *acc), window_info(losses, steps)
 
     return Estimator(init, estimate)
 
