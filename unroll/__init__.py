@@ -2,7 +2,7 @@
 
 from unroll.estimators.bptt import full_bptt, truncated_bptt
 from unroll.estimators.evolution import es, nres, pes, truncated_es
-from unroll.estimators.forward import forward_gradient, rtrl, uoro
+from unroll.estimators.forward import forward_gradient, rtrl, snap, uoro
 from unroll.exact import episode_loss, exact_gradient
 from unroll.system import System
 from unroll.train import train
@@ -22,6 +22,7 @@ __all__ = [
     "nres",
     "pes",
     "rtrl",
+    "snap",
     "tasks",
     "train",
     "truncated_bptt",

@@ -29,9 +29,12 @@ from unroll.window import (
 )
 
 
-class RTRLState(NamedTuple):
+class InfluenceState(NamedTuple):
+    """State of ``rtrl`` and ``snap``."""
+
     workers: Worker  # [num_workers, 1]
     influence: list  # d state / d theta for the inexact state leaves, each [W, 1, p, *leaf.shape]
+    mask: list | None  # snap: 0/1 per influence entry, [p, *leaf.shape] per leaf; rtrl: None
 
 
 class UOROState(NamedTuple):
@@ -87,6 +90,57 @@ def jvp_step(system, theta, state, t, direction, tangent):
     return new_state, loss, tangent, dloss
 
 
+def _basis(theta):
+    """The ``p`` unit directions ``e_j`` as a theta-shaped pytree with a leading ``p`` axis,
+    and the map from a flat ``[p]`` vector back to theta's structure."""
+    flat, unravel = ravel_pytree(theta)
+    return jax.vmap(unravel)(jnp.eye(flat.size, dtype=flat.dtype)), unravel
+
+
+def _influence_estimator(system, truncation: int, num_workers: int, order: int | None) -> Estimator:
+    """RTRL, or SnAp-``order`` when ``order`` is given: the influence is multiplied by the
+    reachability mask (passed to the rule as its per-trajectory data) after every update."""
+
+    def masked(influence, mask):
+        return influence if mask is None else [j * m for j, m in zip(influence, mask)]
+
+    def start(theta, key, noise_key, mask):
+        directions, _ = _basis(theta)
+        state, influence = jax.vmap(lambda v: jvp_init(system, theta, key, v))(directions)
+        return jax.tree_util.tree_map(lambda x: x[0], state), masked(influence, mask)
+
+    def step(theta, state, t, influence, mask):
+        directions, unravel = _basis(theta)
+        new_state, loss, influence, dloss = jax.vmap(
+            lambda v, j: jvp_step(system, theta, state, t, v, j), out_axes=(None, None, 0, 0)
+        )(directions, influence)
+        return new_state, masked(influence, mask), loss, unravel(jnp.real(dloss))
+
+    rule = Rule(start, step)
+
+    def per_trajectory(mask):
+        return None if mask is None else [jnp.broadcast_to(m, (num_workers, 1) + m.shape) for m in mask]
+
+    def init(theta, key):
+        check_against_theta(system, theta, key)
+        # the mask's random point uses a key of its own: episodes come from `key` as in every estimator
+        mask = None if order is None else reachability_mask(system, theta, jax.random.fold_in(key, 0x534E4150), order)
+        workers, influence = start_workers(system, rule, theta, key, num_workers, 1, per_trajectory(mask), stagger=True)
+        return InfluenceState(workers, influence, mask)
+
+    def estimate(theta, state, key):
+        del key  # deterministic given the workers' episodes
+        worker_shape_check(state.workers, num_workers, 1)
+        workers, influence, total, losses = run_windows(
+            system, rule, theta, state.workers, state.influence, per_trajectory(state.mask), truncation
+        )
+        steps = num_workers * truncation
+        new_state = InfluenceState(workers, influence, state.mask)
+        return trajectory_sum(total, 1.0 / steps), new_state, window_info(losses, steps)
+
+    return Estimator(init, estimate)
+
+
 def rtrl(system, truncation: int, num_workers: int = 1) -> Estimator:
     """Real-time recurrent learning: ``g = (1/K) sum_k dl_{t+k}/dtheta``, each step's total
     derivative through the whole episode so far, from the influence ``J = d s / d theta``
@@ -95,42 +149,62 @@ def rtrl(system, truncation: int, num_workers: int = 1) -> Estimator:
     check_system(system)
     truncation = check_truncation(truncation, system.horizon)
     num_workers = check_positive_int(num_workers, "num_workers")
+    return _influence_estimator(system, truncation, num_workers, order=None)
 
-    def basis(theta):
-        """The ``p`` unit directions ``e_j`` as a theta-shaped pytree with a leading ``p`` axis,
-        and the map from a flat ``[p]`` vector back to theta's structure."""
-        flat, unravel = ravel_pytree(theta)
-        return jax.vmap(unravel)(jnp.eye(flat.size, dtype=flat.dtype)), unravel
 
-    def start(theta, key, noise_key, _):
-        directions, _ = basis(theta)
-        state, influence = jax.vmap(lambda v: jvp_init(system, theta, key, v))(directions)
-        return jax.tree_util.tree_map(lambda x: x[0], state), influence
+def reachability_mask(system, theta, key, order: int, num_times: int = 3) -> list:
+    """SnAp's pattern: entry ``(i, j)`` of the influence is kept iff parameter ``j`` reaches
+    state unit ``i`` within ``order`` steps, i.e. it is nonzero in
+    ``sum_{k < order} (ds'/ds)^k ds'/dtheta``. The structural nonzeros of the one-step
+    Jacobians are read off at a random perturbed point (state and theta plus unit
+    Gaussian noise, so a zero state cannot hide a dependence), united over
+    ``num_times`` time indices. Returns one 0/1 array ``[p, *leaf.shape]`` per inexact
+    state leaf, in the influence's layout."""
+    state_key, theta_key, *_ = jax.random.split(key, 3)
+    state = system.init(theta, jax.random.fold_in(key, 1))
+    leaves = inexact_leaves(state)
+    flat_leaves, unravel_leaves = ravel_pytree([jnp.abs(x) for x in leaves])  # real layout of the units
+    num_units = flat_leaves.size
+    noise = normal_like(state_key, leaves)
+    leaves = [x + n for x, n in zip(leaves, noise)]
+    theta = jax.tree_util.tree_map(lambda x, n: x + n, theta, normal_like(theta_key, theta))
+    directions, _ = _basis(theta)
+    unit_directions = jax.vmap(lambda e: [u.astype(x.dtype) for u, x in zip(unravel_leaves(e), leaves)])(
+        jnp.eye(num_units, dtype=flat_leaves.dtype)
+    )
 
-    def step(theta, state, t, influence, _):
-        directions, unravel = basis(theta)
-        new_state, loss, influence, dloss = jax.vmap(
-            lambda v, j: jvp_step(system, theta, state, t, v, j), out_axes=(None, None, 0, 0)
-        )(directions, influence)
-        return new_state, influence, loss, unravel(jnp.real(dloss))
+    def tangent_pattern(t, theta_tangent, state_tangent):
+        def step_of(theta, leaves):
+            new_state, _ = system.step(theta, with_inexact_leaves(state, leaves), t)
+            return inexact_leaves(new_state)
 
-    rule = Rule(start, step)
+        _, out = jax.jvp(step_of, (theta, leaves), (theta_tangent, state_tangent))
+        return ravel_pytree([jnp.abs(x) for x in out])[0] > 0
 
-    def init(theta, key):
-        check_against_theta(system, theta, key)
-        workers, influence = start_workers(system, rule, theta, key, num_workers, 1, None, stagger=True)
-        return RTRLState(workers, influence)
+    zero_state = [jnp.zeros_like(x) for x in leaves]
+    zero_theta = jax.tree_util.tree_map(jnp.zeros_like, theta)
+    times = jnp.linspace(0, system.horizon - 1, num_times).astype(jnp.int32)
+    by_parameter = jax.vmap(lambda t: jax.vmap(lambda v: tangent_pattern(t, v, zero_state))(directions))(times)
+    by_unit = jax.vmap(lambda t: jax.vmap(lambda u: tangent_pattern(t, zero_theta, u))(unit_directions))(times)
+    reach = jnp.any(by_parameter, axis=0).astype(flat_leaves.dtype)  # [p, n]: ds'/dtheta, transposed
+    transition = jnp.any(by_unit, axis=0).astype(flat_leaves.dtype)  # [n_in, n_out]: ds'/ds, transposed
+    mask = reach
+    for _ in range(order - 1):
+        mask = jnp.minimum(mask + mask @ transition, 1.0)
+    return jax.vmap(lambda row: [m.astype(jnp.real(x).dtype) for m, x in zip(unravel_leaves(row), leaves)])(mask)
 
-    def estimate(theta, state, key):
-        del key  # deterministic given the workers' episodes
-        worker_shape_check(state.workers, num_workers, 1)
-        workers, influence, total, losses = run_windows(
-            system, rule, theta, state.workers, state.influence, None, truncation
-        )
-        steps = num_workers * truncation
-        return trajectory_sum(total, 1.0 / steps), RTRLState(workers, influence), window_info(losses, steps)
 
-    return Estimator(init, estimate)
+def snap(system, order: int, truncation: int, num_workers: int = 1) -> Estimator:
+    """SnAp-``order`` (Menick et al. 2020): RTRL keeping only the influence entries
+    ``(i, j)`` that parameter ``j`` can reach within ``order`` steps (``reachability_mask``),
+    the mask applied after every update. SnAp-1 is exact for element-wise (diagonal)
+    recurrences; on a dense RNN SnAp-2 already keeps every entry (= RTRL). The influence
+    is stored densely and masked: the results of SnAp, at RTRL's cost."""
+    check_system(system)
+    order = check_positive_int(order, "order", "SnAp's order is the number of steps of reach kept, >= 1.")
+    truncation = check_truncation(truncation, system.horizon)
+    num_workers = check_positive_int(num_workers, "num_workers")
+    return _influence_estimator(system, truncation, num_workers, order=order)
 
 
 def _norm(tree) -> jax.Array:

@@ -1,0 +1,62 @@
+"""SnAp-n against RTRL (Menick et al. 2020)."""
+
+import jax
+import numpy as np
+import pytest
+
+import unroll
+from tests.test_rtrl import PROBLEMS, _max_diff
+
+KEY = jax.random.key(0)
+
+
+def _episode_mean(est, theta, num_windows=7):
+    state = est.init(theta, KEY)
+    estimate = jax.jit(est.estimate)
+    grads = []
+    for _ in range(num_windows):
+        grad, state, _ = estimate(theta, state, KEY)
+        grads.append(grad)
+    return jax.tree_util.tree_map(lambda *g: sum(g) / num_windows, *grads), state
+
+
+def test_snap1_is_rtrl_on_a_diagonal_recurrence():
+    system, theta = PROBLEMS["complex_diagonal"]()
+    rtrl, _ = _episode_mean(unroll.rtrl(system, truncation=3), theta)
+    snap, state = _episode_mean(unroll.snap(system, order=1, truncation=3), theta)
+    assert _max_diff(snap, rtrl) < 1e-12
+    # each of nu, phase, b_re, b_im (4 x 4 parameters) reaches its own unit of 4; c_re, c_im reach none
+    assert float(np.mean(state.mask[0])) == pytest.approx(16 / (24 * 4))
+
+
+@pytest.mark.parametrize("problem", ["tanh_rnn", "tanh_rnn_learned_h0", "gru"])
+def test_snap2_is_rtrl_on_dense_recurrences_and_snap1_is_not(problem):
+    system, theta = PROBLEMS[problem]()
+    rtrl, _ = _episode_mean(unroll.rtrl(system, truncation=3), theta)
+    snap2, state2 = _episode_mean(unroll.snap(system, order=2, truncation=3), theta)
+    snap1, state1 = _episode_mean(unroll.snap(system, order=1, truncation=3), theta)
+    assert _max_diff(snap2, rtrl) < 1e-12
+    assert _max_diff(snap1, rtrl) > 1e-4
+    # SnAp-2 keeps every entry a parameter of the dynamics can reach; SnAp-1 strictly fewer
+    assert np.sum(state1.mask[0]) < np.sum(state2.mask[0])
+
+
+def test_snap1_pattern_of_a_dense_rnn():
+    """tanh(W h + U x + b): W[a, b], U[a, c] and b[a] move unit a only (one step); the
+    readout moves none. So SnAp-1 keeps exactly one unit for each of those parameters."""
+    system, theta = PROBLEMS["tanh_rnn"]()  # n = 3, m = 2
+    state = unroll.snap(system, order=1, truncation=3).init(theta, KEY)
+    per_parameter = np.asarray(state.mask[0]).reshape(-1, 3).sum(axis=1)  # units reached per parameter
+    flat_names = sorted(theta)  # ravel_pytree order: sorted dict keys
+    sizes = {name: np.size(theta[name]) for name in flat_names}
+    offset = 0
+    for name in flat_names:
+        reached = per_parameter[offset : offset + sizes[name]]
+        offset += sizes[name]
+        assert np.all(reached == (0 if name == "readout" else 1)), (name, reached)
+
+
+def test_order_must_be_positive():
+    system, _ = PROBLEMS["tanh_rnn"]()
+    with pytest.raises(ValueError, match="order"):
+        unroll.snap(system, order=0, truncation=3)
