@@ -203,6 +203,7 @@ ESTIMATOR_DEFAULTS = {
     "rtrl": (unroll.rtrl, {"truncation": 2}),
     "uoro": (unroll.uoro, {"truncation": 2}),
     "snap": (unroll.snap, {"order": 1, "truncation": 2}),
+    "dni": (unroll.dni, {"truncation": 2}),
 }
 ESTIMATOR_NAMES = tuple(ESTIMATOR_DEFAULTS)
 WINDOWED = tuple(name for name, (_, kw) in ESTIMATOR_DEFAULTS.items() if "truncation" in kw)

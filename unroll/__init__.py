@@ -1,6 +1,7 @@
 """unroll: gradient estimators for long unrolled computations, behind one interface."""
 
 from unroll.estimators.bptt import full_bptt, truncated_bptt
+from unroll.estimators.dni import Synthesizer, dni, linear_synthesizer, mlp_synthesizer
 from unroll.estimators.evolution import es, nres, pes, truncated_es
 from unroll.estimators.forward import forward_gradient, rtrl, snap, uoro
 from unroll.exact import episode_loss, exact_gradient
@@ -13,12 +14,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Estimator",
+    "Synthesizer",
     "System",
+    "dni",
     "episode_loss",
     "es",
     "exact_gradient",
     "forward_gradient",
     "full_bptt",
+    "linear_synthesizer",
+    "mlp_synthesizer",
     "nres",
     "pes",
     "rtrl",
