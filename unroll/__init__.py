@@ -1,6 +1,6 @@
 """unroll: gradient estimators for long unrolled computations, behind one interface."""
 
-from unroll.estimators.bptt import full_bptt, truncated_bptt
+from unroll.estimators.bptt import checkpointed_bptt, full_bptt, truncated_bptt
 from unroll.estimators.dni import Synthesizer, dni, linear_synthesizer, mlp_synthesizer
 from unroll.estimators.evolution import es, nres, pes, truncated_es
 from unroll.estimators.forward import forward_gradient, rtrl, snap, uoro
@@ -8,7 +8,7 @@ from unroll.exact import episode_loss, exact_gradient
 from unroll.system import System
 from unroll.train import train
 from unroll.window import Estimator
-from unroll import tasks
+from unroll import checkpointing, tasks
 
 __version__ = "0.1.0"
 
@@ -16,6 +16,8 @@ __all__ = [
     "Estimator",
     "Synthesizer",
     "System",
+    "checkpointed_bptt",
+    "checkpointing",
     "dni",
     "episode_loss",
     "es",

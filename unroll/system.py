@@ -156,3 +156,19 @@ def check_against_theta(system: Any, theta: PyTree, key: jax.Array) -> None:
             f"`system.step` must return a float scalar loss, got {desc}; "
             "reduce it with .mean() or .sum() and make sure it is floating point."
         )
+
+
+def _is_inexact(x) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+def inexact_leaves(state) -> list:
+    """The float/complex leaves of a state, the ones that carry tangents (keys, counters do not)."""
+    return [x for x in jax.tree_util.tree_leaves(state) if _is_inexact(x)]
+
+
+def with_inexact_leaves(state, values: list):
+    """``state`` with its inexact leaves replaced, in order, by ``values``."""
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    values = iter(values)
+    return jax.tree_util.tree_unflatten(treedef, [next(values) if _is_inexact(x) else x for x in leaves])

@@ -23,8 +23,9 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from unroll.estimators.forward import inexact_leaves, with_inexact_leaves
-from unroll.system import check_against_theta, check_positive_int, check_system, check_truncation
+from unroll.system import (
+    check_against_theta, check_positive_int, check_system, check_truncation, inexact_leaves, with_inexact_leaves,
+)
 from unroll.window import Estimator, Worker, plain_rule, run_windows, start_workers, window_info, worker_shape_check
 
 

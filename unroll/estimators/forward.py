@@ -23,7 +23,9 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from unroll.estimators.evolution import normal_like
-from unroll.system import check_against_theta, check_positive_int, check_system, check_truncation
+from unroll.system import (
+    check_against_theta, check_positive_int, check_system, check_truncation, inexact_leaves, with_inexact_leaves,
+)
 from unroll.window import (
     Estimator, Rule, Worker, run_windows, start_workers, trajectory_sum, tree_scale, window_info, worker_shape_check,
 )
@@ -48,22 +50,6 @@ class ForwardGradientState(NamedTuple):
     workers: Worker  # [num_workers, num_directions]
     direction: object  # theta-shaped v per trajectory
     tangent: list  # d state / d theta . v, for the inexact (float or complex) leaves of the state
-
-
-def _is_inexact(x) -> bool:
-    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-
-
-def inexact_leaves(state) -> list:
-    """The float/complex leaves of a state, the ones that carry tangents (keys, counters do not)."""
-    return [x for x in jax.tree_util.tree_leaves(state) if _is_inexact(x)]
-
-
-def with_inexact_leaves(state, values: list):
-    """``state`` with its inexact leaves replaced, in order, by ``values``."""
-    leaves, treedef = jax.tree_util.tree_flatten(state)
-    values = iter(values)
-    return jax.tree_util.tree_unflatten(treedef, [next(values) if _is_inexact(x) else x for x in leaves])
 
 
 def jvp_init(system, theta, key, direction):

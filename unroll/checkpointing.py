@@ -1,0 +1,192 @@
+"""Memory-budgeted backpropagation schedules: the BPTT-HSM dynamic program of
+Gruslys et al. (2016), "Memory-Efficient Backpropagation Through Time".
+
+The cost model. Backpropagating ``t`` steps means running the step function forward
+("forward steps") and backward. A *slot* holds one hidden state; with ``m`` slots the
+state at the start of the segment occupies one of them. Backpropagating one step needs
+that step evaluated forward once more (its internal activations are never stored, only
+hidden states are), so every step is counted once at its backward pass, plus once for
+every time it is re-run to reach a later state. Then
+
+* ``C(1, m) = 1``: the one step, evaluated for its backward pass;
+* ``C(t, 1) = t (t + 1) / 2``: only the start state is kept, so step ``k`` (``0 <= k < t``,
+  backpropagated last to first) costs ``k + 1`` forward steps from the start;
+* ``C(t, m) = min_{1 <= y < t} [ y + C(t - y, m - 1) + C(y, m) ]``: run ``y`` steps, store
+  the state ``s_y`` in a second slot, solve the right part ``[y, t)`` with the ``m - 1``
+  slots left (``s_y`` being one of them), free the slot, then solve the left part
+  ``[0, y)`` with all ``m`` slots.
+
+No other base cases are needed (``y`` ranges over ``1..t-1``, so ``C(0, .)`` never
+occurs). With ``m >= t`` the cost is ``2 t - 1``, not ``t``: the first sweep stores every
+state (``t - 1`` steps) and each step is evaluated once more for its backward pass. It is
+the least possible cost for every ``m`` (each step but the last runs at least twice), so
+``C(t, m) = C(t, min(m, t))`` and a budget above the horizon changes nothing. This
+definition gives the published values ``C(10, 2) = 30`` and ``C(100, 10) = 322``.
+
+``plan(horizon, memory_budget)`` solves the program (numpy, one vectorized minimum per
+``t`` over all splits and budgets, ``O(T^2 m)`` element operations); ``Plan.split_tree()``
+is the recursive schedule and ``Plan.actions()`` the same schedule flattened into the
+stack-machine program that ``unroll.checkpointed_bptt`` executes.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = ["Action", "Plan", "Segment", "plan"]
+
+
+class Segment(NamedTuple):
+    """One node of the split tree: backpropagate ``length`` steps starting at episode step
+    ``start`` with ``slots`` state slots.
+
+    ``split == 0`` marks a leaf: a single step (``length == 1``) or a one-slot segment
+    (``slots == 1``, every step recomputed from the segment's start). Otherwise ``left``
+    is ``[start, start + split)`` with ``slots`` slots (solved second) and ``right`` is
+    ``[start + split, start + length)`` with ``slots - 1`` slots (solved first).
+    """
+
+    start: int
+    length: int
+    slots: int
+    split: int
+    left: "Segment | None"
+    right: "Segment | None"
+
+
+class Action(NamedTuple):
+    """The flattened schedule, one entry per action (int arrays of equal length).
+
+    Every action loads the state in slot ``src`` (the state at episode step ``time``) and
+    runs ``count`` forward steps from it. Then, if ``store``, it writes the result into slot
+    ``dst``; otherwise it backpropagates step ``time + count`` from the result (one more
+    forward step, evaluated with its backward pass). Backward actions come in the order
+    ``T - 1, T - 2, ..., 0``; slot 0 holds the episode's initial state.
+    """
+
+    src: np.ndarray
+    time: np.ndarray
+    count: np.ndarray
+    store: np.ndarray  # bool
+    dst: np.ndarray  # -1 for backward actions
+
+
+class Plan(NamedTuple):
+    """The BPTT-HSM schedule for ``horizon`` steps and ``memory_budget`` state slots.
+
+    * ``forward_steps``: ``C(horizon, memory_budget)``, the least number of forward step
+      evaluations (each step's evaluation for its own backward pass included);
+    * ``split``: the top-level argmin ``y`` (0 if ``horizon == 1`` or ``memory_budget == 1``);
+    * ``slots_used``: the slots the schedule actually fills (``<= memory_budget``);
+    * ``costs[t, m]`` / ``splits[t, m]``: ``C(t, m)`` and its argmin (the smallest ``y``
+      on ties; 0 for leaves) for ``1 <= t <= horizon``, ``1 <= m <= min(memory_budget,
+      horizon)``; row and column 0 are unused. Larger budgets equal the last column.
+    """
+
+    horizon: int
+    memory_budget: int
+    forward_steps: int
+    split: int
+    slots_used: int
+    costs: np.ndarray
+    splits: np.ndarray
+
+    def cost(self, length: int, slots: int) -> int:
+        """``C(length, slots)`` for ``1 <= length <= horizon``, ``slots >= 1``."""
+        return int(self.costs[length, min(slots, self.costs.shape[1] - 1)])
+
+    def split_of(self, length: int, slots: int) -> int:
+        """The argmin ``y`` of ``C(length, slots)`` (0 for a leaf)."""
+        return int(self.splits[length, min(slots, self.splits.shape[1] - 1)])
+
+    def split_tree(self, start: int = 0, length: int | None = None, slots: int | None = None) -> Segment:
+        """The recursive schedule as a tree of ``Segment`` (the whole episode by default)."""
+        length = self.horizon if length is None else length
+        slots = self.memory_budget if slots is None else slots
+        y = self.split_of(length, slots)
+        if y == 0:
+            return Segment(start, length, slots, 0, None, None)
+        return Segment(
+            start,
+            length,
+            slots,
+            y,
+            self.split_tree(start, y, slots),
+            self.split_tree(start + y, length - y, slots - 1),
+        )
+
+    def actions(self) -> Action:
+        """The schedule as the stack-machine program of ``Action`` (see its docstring)."""
+        src, time, count, store, dst = [], [], [], [], []
+        # (start, length, slots, slot holding the state at `start`), solved last-in first-out
+        todo = [(0, self.horizon, self.memory_budget, 0)]
+        while todo:
+            start, length, slots, slot = todo.pop()
+            y = self.split_of(length, slots)
+            if y == 0:  # one step, or one slot: recompute every step from the start
+                for k in range(length - 1, -1, -1):
+                    src.append(slot), time.append(start), count.append(k), store.append(False), dst.append(-1)
+                continue
+            src.append(slot), time.append(start), count.append(y), store.append(True), dst.append(slot + 1)
+            todo.append((start, y, slots, slot))  # left part, after the right part
+            todo.append((start + y, length - y, slots - 1, slot + 1))
+        as_int = lambda v: np.asarray(v, np.int32)
+        return Action(as_int(src), as_int(time), as_int(count), np.asarray(store, bool), as_int(dst))
+
+
+def _check_int(value: Any, name: str, fix: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}. {fix}")
+    return int(value)
+
+
+def check_memory_budget(memory_budget: Any) -> int:
+    """A number of state slots: a positive int (1 is the feasible minimum: the initial state)."""
+    return _check_int(
+        memory_budget,
+        "memory_budget",
+        "It counts the hidden states kept at once, the episode's initial state included, so the "
+        "feasible minimum is 1 (e.g. memory_budget=10); use full_bptt to store every state.",
+    )
+
+
+def _solve(horizon: int, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """``costs[t, m]`` and ``splits[t, m]`` for ``t <= horizon``, ``m <= budget``."""
+    # work in [m, t] layout (the minimum runs over contiguous memory), int32 while it fits
+    dtype = np.int32 if horizon * (horizon + 1) // 2 + horizon < 2**31 - 1 else np.int64
+    costs = np.zeros((budget + 1, horizon + 1), dtype)
+    splits = np.zeros((budget + 1, horizon + 1), dtype)
+    t = np.arange(horizon + 1, dtype=np.int64)
+    costs[1, :] = t * (t + 1) // 2
+    costs[1:, 1] = 1
+    ys = np.arange(horizon + 1, dtype=dtype)
+    for length in range(2, horizon + 1) if budget >= 2 else ():
+        # y + C(length - y, m - 1) + C(y, m) for every split 1 <= y < length and budget
+        # m >= 2 at once (columns: y; the first operand is C(length - y, .) read backwards)
+        total = costs[1:budget, length - 1 : 0 : -1] + costs[2:, 1:length]
+        total += ys[1:length]
+        best = np.argmin(total, axis=1)  # the first (smallest) y on ties
+        costs[2:, length] = np.take_along_axis(total, best[:, None], axis=1)[:, 0]
+        splits[2:, length] = best + 1
+    return np.ascontiguousarray(costs.T, np.int64), np.ascontiguousarray(splits.T, np.int64)
+
+
+def plan(horizon: int, memory_budget: int) -> Plan:
+    """The BPTT-HSM schedule backpropagating ``horizon`` steps with ``memory_budget``
+    hidden-state slots (the initial state included) in the fewest forward steps.
+
+    >>> plan(10, 2).forward_steps, plan(100, 10).forward_steps
+    (30, 322)
+    """
+    horizon = _check_int(horizon, "horizon", "It is the number of steps to backpropagate, e.g. horizon=100.")
+    memory_budget = check_memory_budget(memory_budget)
+    costs, splits = _solve(horizon, min(memory_budget, horizon))
+    p = Plan(horizon, memory_budget, 0, 0, 0, costs, splits)
+    actions = p.actions()
+    slots_used = int(max(actions.dst.max(initial=-1), actions.src.max(initial=0))) + 1
+    return p._replace(
+        forward_steps=p.cost(horizon, memory_budget), split=p.split_of(horizon, memory_budget), slots_used=slots_used
+    )
