@@ -87,6 +87,15 @@ def influence_balancing_setup(horizon: int = 1000) -> TaskSetup:
         "uoro": EstimatorSpec(
             lambda s, k: unroll.uoro(s, k, num_workers=workers), 10, "unbiased rank-one RTRL (high variance)"
         ),
+        "snap": EstimatorSpec(
+            lambda s, k: unroll.snap(s, 1, k, num_workers=workers), 10, "SnAp-1 (sparse RTRL, order 1)"
+        ),
+        "dni": EstimatorSpec(
+            lambda s, k: unroll.dni(s, k, num_workers=workers), 10, "truncated BPTT + learned synthetic gradient"
+        ),
+        "checkpointed-bptt": EstimatorSpec(
+            lambda s, k: unroll.checkpointed_bptt(s, memory_budget=10), None, "full BPTT in 10 stored states"
+        ),
         "es": EstimatorSpec(lambda s, k: unroll.es(s, sigma, particles), None, "ES over whole episodes"),
     }
     return TaskSetup(

@@ -1,0 +1,381 @@
+"""Cost of the online estimators relative to truncated BPTT, as the hidden size grows.
+
+What is measured
+----------------
+*Wall-clock time per window* (``truncation`` inner steps of each of ``num_workers``
+workers) of the jit-compiled ``estimate`` of
+
+* **tbptt**: ``unroll.truncated_bptt(system, truncation=10, num_workers=4)``, the baseline;
+* **rtrl**: ``unroll.rtrl(system, truncation=10, num_workers=4)``;
+* **snap**: ``unroll.snap(system, order=1, truncation=10, num_workers=4)``;
+* **uoro**: ``unroll.uoro(system, truncation=10, num_workers=4)``;
+* **dni**: ``unroll.dni(system, truncation=10, num_workers=4)`` (default linear synthesizer),
+
+all on the same task, same truncation, same workers, at hidden sizes 16 ... 256. The
+table gives tbptt's milliseconds per window (and microseconds per inner step, a window
+being ``num_workers * truncation = 40`` steps) and, for the others, the ratio of their
+median time per window to tbptt's, measured in the same run. A second table gives every
+estimator's ms per window and the compile time of its jitted ``estimate``
+(lower + compile, seconds).
+
+How: each estimator is built, ``init`` run (jitted), ``estimate`` compiled and warmed up
+(two windows); the fastest of three single warm windows sets its block length (windows per timed block,
+so that a block lasts about ``--block-s`` seconds). Then the estimators are timed in
+interleaved blocks (tbptt, rtrl, ..., dni, then the reverse order, ...): a block calls
+the compiled ``estimate`` once per window from Python, threading the estimator state,
+and ends in ``block_until_ready``. Time per window is the median over blocks of block
+time / windows; ratios are medians over tbptt's; the bracket after a ratio is the
+interquartile range of the ratios of adjacent blocks (a noise gauge). Per-window Python
+dispatch (tens of microseconds) is included, which matters only for the smallest sizes.
+
+Skips. RTRL and SnAp carry the influence ``d h / d theta`` (``n x p``, ``p = n^2 + n m + 2n``),
+and ``unroll``'s implementation pushes the ``p`` one-hot parameter directions through one
+jvp of ``step`` per step as a dense ``p x p`` basis: measured temporaries are about
+``2 p^2`` floats and the time per window grows like ``p^2`` (``O(n^4)``). Before compiling,
+each (estimator, size) gets a quick estimate of its memory and its time per window;
+one over ``--max-gb`` (default 2 GB) or ``--max-window-s`` (default 20 s) is not run and
+its cell reads "skipped (reason)". The RTRL/SnAp model, calibrated on a 2-core CPU at
+``n = 32, 64``: memory ``2 p^2 * 4 B + 3 W n p * 4 B``, time ``W K p^2 * 4 B / 5 GB/s``.
+
+SnAp stores its influence densely and masks it after each update, so it costs what RTRL
+costs (plus the mask); the diagonal (element-wise recurrence) fast path of RTRL is not
+implemented yet, so neither has a cheaper path on this dense RNN anyway.
+
+Task: a vanilla tanh RNN, hidden size ``n``, input size ``m = 8``,
+``theta = {W: n x n, U: n x m, b: n, readout: n}``,
+
+    h' = tanh(W h + U x_t + b);   loss_t = (readout . h' - y_t)^2 / 2
+
+with inputs ``x_t ~ N(0, I_m)`` and targets ``y_t = sin(2 pi t / 25) + 0.1 N(0, 1)`` fixed
+(from a fixed key) for ``t < horizon = 100``; each episode starts at
+``h_0 ~ 0.1 N(0, I_n)`` from its episode key. ``W`` is ``0.9 N(0, 1) / sqrt(n)``, ``U``
+``N(0, 1) / sqrt(m)``, ``b = 0``, ``readout`` ``N(0, 1) / sqrt(n)``; float32.
+
+Run ``python -m benchmarks.online_cost`` (``--quick`` for sizes 16, 32 only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import time
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+import unroll
+
+PyTree = Any
+
+HORIZON = 100
+TRUNCATION = 10
+NUM_WORKERS = 4
+INPUT_SIZE = 8
+DATA_SEED = 0
+ESTIMATORS = ("tbptt", "rtrl", "snap", "uoro", "dni")
+BASELINE = "tbptt"
+
+# RTRL / SnAp cost model (see the module doc), calibrated on a 2-core CPU.
+STREAM_BYTES_PER_S = 5e9
+
+
+# --------------------------------------------------------------------------- task
+
+
+def rnn_system(
+    hidden: int, input_size: int = INPUT_SIZE, horizon: int = HORIZON, seed: int = DATA_SEED
+) -> unroll.System:
+    """The vanilla tanh RNN with a per-step readout loss (see the module doc)."""
+    x_key, y_key = jax.random.split(jax.random.PRNGKey(seed))
+    xs = jax.random.normal(x_key, (horizon, input_size), jnp.float32)
+    ts = jnp.arange(horizon, dtype=jnp.float32)
+    ys = jnp.sin(2 * math.pi * ts / 25) + 0.1 * jax.random.normal(y_key, (horizon,), jnp.float32)
+
+    def init(theta: PyTree, key: jax.Array) -> jax.Array:
+        del theta
+        return 0.1 * jax.random.normal(key, (hidden,), jnp.float32)
+
+    def step(theta: PyTree, h: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h = jnp.tanh(theta["W"] @ h + theta["U"] @ xs[t] + theta["b"])
+        return h, 0.5 * (theta["readout"] @ h - ys[t]) ** 2
+
+    return unroll.System(init, step, horizon)
+
+
+def initial_theta(hidden: int, input_size: int = INPUT_SIZE, seed: int = DATA_SEED) -> dict[str, jax.Array]:
+    w_key, u_key, r_key = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 1), 3)
+    return {
+        "W": 0.9 * jax.random.normal(w_key, (hidden, hidden), jnp.float32) / math.sqrt(hidden),
+        "U": jax.random.normal(u_key, (hidden, input_size), jnp.float32) / math.sqrt(input_size),
+        "b": jnp.zeros(hidden, jnp.float32),
+        "readout": jax.random.normal(r_key, (hidden,), jnp.float32) / math.sqrt(hidden),
+    }
+
+
+def num_params(hidden: int, input_size: int = INPUT_SIZE) -> int:
+    return hidden * hidden + hidden * input_size + 2 * hidden
+
+
+def build(name: str, system: unroll.System) -> unroll.Estimator:
+    kw = dict(truncation=TRUNCATION, num_workers=NUM_WORKERS)
+    if name == "tbptt":
+        return unroll.truncated_bptt(system, **kw)
+    if name == "rtrl":
+        return unroll.rtrl(system, **kw)
+    if name == "snap":
+        return unroll.snap(system, order=1, **kw)
+    if name == "uoro":
+        return unroll.uoro(system, **kw)
+    if name == "dni":
+        return unroll.dni(system, **kw)
+    raise ValueError(f"unknown estimator {name!r}; expected one of {ESTIMATORS}")
+
+
+# --------------------------------------------------------------------- estimates
+
+
+class Estimate(NamedTuple):
+    bytes: float
+    window_s: float
+
+
+def cost_estimate(name: str, hidden: int) -> Estimate:
+    """A quick (pre-compile) estimate of an estimator's peak temporaries and time per window.
+
+    RTRL/SnAp: ``2 p^2`` floats of dense one-hot basis and parameter tangents plus a few
+    copies of the ``W x n x p`` influence; time streams the ``p x p`` tangents once per step
+    (calibrated: about 5 GB/s on 2 CPU cores). The others are ``O(W K n^2)`` and cheap."""
+    n, p, steps = hidden, num_params(hidden), NUM_WORKERS * TRUNCATION
+    if name in ("rtrl", "snap"):
+        memory = 2 * p * p * 4 + 3 * NUM_WORKERS * n * p * 4
+        return Estimate(memory, steps * p * p * 4 / STREAM_BYTES_PER_S)
+    memory = 3 * (p + n * n) * 4 + steps * n * 4 * 4  # theta, grads, synthesizer, saved states
+    return Estimate(memory, steps * 10 * p * 4 / STREAM_BYTES_PER_S)
+
+
+def skip_reason(name: str, hidden: int, max_bytes: float, max_window_s: float) -> str | None:
+    est = cost_estimate(name, hidden)
+    reasons = []
+    if est.bytes > max_bytes:
+        reasons.append(f"est. {est.bytes / 1e9:.1f} GB > {max_bytes / 1e9:g} GB")
+    if est.window_s > max_window_s:
+        reasons.append(f"est. {est.window_s:.0f} s/window > {max_window_s:g} s")
+    return "; ".join(reasons) or None
+
+
+# --------------------------------------------------------------------- measuring
+
+
+class Runner:
+    """One estimator's compiled ``estimate``, its threaded state and its timed blocks."""
+
+    def __init__(self, name: str, system: unroll.System, theta: PyTree, seed: int = 0):
+        self.name, self.theta = name, theta
+        est = build(name, system)
+        init_key, window_key = jax.random.split(jax.random.PRNGKey(seed))
+        self.state = jax.block_until_ready(jax.jit(est.init)(theta, init_key))
+        self.key = window_key
+        start = time.perf_counter()
+        self.estimate = jax.jit(est.estimate).lower(theta, self.state, window_key).compile()
+        self.compile_s = time.perf_counter() - start
+        self.windows = 1
+        self.block_s: list[float] = []
+
+    def run(self, windows: int) -> float:
+        """``windows`` Python calls of the compiled ``estimate``, state threaded; seconds."""
+        start = time.perf_counter()
+        grad = None
+        for _ in range(windows):
+            grad, self.state, _ = self.estimate(self.theta, self.state, self.key)
+        jax.block_until_ready((grad, self.state))
+        return time.perf_counter() - start
+
+    def timed(self) -> None:
+        self.block_s.append(self.run(self.windows) / self.windows)
+
+    @property
+    def ms_per_window(self) -> float:
+        return 1e3 * statistics.median(self.block_s)
+
+
+class Row(NamedTuple):
+    hidden: int
+    ms: dict[str, float]  # median ms per window, measured estimators only
+    ratio: dict[str, float]  # over the baseline
+    ratio_iqr: dict[str, tuple[float, float]]
+    compile_s: dict[str, float]
+    windows: dict[str, int]  # windows per timed block
+    skipped: dict[str, str]  # estimator -> reason
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
+
+
+def measure(hidden: int, args: argparse.Namespace) -> Row:
+    system, theta = rnn_system(hidden), initial_theta(hidden)
+    skipped, runners = {}, []
+    for name in args.estimators:
+        reason = skip_reason(name, hidden, args.max_gb * 1e9, args.max_window_s)
+        if reason is not None:
+            skipped[name] = reason
+            print(f"    {name:5s} skipped ({reason})", flush=True)
+            continue
+        runner = Runner(name, system, theta)
+        runner.run(2)  # warm-up
+        warm = min(runner.run(1) for _ in range(3))
+        runner.windows = max(1, min(args.max_windows, round(args.block_s / max(warm, 1e-9))))
+        print(f"    {name:5s} compile {runner.compile_s:.2f} s, warm window {1e3 * warm:.2f} ms, "
+              f"{runner.windows} windows per block", flush=True)
+        runners.append(runner)
+    for repeat in range(args.repeats):
+        for runner in runners if repeat % 2 == 0 else runners[::-1]:
+            runner.timed()
+    by_name = {r.name: r for r in runners}
+    base = by_name.get(BASELINE)
+    ms = {r.name: r.ms_per_window for r in runners}
+    ratio, iqr = {}, {}
+    if base is not None:
+        for r in runners:
+            ratio[r.name] = r.ms_per_window / base.ms_per_window
+            iqr[r.name] = quartiles([a / b for a, b in zip(r.block_s, base.block_s)])
+    return Row(hidden, ms, ratio, iqr, {r.name: r.compile_s for r in runners},
+               {r.name: r.windows for r in runners}, skipped)
+
+
+# ------------------------------------------------------------------------ output
+
+
+NOTE = (
+    "Note: snap stores its influence densely (masked after each update), so it costs what rtrl costs; "
+    "the diagonal (element-wise recurrence) fast path of RTRL is not implemented yet. rtrl/snap also push "
+    "a dense p x p one-hot basis through each step's jvp (about 2 p^2 floats of temporaries, time ~ p^2 ~ n^4)."
+)
+
+
+def markdown_table(rows: Sequence[Row], names: Sequence[str]) -> str:
+    """Ratios table: hidden size, p, tbptt ms/window and us/step, then each estimator's ratio."""
+    others = [n for n in names if n != BASELINE]
+    steps = NUM_WORKERS * TRUNCATION
+    lines = [
+        "| hidden n | params p | tbptt ms/window | tbptt us/step | "
+        + " | ".join(f"{n} / tbptt [block IQR]" for n in others) + " |",
+        "|---:|---:|---:|---:|" + "---:|" * len(others),
+    ]
+    for row in rows:
+        base = row.ms.get(BASELINE)
+        cells = [str(row.hidden), f"{num_params(row.hidden):,}"]
+        cells += [f"{base:.3f}", f"{1e3 * base / steps:.1f}"] if base is not None else ["-", "-"]
+        for name in others:
+            if name in row.skipped:
+                cells.append(f"skipped ({row.skipped[name]})")
+            elif name in row.ratio:
+                q1, q3 = row.ratio_iqr[name]
+                cells.append(f"{row.ratio[name]:.2f}x [{q1:.2f}-{q3:.2f}]")
+            else:
+                cells.append("-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def detail_table(rows: Sequence[Row], names: Sequence[str]) -> str:
+    """Every estimator's ms per window, windows per block and compile seconds."""
+    lines = [
+        "| hidden n | " + " | ".join(f"{n} ms/window (windows/block) | {n} compile s" for n in names) + " |",
+        "|---:|" + "---:|---:|" * len(names),
+    ]
+    for row in rows:
+        cells = [str(row.hidden)]
+        for name in names:
+            if name in row.ms:
+                cells += [f"{row.ms[name]:.3f} ({row.windows[name]})", f"{row.compile_s[name]:.2f}"]
+            else:
+                cells += ["skipped" if name in row.skipped else "-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+FULL = {"sizes": [16, 32, 64, 128, 256], "repeats": 7, "block_s": 0.3}
+QUICK = {"sizes": [16, 32], "repeats": 3, "block_s": 0.1}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The CLI; flags given explicitly win over ``--quick``'s settings."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=positive_int, nargs="+", help=f"hidden sizes (default: {FULL['sizes']})")
+    parser.add_argument("--estimators", nargs="+", choices=ESTIMATORS, default=list(ESTIMATORS),
+                        help=f"estimators to time (default: all; ratios need {BASELINE})")
+    parser.add_argument("--repeats", type=positive_int, help=f"timed blocks per estimator (default: {FULL['repeats']})")
+    parser.add_argument("--block-s", type=positive_float,
+                        help=f"target seconds per timed block, sets windows per block (default: {FULL['block_s']})")
+    parser.add_argument("--max-windows", type=positive_int, default=100, help="cap on windows per block (default: 100)")
+    parser.add_argument("--max-gb", type=positive_float, default=2.0,
+                        help="skip an (estimator, size) whose estimated memory exceeds this (default: 2 GB)")
+    parser.add_argument("--max-window-s", type=positive_float, default=20.0,
+                        help="skip an (estimator, size) whose estimated time per window exceeds this (default: 20 s)")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
+    parser.add_argument("--out", type=str, default=None, help="also write the tables (markdown) to this file")
+    args = parser.parse_args(argv)
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if BASELINE not in args.estimators:
+        args.estimators = [BASELINE] + list(args.estimators)
+    args.estimators = [n for n in ESTIMATORS if n in args.estimators]
+    return args
+
+
+def header(args: argparse.Namespace) -> str:
+    device = jax.devices()[0]
+    return (
+        f"online estimators vs truncated BPTT: vanilla tanh RNN (input size {INPUT_SIZE}, per-step readout loss), "
+        f"horizon={HORIZON}, truncation={TRUNCATION}, num_workers={NUM_WORKERS} "
+        f"({NUM_WORKERS * TRUNCATION} inner steps per window), float32, repeats={args.repeats}\n"
+        f"jax {jax.__version__}, {device.platform} ({device.device_kind}), python {platform.python_version()}\n"
+        "ms/window = median over interleaved blocks of the compiled estimate called once per window; "
+        "ratio = estimator / tbptt of those medians (same run); block IQR = quartiles of the ratios of "
+        "adjacent blocks; snap is order=1, dni has the default linear synthesizer"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> list[Row]:
+    args = parse_args(argv)
+    print(header(args), flush=True)
+    rows = []
+    for hidden in args.sizes:
+        print(f"  hidden {hidden} (p = {num_params(hidden):,})", flush=True)
+        rows.append(measure(hidden, args))
+    text = (markdown_table(rows, args.estimators) + "\n\n" + NOTE + "\n\n"
+            + detail_table(rows, args.estimators))
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(header(args) + "\n\n" + text + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
