@@ -28,14 +28,13 @@ time / windows; ratios are medians over tbptt's; the bracket after a ratio is th
 interquartile range of the ratios of adjacent blocks (a noise gauge). Per-window Python
 dispatch (tens of microseconds) is included, which matters only for the smallest sizes.
 
-Skips. RTRL and SnAp carry the influence ``d h / d theta`` (``n x p``, ``p = n^2 + n m + 2n``),
-and ``unroll``'s implementation pushes the ``p`` one-hot parameter directions through one
-jvp of ``step`` per step as a dense ``p x p`` basis: measured temporaries are about
-``2 p^2`` floats and the time per window grows like ``p^2`` (``O(n^4)``). Before compiling,
-each (estimator, size) gets a quick estimate of its memory and its time per window;
-one over ``--max-gb`` (default 2 GB) or ``--max-window-s`` (default 20 s) is not run and
-its cell reads "skipped (reason)". The RTRL/SnAp model, calibrated on a 2-core CPU at
-``n = 32, 64``: memory ``2 p^2 * 4 B + 3 W n p * 4 B``, time ``W K p^2 * 4 B / 5 GB/s``.
+Skips. RTRL and SnAp carry the influence ``d h / d theta`` (``n x p``, ``p = n^2 + n m + 2n``):
+per step ``n`` vjps give ``dh'/dh`` and ``dh'/dtheta``, and one ``[n, n] @ [n, p]`` product
+updates the influence, so time grows like ``n^2 p`` (``O(n^4)``, RTRL's classic cost) and
+memory like ``n p``. Before compiling, each (estimator, size) gets a quick estimate of its
+memory and its time per window; one over ``--max-gb`` (default 2 GB) or
+``--max-window-s`` (default 5 s) is not run and its cell reads "skipped (reason)". The
+RTRL/SnAp model: memory ``(3 W + 3) n p * 4 B``, time ``W K 2 n^2 p / (2e10 flop/s)``.
 
 SnAp stores its influence densely and masks it after each update, so it costs what RTRL
 costs (plus the mask); the diagonal (element-wise recurrence) fast path of RTRL is not
@@ -78,8 +77,9 @@ DATA_SEED = 0
 ESTIMATORS = ("tbptt", "rtrl", "snap", "uoro", "dni")
 BASELINE = "tbptt"
 
-# RTRL / SnAp cost model (see the module doc), calibrated on a 2-core CPU.
+# RTRL / SnAp cost model (see the module doc), for a 2-core CPU.
 STREAM_BYTES_PER_S = 5e9
+FLOPS_PER_S = 2e10
 
 
 # --------------------------------------------------------------------------- task
@@ -145,13 +145,12 @@ class Estimate(NamedTuple):
 def cost_estimate(name: str, hidden: int) -> Estimate:
     """A quick (pre-compile) estimate of an estimator's peak temporaries and time per window.
 
-    RTRL/SnAp: ``2 p^2`` floats of dense one-hot basis and parameter tangents plus a few
-    copies of the ``W x n x p`` influence; time streams the ``p x p`` tangents once per step
-    (calibrated: about 5 GB/s on 2 CPU cores). The others are ``O(W K n^2)`` and cheap."""
+    RTRL/SnAp: a few copies of the ``W x n x p`` influence and of ``dh'/dtheta``; time is the
+    ``[n, n] @ [n, p]`` influence update per step. The others are ``O(W K n^2)`` and cheap."""
     n, p, steps = hidden, num_params(hidden), NUM_WORKERS * TRUNCATION
     if name in ("rtrl", "snap"):
-        memory = 2 * p * p * 4 + 3 * NUM_WORKERS * n * p * 4
-        return Estimate(memory, steps * p * p * 4 / STREAM_BYTES_PER_S)
+        memory = (3 * NUM_WORKERS + 3) * n * p * 4
+        return Estimate(memory, steps * 2 * n * n * p / FLOPS_PER_S)
     memory = 3 * (p + n * n) * 4 + steps * n * 4 * 4  # theta, grads, synthesizer, saved states
     return Estimate(memory, steps * 10 * p * 4 / STREAM_BYTES_PER_S)
 
@@ -254,8 +253,8 @@ def measure(hidden: int, args: argparse.Namespace) -> Row:
 
 NOTE = (
     "Note: snap stores its influence densely (masked after each update), so it costs what rtrl costs; "
-    "the diagonal (element-wise recurrence) fast path of RTRL is not implemented yet. rtrl/snap also push "
-    "a dense p x p one-hot basis through each step's jvp (about 2 p^2 floats of temporaries, time ~ p^2 ~ n^4)."
+    "the diagonal (element-wise recurrence) fast path of RTRL is not implemented yet. rtrl/snap update the "
+    "n x p influence with one [n, n] @ [n, p] product per step (time ~ n^2 p ~ n^4, memory ~ n p)."
 )
 
 
@@ -334,8 +333,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-windows", type=positive_int, default=100, help="cap on windows per block (default: 100)")
     parser.add_argument("--max-gb", type=positive_float, default=2.0,
                         help="skip an (estimator, size) whose estimated memory exceeds this (default: 2 GB)")
-    parser.add_argument("--max-window-s", type=positive_float, default=20.0,
-                        help="skip an (estimator, size) whose estimated time per window exceeds this (default: 20 s)")
+    parser.add_argument("--max-window-s", type=positive_float, default=5.0,
+                        help="skip an (estimator, size) whose estimated time per window exceeds this (default: 5 s)")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     parser.add_argument("--out", type=str, default=None, help="also write the tables (markdown) to this file")
     args = parser.parse_args(argv)

@@ -25,8 +25,9 @@ def test_snap1_is_rtrl_on_a_diagonal_recurrence():
     rtrl, _ = _episode_mean(unroll.rtrl(system, truncation=3), theta)
     snap, state = _episode_mean(unroll.snap(system, order=1, truncation=3), theta)
     assert _max_diff(snap, rtrl) < 1e-12
-    # each of nu, phase, b_re, b_im (4 x 4 parameters) reaches its own unit of 4; c_re, c_im reach none
-    assert float(np.mean(state.mask[0])) == pytest.approx(16 / (24 * 4))
+    # each of nu, phase, b_re, b_im (4 x 4 parameters) reaches its own unit of 4 (its real and
+    # imaginary parts, of the 8 real coordinates); c_re, c_im reach none
+    assert float(np.mean(state.mask)) == pytest.approx(16 / (24 * 4))
 
 
 @pytest.mark.parametrize("problem", ["tanh_rnn", "tanh_rnn_learned_h0", "gru"])
@@ -38,7 +39,7 @@ def test_snap2_is_rtrl_on_dense_recurrences_and_snap1_is_not(problem):
     assert _max_diff(snap2, rtrl) < 1e-12
     assert _max_diff(snap1, rtrl) > 1e-4
     # SnAp-2 keeps every entry a parameter of the dynamics can reach; SnAp-1 strictly fewer
-    assert np.sum(state1.mask[0]) < np.sum(state2.mask[0])
+    assert np.sum(state1.mask) < np.sum(state2.mask)
 
 
 def test_snap1_pattern_of_a_dense_rnn():
@@ -46,7 +47,7 @@ def test_snap1_pattern_of_a_dense_rnn():
     readout moves none. So SnAp-1 keeps exactly one unit for each of those parameters."""
     system, theta = PROBLEMS["tanh_rnn"]()  # n = 3, m = 2
     state = unroll.snap(system, order=1, truncation=3).init(theta, KEY)
-    per_parameter = np.asarray(state.mask[0]).reshape(-1, 3).sum(axis=1)  # units reached per parameter
+    per_parameter = np.asarray(state.mask).sum(axis=0)  # [N, p]: units reached per parameter
     flat_names = sorted(theta)  # ravel_pytree order: sorted dict keys
     sizes = {name: np.size(theta[name]) for name in flat_names}
     offset = 0

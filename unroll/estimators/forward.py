@@ -35,8 +35,8 @@ class InfluenceState(NamedTuple):
     """State of ``rtrl`` and ``snap``."""
 
     workers: Worker  # [num_workers, 1]
-    influence: list  # d state / d theta for the inexact state leaves, each [W, 1, p, *leaf.shape]
-    mask: list | None  # snap: 0/1 per influence entry, [p, *leaf.shape] per leaf; rtrl: None
+    influence: jax.Array  # d state / d theta on the state's real view (complex as re, im): [W, 1, N, p]
+    mask: jax.Array | None  # snap: 0/1 per influence entry, [N, p]; rtrl: None
 
 
 class UOROState(NamedTuple):
@@ -76,36 +76,76 @@ def jvp_step(system, theta, state, t, direction, tangent):
     return new_state, loss, tangent, dloss
 
 
-def _basis(theta):
-    """The ``p`` unit directions ``e_j`` as a theta-shaped pytree with a leading ``p`` axis,
-    and the map from a flat ``[p]`` vector back to theta's structure."""
+def _real_parts(leaves: list) -> list:
+    """Complex leaves as stacked (real, imaginary) parts: the influence lives on the real
+    view of the state, so non-holomorphic steps are differentiated correctly."""
+    return [jnp.stack([jnp.real(x), jnp.imag(x)]) if jnp.iscomplexobj(x) else x for x in leaves]
+
+
+def _from_real_parts(parts: list, template: list) -> list:
+    return [p[0] + 1j * p[1] if jnp.iscomplexobj(x) else p for p, x in zip(parts, template)]
+
+
+def _real_view(system, state):
+    """``(vector, f)``: the state's inexact leaves as one real vector ``[N]``, and
+    ``f(theta, vector, t) -> (next vector, loss, next state)``, the step on that view."""
+    template = inexact_leaves(state)
+    vector, unravel = ravel_pytree(_real_parts(template))
+
+    def f(theta, vector, t):
+        new_state, loss = system.step(theta, with_inexact_leaves(state, _from_real_parts(unravel(vector), template)), t)
+        return ravel_pytree(_real_parts(inexact_leaves(new_state)))[0], loss, new_state
+
+    return vector, f
+
+
+def _initial_influence(system, theta, key):
+    """``(s_0, d s_0 / d theta)``, the influence as ``[N, p]`` on the state's real view."""
     flat, unravel = ravel_pytree(theta)
-    return jax.vmap(unravel)(jnp.eye(flat.size, dtype=flat.dtype)), unravel
+
+    def init(flat):
+        state = system.init(unravel(flat), key)
+        return ravel_pytree(_real_parts(inexact_leaves(state)))[0], state
+
+    jacobian, state = jax.jacrev(init, has_aux=True)(flat)
+    return state, jacobian
+
+
+def _step_jacobians(system, theta, state, t):
+    """One step on the real view ``[N]`` of the state: the next state, the loss, the
+    Jacobians ``ds'/ds`` ``[N, N]`` and ``ds'/dtheta`` ``[N, p]`` (``N`` vjps), and the
+    loss's partial derivatives ``dl/ds`` ``[N]`` and ``dl/dtheta`` ``[p]``."""
+    flat, unravel = ravel_pytree(theta)
+    vector, f = _real_view(system, state)
+    new_vector, loss, new_state = f(theta, vector, t)
+    d_state = jax.jacrev(lambda v: f(theta, v, t)[0])(vector)
+    d_theta = jax.jacrev(lambda p: f(unravel(p), vector, t)[0])(flat)
+    dl_dtheta, dl_dstate = jax.grad(lambda p, v: f(unravel(p), v, t)[1], argnums=(0, 1))(flat, vector)
+    return new_state, loss, d_state, d_theta, dl_dstate, dl_dtheta
 
 
 def _influence_estimator(system, truncation: int, num_workers: int, order: int | None) -> Estimator:
-    """RTRL, or SnAp-``order`` when ``order`` is given: the influence is multiplied by the
-    reachability mask (passed to the rule as its per-trajectory data) after every update."""
+    """RTRL, or SnAp-``order`` when ``order`` is given: the influence ``J`` ``[N, p]`` (on
+    the state's real view) is multiplied by the reachability mask (passed to the rule as
+    its per-trajectory data) after every update. Per step: ``N`` vjps for the Jacobians,
+    one ``[N, N] @ [N, p]`` product; memory ``O(N p)``."""
 
     def masked(influence, mask):
-        return influence if mask is None else [j * m for j, m in zip(influence, mask)]
+        return influence if mask is None else influence * mask
 
     def start(theta, key, noise_key, mask):
-        directions, _ = _basis(theta)
-        state, influence = jax.vmap(lambda v: jvp_init(system, theta, key, v))(directions)
-        return jax.tree_util.tree_map(lambda x: x[0], state), masked(influence, mask)
+        state, influence = _initial_influence(system, theta, key)
+        return state, masked(influence, mask)
 
     def step(theta, state, t, influence, mask):
-        directions, unravel = _basis(theta)
-        new_state, loss, influence, dloss = jax.vmap(
-            lambda v, j: jvp_step(system, theta, state, t, v, j), out_axes=(None, None, 0, 0)
-        )(directions, influence)
-        return new_state, masked(influence, mask), loss, unravel(jnp.real(dloss))
+        new_state, loss, d_state, d_theta, dl_dstate, dl_dtheta = _step_jacobians(system, theta, state, t)
+        gradient = ravel_pytree(theta)[1](dl_dtheta + dl_dstate @ influence)  # the influence before the update
+        return new_state, masked(d_state @ influence + d_theta, mask), loss, gradient
 
     rule = Rule(start, step)
 
     def per_trajectory(mask):
-        return None if mask is None else [jnp.broadcast_to(m, (num_workers, 1) + m.shape) for m in mask]
+        return None if mask is None else jnp.broadcast_to(mask, (num_workers, 1) + mask.shape)
 
     def init(theta, key):
         check_against_theta(system, theta, key)
@@ -138,46 +178,33 @@ def rtrl(system, truncation: int, num_workers: int = 1) -> Estimator:
     return _influence_estimator(system, truncation, num_workers, order=None)
 
 
-def reachability_mask(system, theta, key, order: int, num_times: int = 3) -> list:
-    """SnAp's pattern: entry ``(i, j)`` of the influence is kept iff parameter ``j`` reaches
-    state unit ``i`` within ``order`` steps, i.e. it is nonzero in
-    ``sum_{k < order} (ds'/ds)^k ds'/dtheta``. The structural nonzeros of the one-step
-    Jacobians are read off at a random perturbed point (state and theta plus unit
-    Gaussian noise, so a zero state cannot hide a dependence), united over
-    ``num_times`` time indices. Returns one 0/1 array ``[p, *leaf.shape]`` per inexact
-    state leaf, in the influence's layout."""
-    state_key, theta_key, *_ = jax.random.split(key, 3)
+def reachability_mask(system, theta, key, order: int, num_times: int = 3) -> jax.Array:
+    """SnAp's pattern ``[N, p]`` on the state's real view: entry ``(i, j)`` is kept iff
+    parameter ``j`` reaches state coordinate ``i`` within ``order`` steps, i.e. it is
+    nonzero in ``sum_{k < order} (ds'/ds)^k ds'/dtheta``. The structural nonzeros of the
+    one-step Jacobians are read off at a random perturbed point (state and theta plus
+    unit Gaussian noise, so a zero state cannot hide a dependence), united over
+    ``num_times`` time indices."""
+    state_key, theta_key = jax.random.split(key)
     state = system.init(theta, jax.random.fold_in(key, 1))
     leaves = inexact_leaves(state)
-    flat_leaves, unravel_leaves = ravel_pytree([jnp.abs(x) for x in leaves])  # real layout of the units
-    num_units = flat_leaves.size
-    noise = normal_like(state_key, leaves)
-    leaves = [x + n for x, n in zip(leaves, noise)]
-    theta = jax.tree_util.tree_map(lambda x, n: x + n, theta, normal_like(theta_key, theta))
-    directions, _ = _basis(theta)
-    unit_directions = jax.vmap(lambda e: [u.astype(x.dtype) for u, x in zip(unravel_leaves(e), leaves)])(
-        jnp.eye(num_units, dtype=flat_leaves.dtype)
-    )
-
-    def tangent_pattern(t, theta_tangent, state_tangent):
-        def step_of(theta, leaves):
-            new_state, _ = system.step(theta, with_inexact_leaves(state, leaves), t)
-            return inexact_leaves(new_state)
-
-        _, out = jax.jvp(step_of, (theta, leaves), (theta_tangent, state_tangent))
-        return ravel_pytree([jnp.abs(x) for x in out])[0] > 0
-
-    zero_state = [jnp.zeros_like(x) for x in leaves]
-    zero_theta = jax.tree_util.tree_map(jnp.zeros_like, theta)
+    state = with_inexact_leaves(state, [x + n for x, n in zip(leaves, normal_like(state_key, leaves))])
+    theta = jax.tree_util.tree_map(jnp.add, theta, normal_like(theta_key, theta))
     times = jnp.linspace(0, system.horizon - 1, num_times).astype(jnp.int32)
-    by_parameter = jax.vmap(lambda t: jax.vmap(lambda v: tangent_pattern(t, v, zero_state))(directions))(times)
-    by_unit = jax.vmap(lambda t: jax.vmap(lambda u: tangent_pattern(t, zero_theta, u))(unit_directions))(times)
-    reach = jnp.any(by_parameter, axis=0).astype(flat_leaves.dtype)  # [p, n]: ds'/dtheta, transposed
-    transition = jnp.any(by_unit, axis=0).astype(flat_leaves.dtype)  # [n_in, n_out]: ds'/ds, transposed
-    mask = reach
+    d_state, d_theta = jax.vmap(lambda t: _step_jacobians(system, theta, state, t)[2:4])(times)
+    # reach is counted in units: the real and imaginary parts of a complex element are one
+    # unit (`group` maps coordinates to units), so SnAp-1 is exact for complex diagonals
+    sizes = [x.size for x in leaves]
+    ids = [jnp.arange(n).reshape(x.shape) + sum(sizes[:i]) for i, (n, x) in enumerate(zip(sizes, leaves))]
+    coordinate_unit = jnp.concatenate(
+        [(jnp.stack([i, i]) if jnp.iscomplexobj(x) else i).ravel() for i, x in zip(ids, leaves)]
+    )  # the layout of ravel_pytree(_real_parts(leaves))
+    group = jax.nn.one_hot(coordinate_unit, sum(sizes), dtype=d_theta.dtype)  # [N, U]
+    transition = (group.T @ jnp.any(d_state != 0, axis=0).astype(group.dtype) @ group > 0).astype(group.dtype)
+    reach = (group.T @ jnp.any(d_theta != 0, axis=0).astype(group.dtype) > 0).astype(group.dtype)  # [U, p]
     for _ in range(order - 1):
-        mask = jnp.minimum(mask + mask @ transition, 1.0)
-    return jax.vmap(lambda row: [m.astype(jnp.real(x).dtype) for m, x in zip(unravel_leaves(row), leaves)])(mask)
+        reach = jnp.minimum(reach + transition @ reach, 1.0)
+    return group @ reach  # [N, p]
 
 
 def snap(system, order: int, truncation: int, num_workers: int = 1) -> Estimator:
