@@ -59,7 +59,6 @@ import math
 import platform
 import statistics
 import time
-from functools import partial
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax

@@ -214,3 +214,23 @@ def build_estimator(name: str, system, **overrides):
     """``unroll.<name>(system, ...)`` with small default settings, ``overrides`` on top."""
     constructor, defaults = ESTIMATOR_DEFAULTS[name]
     return constructor(system, **{**defaults, **overrides})
+
+
+# --------------------------------------------------------------------------- running estimators
+
+
+def window_estimates(est, theta, num_windows: int, key):
+    """``init`` once, then ``num_windows`` consecutive jitted estimates at a fixed theta
+    (same ``key`` each call). Returns the list of gradients, the final state and the last info."""
+    state = est.init(theta, key)
+    estimate = jax.jit(est.estimate)
+    grads = []
+    for _ in range(num_windows):
+        grad, state, info = estimate(theta, state, key)
+        grads.append(grad)
+    return grads, state, info
+
+
+def tree_mean(trees: list):
+    """Leaf-wise mean of a list of pytrees."""
+    return jax.tree_util.tree_map(lambda *leaves: sum(leaves) / len(leaves), *trees)

@@ -9,22 +9,16 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import unroll
-from tests.systems import rnn_system, rnn_theta
+from tests.systems import rnn_system, rnn_theta, tree_mean, window_estimates
 from tests.test_rtrl import _max_diff
-from unroll.estimators.forward import inexact_leaves, with_inexact_leaves
+from unroll.system import inexact_leaves, with_inexact_leaves
 
 KEY = jax.random.key(0)
 FROZEN = optax.set_to_zero()  # keeps the synthesizer as it starts
 
 
 def _windows(est, theta, num_windows):
-    state = est.init(theta, KEY)
-    estimate = jax.jit(est.estimate)
-    grads = []
-    for _ in range(num_windows):
-        grad, state, _ = estimate(theta, state, KEY)
-        grads.append(grad)
-    return grads
+    return window_estimates(est, theta, num_windows, KEY)[0]
 
 
 @pytest.mark.parametrize("truncation, num_workers", [(3, 1), (2, 3)])
@@ -60,8 +54,7 @@ def test_oracle_synthesizer_is_full_bptt(problem):
     system = rnn_system(n=3, m=2, horizon=7, learned_h0=problem == "rnn_learned_h0")
     theta = rnn_theta(n=3, m=2)
     est = unroll.dni(system, 3, synthesizer=_oracle(system, theta), synthesizer_optimizer=FROZEN)
-    grads = _windows(est, theta, 7)
-    mean = jax.tree_util.tree_map(lambda *g: sum(g) / len(g), *grads)
+    mean = tree_mean(_windows(est, theta, 7))
     assert _max_diff(mean, unroll.exact_gradient(system, theta, KEY)) < 1e-10
     # and the bootstrapped targets are what the oracle predicts: its training loss is zero
     state = est.init(theta, KEY)

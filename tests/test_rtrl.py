@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import unroll
-from tests.systems import rnn_system, rnn_theta
+from tests.systems import rnn_system, rnn_theta, tree_mean, window_estimates
 from tests.test_forward import _first_episode_key, _noisy_counter_system
 
 KEY = jax.random.key(0)
@@ -83,15 +83,8 @@ def test_windows_average_to_full_bptt(problem, truncation, num_workers):
     system, theta = PROBLEMS[problem]()
     exact = unroll.exact_gradient(system, theta, KEY)
     est = unroll.rtrl(system, truncation=truncation, num_workers=num_workers)
-    state = est.init(theta, KEY)
-    estimate = jax.jit(est.estimate)
-    num_windows = 7  # 7 * truncation is a multiple of the horizon 7
-    grads = []
-    for _ in range(num_windows):
-        grad, state, info = estimate(theta, state, KEY)
-        grads.append(grad)
-    mean = jax.tree_util.tree_map(lambda *g: sum(g) / num_windows, *grads)
-    assert _max_diff(mean, exact) < 1e-10
+    grads, _, info = window_estimates(est, theta, 7, KEY)  # 7 * truncation is a multiple of the horizon 7
+    assert _max_diff(tree_mean(grads), exact) < 1e-10
     assert int(info["steps"]) == num_workers * truncation
 
 
@@ -110,11 +103,5 @@ def test_one_window_one_episode_with_keys_and_counters():
 def test_truncated_bptt_differs_where_rtrl_does_not():
     """The same windows under truncated BPTT are biased: RTRL's exactness is not a tautology."""
     system, theta = PROBLEMS["tanh_rnn"]()
-    est = unroll.truncated_bptt(system, truncation=1)
-    state = est.init(theta, KEY)
-    grads = []
-    for _ in range(7):
-        grad, state, _ = est.estimate(theta, state, KEY)
-        grads.append(grad)
-    mean = jax.tree_util.tree_map(lambda *g: sum(g) / 7, *grads)
-    assert _max_diff(mean, unroll.exact_gradient(system, theta, KEY)) > 1e-3
+    grads, _, _ = window_estimates(unroll.truncated_bptt(system, truncation=1), theta, 7, KEY)
+    assert _max_diff(tree_mean(grads), unroll.exact_gradient(system, theta, KEY)) > 1e-3

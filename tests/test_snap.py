@@ -5,19 +5,15 @@ import numpy as np
 import pytest
 
 import unroll
+from tests.systems import tree_mean, window_estimates
 from tests.test_rtrl import PROBLEMS, _max_diff
 
 KEY = jax.random.key(0)
 
 
 def _episode_mean(est, theta, num_windows=7):
-    state = est.init(theta, KEY)
-    estimate = jax.jit(est.estimate)
-    grads = []
-    for _ in range(num_windows):
-        grad, state, _ = estimate(theta, state, KEY)
-        grads.append(grad)
-    return jax.tree_util.tree_map(lambda *g: sum(g) / num_windows, *grads), state
+    grads, state, _ = window_estimates(est, theta, num_windows, KEY)
+    return tree_mean(grads), state
 
 
 def test_snap1_is_rtrl_on_a_diagonal_recurrence():
