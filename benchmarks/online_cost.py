@@ -36,9 +36,20 @@ memory and its time per window; one over ``--max-gb`` (default 2 GB) or
 ``--max-window-s`` (default 5 s) is not run and its cell reads "skipped (reason)". The
 RTRL/SnAp model: memory ``(3 W + 3) n p * 4 B``, time ``W K 2 n^2 p / (2e10 flop/s)``.
 
-SnAp stores its influence densely and masks it after each update, so it costs what RTRL
-costs (plus the mask); the diagonal (element-wise recurrence) fast path of RTRL is not
-implemented yet, so neither has a cheaper path on this dense RNN anyway.
+On this dense RNN every parameter of ``W`` reaches every unit within two steps, so
+``rtrl`` and ``snap`` (order 1, whose next step already touches every unit) keep the
+dense influence (``sparse=None`` picks it; see ``unroll.estimators.forward.influence_pattern``).
+
+Diagonal recurrence: fast path vs general path
+----------------------------------------------
+A second table times ``rtrl`` on an LRU-style complex diagonal linear recurrence
+(``s' = lambda * s + B x_t``, ``lambda = exp(-exp(nu) + i phase)``, loss
+``(Re(C . s') - y_t)^2 / 2``, ``theta = {nu, phase: n; B_re, B_im: n x m; C_re, C_im: n}``,
+``p = n (4 + 2m)``), with the compressed influence (``sparse=True``, the fast path: the
+columns colour into ``2 + 2m = 18`` groups whatever ``n``, so a step is 18 jvps and
+``[18, 2n]`` numbers) and with the dense one (``sparse=False``, the general path:
+``[2n, p]`` numbers, ``2n`` vjps and a ``[2n, 2n] @ [2n, p]`` product per step), against
+truncated BPTT on the same system; the last column is general / fast.
 
 Task: a vanilla tanh RNN, hidden size ``n``, input size ``m = 8``,
 ``theta = {W: n x n, U: n x m, b: n, readout: n}``,
@@ -50,7 +61,8 @@ with inputs ``x_t ~ N(0, I_m)`` and targets ``y_t = sin(2 pi t / 25) + 0.1 N(0, 
 ``h_0 ~ 0.1 N(0, I_n)`` from its episode key. ``W`` is ``0.9 N(0, 1) / sqrt(n)``, ``U``
 ``N(0, 1) / sqrt(m)``, ``b = 0``, ``readout`` ``N(0, 1) / sqrt(n)``; float32.
 
-Run ``python -m benchmarks.online_cost`` (``--quick`` for sizes 16, 32 only).
+Run ``python -m benchmarks.online_cost`` (``--quick`` for sizes 16, 32 only; ``--no-diagonal``
+skips the second table).
 """
 
 from __future__ import annotations
@@ -85,14 +97,19 @@ FLOPS_PER_S = 2e10
 # --------------------------------------------------------------------------- task
 
 
+def sequence_data(input_size: int, horizon: int, seed: int) -> tuple[jax.Array, jax.Array]:
+    """Fixed inputs ``x_t ~ N(0, I_m)`` and targets ``y_t = sin(2 pi t / 25) + 0.1 N(0, 1)``."""
+    x_key, y_key = jax.random.split(jax.random.PRNGKey(seed))
+    xs = jax.random.normal(x_key, (horizon, input_size), jnp.float32)
+    ts = jnp.arange(horizon, dtype=jnp.float32)
+    return xs, jnp.sin(2 * math.pi * ts / 25) + 0.1 * jax.random.normal(y_key, (horizon,), jnp.float32)
+
+
 def rnn_system(
     hidden: int, input_size: int = INPUT_SIZE, horizon: int = HORIZON, seed: int = DATA_SEED
 ) -> unroll.System:
     """The vanilla tanh RNN with a per-step readout loss (see the module doc)."""
-    x_key, y_key = jax.random.split(jax.random.PRNGKey(seed))
-    xs = jax.random.normal(x_key, (horizon, input_size), jnp.float32)
-    ts = jnp.arange(horizon, dtype=jnp.float32)
-    ys = jnp.sin(2 * math.pi * ts / 25) + 0.1 * jax.random.normal(y_key, (horizon,), jnp.float32)
+    xs, ys = sequence_data(input_size, horizon, seed)
 
     def init(theta: PyTree, key: jax.Array) -> jax.Array:
         del theta
@@ -119,12 +136,68 @@ def num_params(hidden: int, input_size: int = INPUT_SIZE) -> int:
     return hidden * hidden + hidden * input_size + 2 * hidden
 
 
+def diagonal_system(
+    hidden: int, input_size: int = INPUT_SIZE, horizon: int = HORIZON, seed: int = DATA_SEED
+) -> unroll.System:
+    """The LRU-style complex diagonal linear recurrence (see the module doc)."""
+    xs, ys = sequence_data(input_size, horizon, seed)
+
+    def init(theta: PyTree, key: jax.Array) -> jax.Array:
+        del theta
+        return jax.lax.complex(*(0.1 * jax.random.normal(key, (2, hidden), jnp.float32)))
+
+    def step(theta: PyTree, s: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        lam = jnp.exp(jax.lax.complex(-jnp.exp(theta["nu"]), theta["phase"]))
+        s = lam * s + jax.lax.complex(theta["B_re"] @ xs[t], theta["B_im"] @ xs[t])
+        out = jnp.real(jax.lax.complex(theta["C_re"], theta["C_im"]) @ s)
+        return s, 0.5 * (out - ys[t]) ** 2
+
+    return unroll.System(init, step, horizon)
+
+
+def diagonal_theta(hidden: int, input_size: int = INPUT_SIZE, seed: int = DATA_SEED) -> dict[str, jax.Array]:
+    keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 2), 4)
+    return {
+        "nu": jnp.log(-jnp.log(jnp.linspace(0.9, 0.999, hidden, dtype=jnp.float32))),  # |lambda| in [0.9, 0.999]
+        "phase": jnp.linspace(0.0, math.pi, hidden, dtype=jnp.float32),
+        "B_re": jax.random.normal(keys[0], (hidden, input_size), jnp.float32) / math.sqrt(input_size),
+        "B_im": jax.random.normal(keys[1], (hidden, input_size), jnp.float32) / math.sqrt(input_size),
+        "C_re": jax.random.normal(keys[2], (hidden,), jnp.float32) / math.sqrt(2 * hidden),
+        "C_im": jax.random.normal(keys[3], (hidden,), jnp.float32) / math.sqrt(2 * hidden),
+    }
+
+
+def diagonal_params(hidden: int, input_size: int = INPUT_SIZE) -> int:
+    return hidden * (4 + 2 * input_size)
+
+
+class Task(NamedTuple):
+    """A benchmarked system: its builders, ``p(n)``, the real state size ``N(n)`` and estimators."""
+
+    system: Any
+    theta: Any
+    num_params: Any
+    state_size: Any
+    estimators: tuple[str, ...]
+
+
+TASKS = {
+    "rnn": Task(rnn_system, initial_theta, num_params, lambda n: n, ("tbptt", "rtrl", "snap", "uoro", "dni")),
+    "diagonal": Task(diagonal_system, diagonal_theta, diagonal_params, lambda n: 2 * n,
+                     ("tbptt", "rtrl-fast", "rtrl-general")),
+}
+
+
 def build(name: str, system: unroll.System) -> unroll.Estimator:
     kw = dict(truncation=TRUNCATION, num_workers=NUM_WORKERS)
     if name == "tbptt":
         return unroll.truncated_bptt(system, **kw)
     if name == "rtrl":
         return unroll.rtrl(system, **kw)
+    if name == "rtrl-fast":
+        return unroll.rtrl(system, sparse=True, **kw)
+    if name == "rtrl-general":
+        return unroll.rtrl(system, sparse=False, **kw)
     if name == "snap":
         return unroll.snap(system, order=1, **kw)
     if name == "uoro":
@@ -142,21 +215,22 @@ class Estimate(NamedTuple):
     window_s: float
 
 
-def cost_estimate(name: str, hidden: int) -> Estimate:
+def cost_estimate(name: str, hidden: int, task: Task = TASKS["rnn"]) -> Estimate:
     """A quick (pre-compile) estimate of an estimator's peak temporaries and time per window.
 
-    RTRL/SnAp: a few copies of the ``W x n x p`` influence and of ``dh'/dtheta``; time is the
-    ``[n, n] @ [n, p]`` influence update per step. The others are ``O(W K n^2)`` and cheap."""
-    n, p, steps = hidden, num_params(hidden), NUM_WORKERS * TRUNCATION
-    if name in ("rtrl", "snap"):
+    Dense RTRL/SnAp: a few copies of the ``W x N x p`` influence and of ``ds'/dtheta``; time
+    is the ``[N, N] @ [N, p]`` influence update per step. The others (the compressed
+    influence included) are ``O(W K p)`` and cheap."""
+    n, p, steps = task.state_size(hidden), task.num_params(hidden), NUM_WORKERS * TRUNCATION
+    if name in ("rtrl", "snap", "rtrl-general"):
         memory = (3 * NUM_WORKERS + 3) * n * p * 4
         return Estimate(memory, steps * 2 * n * n * p / FLOPS_PER_S)
     memory = 3 * (p + n * n) * 4 + steps * n * 4 * 4  # theta, grads, synthesizer, saved states
     return Estimate(memory, steps * 10 * p * 4 / STREAM_BYTES_PER_S)
 
 
-def skip_reason(name: str, hidden: int, max_bytes: float, max_window_s: float) -> str | None:
-    est = cost_estimate(name, hidden)
+def skip_reason(name: str, hidden: int, max_bytes: float, max_window_s: float, task: Task = TASKS["rnn"]) -> str | None:
+    est = cost_estimate(name, hidden, task)
     reasons = []
     if est.bytes > max_bytes:
         reasons.append(f"est. {est.bytes / 1e9:.1f} GB > {max_bytes / 1e9:g} GB")
@@ -217,20 +291,20 @@ def quartiles(values: Sequence[float]) -> tuple[float, float]:
     return q1, q3
 
 
-def measure(hidden: int, args: argparse.Namespace) -> Row:
-    system, theta = rnn_system(hidden), initial_theta(hidden)
+def measure(hidden: int, args: argparse.Namespace, task: Task = TASKS["rnn"], names: Sequence[str] | None = None) -> Row:
+    system, theta = task.system(hidden), task.theta(hidden)
     skipped, runners = {}, []
-    for name in args.estimators:
-        reason = skip_reason(name, hidden, args.max_gb * 1e9, args.max_window_s)
+    for name in args.estimators if names is None else names:
+        reason = skip_reason(name, hidden, args.max_gb * 1e9, args.max_window_s, task)
         if reason is not None:
             skipped[name] = reason
-            print(f"    {name:5s} skipped ({reason})", flush=True)
+            print(f"    {name:12s} skipped ({reason})", flush=True)
             continue
         runner = Runner(name, system, theta)
         runner.run(2)  # warm-up
         warm = min(runner.run(1) for _ in range(3))
         runner.windows = max(1, min(args.max_windows, round(args.block_s / max(warm, 1e-9))))
-        print(f"    {name:5s} compile {runner.compile_s:.2f} s, warm window {1e3 * warm:.2f} ms, "
+        print(f"    {name:12s} compile {runner.compile_s:.2f} s, warm window {1e3 * warm:.2f} ms, "
               f"{runner.windows} windows per block", flush=True)
         runners.append(runner)
     for repeat in range(args.repeats):
@@ -252,10 +326,29 @@ def measure(hidden: int, args: argparse.Namespace) -> Row:
 
 
 NOTE = (
-    "Note: snap stores its influence densely (masked after each update), so it costs what rtrl costs; "
-    "the diagonal (element-wise recurrence) fast path of RTRL is not implemented yet. rtrl/snap update the "
-    "n x p influence with one [n, n] @ [n, p] product per step (time ~ n^2 p ~ n^4, memory ~ n p)."
+    "Note: on this dense RNN rtrl and snap (order 1) keep the dense n x p influence (every parameter of W "
+    "reaches every unit within two steps, so no compression pays); they update it with one [n, n] @ [n, p] "
+    "product per step (time ~ n^2 p ~ n^4, memory ~ n p)."
 )
+
+
+def diagonal_table(rows: Sequence[Row]) -> str:
+    """Fast path vs general path of rtrl on the diagonal recurrence, both against tbptt."""
+    lines = [
+        "| hidden n | params p | tbptt ms/window | rtrl fast path ms/window | rtrl general path ms/window | "
+        "fast / tbptt | general / tbptt | general / fast |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        cell = lambda name: f"{row.ms[name]:.3f}" if name in row.ms else f"skipped ({row.skipped.get(name, '-')})"
+        ratio = lambda name: f"{row.ratio[name]:.2f}x" if name in row.ratio else "-"
+        both = "rtrl-fast" in row.ms and "rtrl-general" in row.ms
+        lines.append(
+            f"| {row.hidden} | {diagonal_params(row.hidden):,} | {cell('tbptt')} | {cell('rtrl-fast')} | "
+            f"{cell('rtrl-general')} | {ratio('rtrl-fast')} | {ratio('rtrl-general')} | "
+            + (f"{row.ms['rtrl-general'] / row.ms['rtrl-fast']:.1f}x |" if both else "- |")
+        )
+    return "\n".join(lines)
 
 
 def markdown_table(rows: Sequence[Row], names: Sequence[str]) -> str:
@@ -336,6 +429,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-window-s", type=positive_float, default=5.0,
                         help="skip an (estimator, size) whose estimated time per window exceeds this (default: 5 s)")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
+    parser.add_argument("--no-diagonal", action="store_true",
+                        help="skip the diagonal recurrence's fast path vs general path table")
     parser.add_argument("--out", type=str, default=None, help="also write the tables (markdown) to this file")
     args = parser.parse_args(argv)
     for name, value in (QUICK if args.quick else FULL).items():
@@ -369,6 +464,16 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         rows.append(measure(hidden, args))
     text = (markdown_table(rows, args.estimators) + "\n\n" + NOTE + "\n\n"
             + detail_table(rows, args.estimators))
+    if not args.no_diagonal:
+        print("diagonal recurrence (LRU-style, complex): rtrl fast path vs general path", flush=True)
+        diagonal_rows = []
+        for hidden in args.sizes:
+            print(f"  hidden {hidden} (p = {diagonal_params(hidden):,})", flush=True)
+            diagonal_rows.append(measure(hidden, args, TASKS["diagonal"], TASKS["diagonal"].estimators))
+        text += (
+            "\n\nDiagonal recurrence (LRU-style complex, see the module doc): rtrl's compressed influence "
+            "(sparse=True, the fast path) vs the dense one (sparse=False), same run\n\n" + diagonal_table(diagonal_rows)
+        )
     print(text)
     if args.out:
         with open(args.out, "w") as f:

@@ -23,7 +23,7 @@ import pytest
 
 import unroll
 from unroll.checkpointing import plan
-from unroll.estimators.bptt import _checkpointed_episode
+from unroll.estimators.bptt import _checkpointed_episode, _program
 from tests.systems import noisy_rnn_system, rnn_system, rnn_theta
 
 KEY = jax.random.PRNGKey(0)
@@ -192,10 +192,11 @@ def test_eager_matches_jit():
 
 
 @pytest.mark.parametrize("horizon,budget", [(7, 1), (7, 2), (40, 3), (100, 10)])
-def test_executes_the_planned_number_of_steps(horizon, budget):
+@pytest.mark.parametrize("block", [1, 3])
+def test_executes_the_planned_number_of_steps(horizon, budget, block):
     system, theta = rnn_problem(horizon)
     p = plan(horizon, budget)
-    program = (tuple(p.actions()), p.slots_used)
+    program = _program(p, block)
     run = jax.jit(lambda theta, s0: _checkpointed_episode(system, program, theta, s0))
     *_, num_forward = run(theta, system.init(theta, KEY))
     assert int(num_forward) == p.forward_steps

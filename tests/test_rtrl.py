@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import unroll
+from unroll.estimators.forward import influence_pattern
 from tests.systems import rnn_system, rnn_theta, tree_mean, window_estimates
 from tests.test_forward import _first_episode_key, _noisy_counter_system
 
@@ -77,12 +78,14 @@ def _max_diff(a, b):
 
 @pytest.mark.parametrize("problem", PROBLEMS)
 @pytest.mark.parametrize("truncation, num_workers", [(7, 1), (1, 1), (3, 1), (3, 3)])
-def test_windows_average_to_full_bptt(problem, truncation, num_workers):
+@pytest.mark.parametrize("sparse", [False, True])
+def test_windows_average_to_full_bptt(problem, truncation, num_workers, sparse):
     """Deterministic systems: 7 windows of 3 steps cover 3 whole episodes (windows straddle
-    episode ends; with 3 workers, staggered), so their mean is the exact episode gradient."""
+    episode ends; with 3 workers, staggered), so their mean is the exact episode gradient,
+    with the dense influence and with the compressed one (``sparse=True``)."""
     system, theta = PROBLEMS[problem]()
     exact = unroll.exact_gradient(system, theta, KEY)
-    est = unroll.rtrl(system, truncation=truncation, num_workers=num_workers)
+    est = unroll.rtrl(system, truncation=truncation, num_workers=num_workers, sparse=sparse)
     grads, _, info = window_estimates(est, theta, 7, KEY)  # 7 * truncation is a multiple of the horizon 7
     assert _max_diff(tree_mean(grads), exact) < 1e-10
     assert int(info["steps"]) == num_workers * truncation
@@ -105,3 +108,61 @@ def test_truncated_bptt_differs_where_rtrl_does_not():
     system, theta = PROBLEMS["tanh_rnn"]()
     grads, _, _ = window_estimates(unroll.truncated_bptt(system, truncation=1), theta, 7, KEY)
     assert _max_diff(tree_mean(grads), unroll.exact_gradient(system, theta, KEY)) > 1e-3
+
+
+@pytest.mark.parametrize("problem", PROBLEMS)
+def test_fast_path_equals_general_path(problem):
+    """The compressed influence gives the dense path's estimates window by window (not only
+    on average), with staggered workers and windows that straddle episode ends."""
+    system, theta = PROBLEMS[problem]()
+    dense, _, _ = window_estimates(unroll.rtrl(system, truncation=3, num_workers=2, sparse=False), theta, 5, KEY)
+    fast, state, _ = window_estimates(unroll.rtrl(system, truncation=3, num_workers=2, sparse=True), theta, 5, KEY)
+    assert _max_diff(fast, dense) < 1e-12
+    pattern = influence_pattern(system, theta, KEY)
+    assert state.influence.shape == (2, 1, pattern.num_colors, pattern.mask.shape[0])
+
+
+@pytest.mark.parametrize("n", [4, 16, 64])
+def test_diagonal_recurrence_takes_the_fast_path_with_colours_independent_of_width(n):
+    """A complex diagonal recurrence of width n: the influence is kept as 4 colours
+    (nu, phase, b_re, b_im of each unit touch that unit only; c_re, c_im move no state),
+    so a step costs 4 jvps and stores [4, 2n] numbers, whatever n: O(n), not O(n^2 p)."""
+    system, theta = diagonal_system(n=n), diagonal_theta(n=n)
+    pattern = influence_pattern(system, theta, KEY)
+    assert pattern.compressed and pattern.num_colors == 4
+    state = unroll.rtrl(system, truncation=3).init(theta, KEY)  # default: picked automatically
+    assert state.influence.shape == (1, 1, 4, 2 * n)
+
+
+@pytest.mark.parametrize("problem", ["tanh_rnn", "gru"])
+def test_dense_recurrences_keep_the_dense_path_by_default(problem):
+    """Every parameter of W reaches every unit: compressing would need p > N jvps."""
+    system, theta = PROBLEMS[problem]()
+    pattern = influence_pattern(system, theta, KEY)
+    assert not pattern.compressed and pattern.num_colors > pattern.mask.shape[0]
+    assert pattern.mask[:, np.asarray(pattern.color) >= 0].all()  # RTRL keeps every reachable entry
+    state = unroll.rtrl(system, truncation=3).init(theta, KEY)
+    assert state.influence.shape[2:] == pattern.mask.shape
+
+
+def test_sparse_flag_is_checked():
+    system, _ = PROBLEMS["tanh_rnn"]()
+    with pytest.raises(ValueError, match="sparse"):
+        unroll.rtrl(system, truncation=3, sparse="yes")
+
+
+def test_a_system_closing_over_traced_values_falls_back_or_says_why():
+    """Inside jit, a system built from traced arrays has no concrete pattern: rtrl falls back
+    to the dense influence (same gradient); sparse=True says what stops it."""
+    system, theta = PROBLEMS["complex_diagonal"]()
+    expected, _, _ = window_estimates(unroll.rtrl(system, truncation=7), theta, 1, KEY)
+
+    def run(scale, sparse):
+        traced = unroll.System(system.init, lambda th, s, t: system.step(th, s * scale, t), system.horizon)
+        est = unroll.rtrl(traced, truncation=7, sparse=sparse)
+        return est.estimate(theta, est.init(theta, KEY), KEY)[0]
+
+    grad = jax.jit(lambda scale: run(scale, None))(1.0)
+    assert _max_diff(grad, expected[0]) < 1e-12
+    with pytest.raises(ValueError, match="sparse=True.*trace time"):
+        jax.jit(lambda scale: run(scale, True))(1.0)

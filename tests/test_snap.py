@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import unroll
+from unroll.estimators.forward import influence_pattern
 from tests.systems import tree_mean, window_estimates
 from tests.test_rtrl import PROBLEMS, _max_diff
 
@@ -20,10 +21,14 @@ def test_snap1_is_rtrl_on_a_diagonal_recurrence():
     system, theta = PROBLEMS["complex_diagonal"]()
     rtrl, _ = _episode_mean(unroll.rtrl(system, truncation=3), theta)
     snap, state = _episode_mean(unroll.snap(system, order=1, truncation=3), theta)
+    dense, _ = _episode_mean(unroll.snap(system, order=1, truncation=3, sparse=False), theta)
     assert _max_diff(snap, rtrl) < 1e-12
+    assert _max_diff(dense, rtrl) < 1e-12
     # each of nu, phase, b_re, b_im (4 x 4 parameters) reaches its own unit of 4 (its real and
     # imaginary parts, of the 8 real coordinates); c_re, c_im reach none
-    assert float(np.mean(state.mask)) == pytest.approx(16 / (24 * 4))
+    mask = influence_pattern(system, theta, KEY, order=1).mask
+    assert float(np.mean(mask)) == pytest.approx(16 / (24 * 4))
+    assert state.influence.shape == (1, 1, 4, 8)  # compressed: 4 colours x 8 coordinates
 
 
 @pytest.mark.parametrize("problem", ["tanh_rnn", "tanh_rnn_learned_h0", "gru"])
@@ -35,15 +40,15 @@ def test_snap2_is_rtrl_on_dense_recurrences_and_snap1_is_not(problem):
     assert _max_diff(snap2, rtrl) < 1e-12
     assert _max_diff(snap1, rtrl) > 1e-4
     # SnAp-2 keeps every entry a parameter of the dynamics can reach; SnAp-1 strictly fewer
-    assert np.sum(state1.mask) < np.sum(state2.mask)
+    mask = lambda order: influence_pattern(system, theta, KEY, order=order).mask
+    assert np.sum(mask(1)) < np.sum(mask(2))
 
 
 def test_snap1_pattern_of_a_dense_rnn():
     """tanh(W h + U x + b): W[a, b], U[a, c] and b[a] move unit a only (one step); the
     readout moves none. So SnAp-1 keeps exactly one unit for each of those parameters."""
     system, theta = PROBLEMS["tanh_rnn"]()  # n = 3, m = 2
-    state = unroll.snap(system, order=1, truncation=3).init(theta, KEY)
-    per_parameter = np.asarray(state.mask).sum(axis=0)  # [N, p]: units reached per parameter
+    per_parameter = influence_pattern(system, theta, KEY, order=1).mask.sum(axis=0)  # [N, p]: units reached per parameter
     flat_names = sorted(theta)  # ravel_pytree order: sorted dict keys
     sizes = {name: np.size(theta[name]) for name in flat_names}
     offset = 0
