@@ -1,5 +1,18 @@
 """Ready systems with known facts."""
 
-from unroll.tasks.influence import THETA_INIT, influence_balancing, influence_gap_fn, influence_loss, influence_loss_fn, influence_optimum
+from unroll.tasks.hyper import lr_schedule, lr_schedule_grid, regression_data
+from unroll.tasks.influence import (
+    THETA_INIT, influence_balancing, influence_gap_fn, influence_loss, influence_loss_fn, influence_optimum,
+)
+from unroll.tasks.lorenz import TRUE_PARAMS, lorenz, lorenz_trajectory
+from unroll.tasks.rnn import (
+    CELLS, Corpus, char_lm, copy_memoryless_loss, copy_sequence, copy_task, flip_flop, flip_flop_inputs,
+    python_docs_corpus,
+)
 
-__all__ = ["THETA_INIT", "influence_balancing", "influence_gap_fn", "influence_loss", "influence_loss_fn", "influence_optimum"]
+__all__ = [
+    "CELLS", "Corpus", "THETA_INIT", "TRUE_PARAMS", "char_lm", "copy_memoryless_loss", "copy_sequence", "copy_task",
+    "flip_flop", "flip_flop_inputs", "influence_balancing", "influence_gap_fn", "influence_loss", "influence_loss_fn",
+    "influence_optimum", "lorenz", "lorenz_trajectory", "lr_schedule", "lr_schedule_grid", "python_docs_corpus",
+    "regression_data",
+]

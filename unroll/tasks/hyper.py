@@ -1,0 +1,67 @@
+"""Hyperparameter tuning through a whole training run.
+
+``lr_schedule``: SGD on a small linear regression with the learning-rate schedule
+``lr_t = lr0 / (1 + decay t)``, theta ``= [log10 lr0, log10 decay]``. The inner state is
+the regression weights (and the episode key that draws minibatches); the step loss is
+the full-batch training loss after the step (capped at ``loss_cap`` so divergent
+schedules score a large finite loss). ``lr_schedule_grid`` evaluates the meta-objective
+on a grid, which gives the true optimum to compare estimators against.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unroll.system import System, check_positive_int
+
+
+def regression_data(num_examples: int = 64, dim: int = 16, noise: float = 0.5, seed: int = 0):
+    """``(X [n, d], y [n])``: ``X ~ N(0, 1)``, ``y = X w* + noise N(0, 1)`` (numpy float64)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(num_examples, dim))
+    return x, x @ rng.normal(size=dim) + noise * rng.normal(size=num_examples)
+
+
+def lr_schedule(horizon: int = 200, batch_size: int = 8, num_examples: int = 64, dim: int = 16, seed: int = 0,
+                initial=(-2.0, -1.0), loss_cap: float = 1e3, dtype=jnp.float32, num_eval_episodes: int = 32):
+    """Returns ``(system, theta, evaluate)``; ``evaluate(theta)`` is the mean episode loss
+    (``"objective"``) over fixed minibatch keys."""
+    horizon = check_positive_int(horizon, "horizon")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    x_np, y_np = regression_data(num_examples, dim, seed=seed)
+
+    def train_loss(w, x, y):
+        return 0.5 * jnp.mean((x @ w - y) ** 2)
+
+    def init(theta, key):
+        return jnp.zeros(dim, jnp.result_type(theta)), key
+
+    def step(theta, state, t):
+        w, key = state
+        x, y = jnp.asarray(x_np, w.dtype), jnp.asarray(y_np, w.dtype)
+        batch = jax.random.choice(jax.random.fold_in(key, t), num_examples, (batch_size,), replace=False)
+        lr = 10.0 ** theta[0] / (1.0 + 10.0 ** theta[1] * t)
+        w = w - lr * jax.grad(train_loss)(w, x[batch], y[batch])
+        loss = train_loss(w, x, y)
+        return (w, key), jnp.minimum(jnp.where(jnp.isfinite(loss), loss, loss_cap), loss_cap)
+
+    system = System(init, step, horizon)
+    from unroll.exact import episode_loss
+
+    keys = jax.random.split(jax.random.key(seed + 10_000), num_eval_episodes)
+
+    def evaluate(theta):
+        return {"objective": jnp.mean(jax.vmap(lambda k: episode_loss(system, theta, k))(keys))}
+
+    return system, jnp.asarray(initial, dtype), evaluate
+
+
+def lr_schedule_grid(evaluate, log_lr0: np.ndarray, log_decay: np.ndarray):
+    """The meta-objective on the grid ``log_lr0 x log_decay`` (vmapped ``evaluate``):
+    ``(losses [len(log_lr0), len(log_decay)], best theta, best loss)``."""
+    grid = jnp.stack(jnp.meshgrid(jnp.asarray(log_lr0), jnp.asarray(log_decay), indexing="ij"), axis=-1)
+    losses = np.asarray(jax.jit(jax.vmap(jax.vmap(lambda th: evaluate(th)["objective"])))(grid))
+    i, j = np.unravel_index(np.argmin(losses), losses.shape)
+    return losses, np.asarray([log_lr0[i], log_decay[j]]), float(losses[i, j])
