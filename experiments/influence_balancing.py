@@ -44,7 +44,7 @@ def table(summary: dict) -> str:
     for name, e in summary["estimators"].items():
         lines.append(
             f"| {name} | {e['inner_steps_per_outer_step']} | {e['final_theta']['mean']:.4f} ± {e['final_theta']['std']:.4f} "
-            f"| {e['final_objective_gap']['mean']:.2e} | {EXPECTED.get(name, '')} | {'yes' if e.get('reached_theta_star') else 'no'} |"
+            f"| {e['final_objective_gap']['mean']:.2e} | {EXPECTED.get(name, '')} | {'yes' if e.get('reached') else 'no'} |"
         )
     lines += ["", f"Command: `{summary['command']}`, jax {summary['versions']['jax']} on {summary['versions']['device']}."]
     return "\n".join(lines)

@@ -10,37 +10,85 @@ USAGE_ERROR = 2
 
 
 def _list(_: argparse.Namespace) -> int:
-    from unroll.compare import TASKS
+    import inspect
+
+    from unroll.compare import DEFAULT_ESTIMATORS, TASKS, standard_estimators
 
     for task, make in TASKS.items():
-        setup = make()
+        options = ", ".join(f"{n}={p.default!r}" for n, p in inspect.signature(make).parameters.items())
         print(f"task {task}: {(make.__doc__ or '').strip().splitlines()[0]}")
-        for family, spec in setup.estimators.items():
-            suffix = f"[-K]  (default K={spec.default_truncation})" if spec.default_truncation else ""
-            print(f"  {family}{suffix}: {spec.description}")
-        print(f"  default: {' '.join(setup.default_estimators)}")
+        print(f"  options: {options}")
+        print(f"  default estimators: {' '.join(DEFAULT_ESTIMATORS[task])}")
+    print("estimators (each task sets its own workers, particles and sigma):")
+    for family, spec in standard_estimators().items():
+        suffix = "[-K]" if spec.default_truncation else ""
+        print(f"  {family}{suffix}: {spec.description}")
     return 0
+
+
+CONFIG_KEYS = {"task", "estimators", "seeds", "steps", "horizon", "out", "task_options"}
+
+
+def load_config(path: str) -> dict:
+    """The settings of ``--config FILE.toml``: top-level ``task``, ``estimators`` (a list),
+    ``seeds``, ``steps``, ``horizon``, ``out`` and a ``[task_options]`` table of the task's
+    own keyword arguments (e.g. ``cell``, ``hidden``)."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            config = tomllib.load(f)
+    except OSError as err:
+        raise ValueError(f"--config {path!r}: cannot read it ({err.strerror}).") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"--config {path!r} is not valid TOML: {err}.") from None
+    unknown = sorted(set(config) - CONFIG_KEYS)
+    if unknown:
+        raise ValueError(f"--config {path!r}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(CONFIG_KEYS))}.")
+    if "estimators" in config and not (
+        isinstance(config["estimators"], list) and all(isinstance(e, str) for e in config["estimators"])
+    ):
+        raise ValueError(f"--config {path!r}: `estimators` must be a list of names, e.g. [\"pes\", \"tbptt-10\"].")
+    if not isinstance(config.get("task_options", {}), dict):
+        raise ValueError(f"--config {path!r}: `task_options` must be a table, e.g. [task_options] hidden = 32.")
+    return config
 
 
 def _compare(args: argparse.Namespace) -> int:
     from unroll.compare import compare
 
+    config = load_config(args.config) if args.config else {}
+    task = args.task or config.get("task")
+    if task is None:
+        raise ValueError("no task given: name one (see `unroll list`) or set `task` in the --config file.")
     estimators = [e for part in args.estimators for e in part.split(",") if e] if args.estimators else None
-    task_kwargs = {"horizon": args.horizon} if args.horizon is not None else None
-    out_dir, summary = compare(
-        args.task, estimators, args.seeds, args.steps, args.out, progress=not args.no_progress,
-        task_kwargs=task_kwargs, command=shlex.join(["unroll"] + args.argv),
-    )
-    reference = summary["reference"]
-    print(f"\n{args.task}: theta* = {reference.get('theta_star', float('nan')):.4f} (horizon {reference.get('horizon')})")
-    print(f"{'estimator':>12s} {'final theta (mean ± std)':>26s} {'objective':>12s}  reached theta*")
-    for name, entry in summary["estimators"].items():
-        theta, objective = entry["final_theta"], entry["final_objective"]
-        reached = entry.get("reached_theta_star")
-        print(
-            f"{name:>12s} {theta['mean']:>16.4f} ± {theta['std']:<8.4f} {objective['mean']:>12.5g}  "
-            f"{'yes' if reached else 'no'}"
+    estimators = estimators or config.get("estimators")
+    task_kwargs = dict(config.get("task_options", {}))
+    horizon = args.horizon if args.horizon is not None else config.get("horizon")
+    if horizon is not None:
+        task_kwargs["horizon"] = horizon
+    try:
+        out_dir, summary = compare(
+            task, estimators, args.seeds if args.seeds is not None else config.get("seeds"),
+            args.steps if args.steps is not None else config.get("steps"), args.out or config.get("out"),
+            progress=not args.no_progress, task_kwargs=task_kwargs or None, command=shlex.join(["unroll"] + args.argv),
         )
+    except TypeError as err:  # a task option the task does not take
+        raise ValueError(f"task {task!r}: {err}; see the task's options in `unroll list`.") from None
+    reference = summary["reference"]
+    known = {k: v for k, v in reference.items() if isinstance(v, (int, float)) and k != "horizon"}
+    print(f"\n{task} (horizon {reference.get('horizon')}): objective = {reference.get('objective', 'objective')}")
+    if known:
+        print("  reference: " + ", ".join(f"{k} = {v:.5g}" for k, v in known.items()))
+    print(f"{'estimator':>12s} {'final objective (mean ± std)':>30s}  other metrics (mean){'  reached' if any('reached' in e for e in summary['estimators'].values()) else ''}")
+    for name, entry in summary["estimators"].items():
+        objective = entry["final_objective"]
+        others = ", ".join(
+            f"{k[6:]}={v['mean']:.4g}" for k, v in entry.items()
+            if k.startswith("final_") and k not in ("final_objective", "final_window_loss") and isinstance(v, dict)
+        )
+        reached = "" if "reached" not in entry else ("  yes" if entry["reached"] else "  no")
+        print(f"{name:>12s} {objective['mean']:>18.5g} ± {objective['std']:<9.3g}  {others}{reached}")
     print(f"\nwrote {out_dir}/metrics.csv, summary.json, curves.png")
     return 0
 
@@ -50,13 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list tasks and estimators").set_defaults(run=_list)
     compare = sub.add_parser("compare", help="run estimators side by side on a task")
-    compare.add_argument("task", help="task name (see `unroll list`)")
+    compare.add_argument("task", nargs="?", help="task name (see `unroll list`); or `task` in --config")
     compare.add_argument("--estimators", nargs="+", help="estimator names, e.g. pes nres tbptt-10 (default: all)")
     compare.add_argument("--seeds", type=int, help="number of seeds (default: the task's)")
     compare.add_argument("--steps", type=int, help="outer steps per estimator (default: the task's)")
     compare.add_argument("--horizon", type=int, help="episode length of the task (default: the task's)")
     compare.add_argument("--out", help="output folder (default: runs/TASK-TIME)")
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
+    compare.add_argument("--config", help="TOML file with the same settings (flags given here win) and a "
+                         "[task_options] table of task arguments")
     compare.set_defaults(run=_compare)
     return parser
 

@@ -4,11 +4,13 @@ Each estimator is trained from the task's initial theta with its optimizer for t
 same number of outer steps over several seeds (the seeds are a vmap axis of one
 compiled outer step). Written to the output folder:
 
-* ``metrics.csv``: one row per (estimator, seed, outer step): window loss, exact
-  objective, theta (for scalar theta), gradient norm, cumulative inner steps;
-* ``summary.json``: the command, versions, seeds, settings, the reference optimum
-  and per estimator the final theta and objective (mean, spread, per seed);
-* ``curves.png``: objective and theta against outer steps (mean and min-max band).
+* ``metrics.csv``: one row per (estimator, seed, outer step): window loss, gradient
+  norm, cumulative inner steps and, where evaluated, training seconds so far, the
+  task's objective and its other scalar metrics (theta itself when it is a scalar);
+* ``summary.json``: the command, versions, seeds, settings, the task's reference
+  answers and per estimator the final objective and metrics (mean, spread, per seed);
+* ``curves.png``: the objective against outer steps, inner steps and wall time
+  (mean and min-max band over seeds).
 """
 
 from __future__ import annotations
@@ -46,14 +48,69 @@ class TaskSetup(NamedTuple):
 
     system: Any
     theta: Any
-    evaluate: Callable[[Any], dict]  # theta -> {"objective": L(theta), "gap": L - L*, "theta"}, jit-able
-    reference: dict  # known answers (e.g. the optimum), written to the summary
+    evaluate: Callable[[Any], dict]  # theta -> {"objective": ..., other scalar metrics}, jit-able
+    reference: dict  # known answers (e.g. the optimum) and what the objective is, written to the summary
     estimators: dict[str, EstimatorSpec]
     default_estimators: list[str]
     optimizer: Callable[[int], optax.GradientTransformation]  # from the number of outer steps
+    optimizer_description: str
     default_steps: int
     default_seeds: int
-    tolerance: float  # |theta - theta*| that counts as reaching the optimum
+    # (final theta of one seed, its final metrics) -> reached the known answer? None: no known answer
+    reached: Callable[[Any, dict], bool] | None = None
+
+
+# the estimators `unroll compare TASK` runs when none are named
+DEFAULT_ESTIMATORS: dict[str, list[str]] = {
+    "influence-balancing": ["tbptt-1", "tbptt-10", "tbptt-100", "tes", "pes", "nres", "forward", "rtrl", "full-bptt"],
+    "copy": ["tbptt-5", "full-bptt", "uoro", "dni-5", "pes", "forward"],
+    "flip-flop": ["tbptt-10", "full-bptt", "uoro", "dni", "pes", "forward"],
+    "char-lm": ["tbptt-16", "full-bptt", "dni-16", "uoro-16", "pes-16"],
+    "lorenz": ["full-bptt", "tbptt-10", "pes", "es"],
+    "lr-schedule": ["tbptt-10", "tes", "pes", "nres", "es", "full-bptt"],
+}
+
+
+def standard_estimators(
+    workers: int = 10, particles: int = 100, sigma: float = 0.1, truncation: int = 10, directions: int = 10,
+    memory_budget: int = 10,
+) -> dict[str, EstimatorSpec]:
+    """Every estimator family, with the given workers, particles, sigma and default truncation."""
+    k = truncation
+    return {
+        "full-bptt": EstimatorSpec(lambda s, _: unroll.full_bptt(s), None, "exact gradient of whole episodes"),
+        "tbptt": EstimatorSpec(lambda s, k: unroll.truncated_bptt(s, k, num_workers=workers), k,
+                               "truncated BPTT (biased)"),
+        "tes": EstimatorSpec(lambda s, k: unroll.truncated_es(s, k, sigma, particles, num_workers=workers), k,
+                             "truncated ES (biased)"),
+        "pes": EstimatorSpec(lambda s, k: unroll.pes(s, k, sigma, particles, num_workers=workers), k,
+                             "persistent ES (unbiased)"),
+        "nres": EstimatorSpec(lambda s, k: unroll.nres(s, k, sigma, particles, num_workers=workers), k,
+                              "noise-reuse ES (unbiased)"),
+        "forward": EstimatorSpec(
+            lambda s, k: unroll.forward_gradient(s, k, num_directions=directions, num_workers=workers), k,
+            "forward gradient (unbiased)"),
+        "rtrl": EstimatorSpec(lambda s, k: unroll.rtrl(s, k, num_workers=workers), k,
+                              "real-time recurrent learning (exact, online)"),
+        "uoro": EstimatorSpec(lambda s, k: unroll.uoro(s, k, num_workers=workers), k,
+                              "unbiased rank-one RTRL (high variance)"),
+        "snap": EstimatorSpec(lambda s, k: unroll.snap(s, 1, k, num_workers=workers), k,
+                              "SnAp-1 (sparse RTRL, order 1)"),
+        "dni": EstimatorSpec(lambda s, k: unroll.dni(s, k, num_workers=workers), k,
+                             "truncated BPTT + learned synthetic gradient"),
+        "checkpointed-bptt": EstimatorSpec(lambda s, _: unroll.checkpointed_bptt(s, memory_budget=memory_budget),
+                                           None, f"full BPTT in {memory_budget} stored states"),
+        "es": EstimatorSpec(lambda s, _: unroll.es(s, sigma, particles), None, "ES over whole episodes"),
+    }
+
+
+def _adam_cosine(learning_rate: float) -> dict:
+    """Adam with a cosine-decayed learning rate (to 1% over the outer steps), as TaskSetup fields."""
+    return {
+        "optimizer": lambda steps: optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.01)),
+        "optimizer_description": f"adam, learning rate {learning_rate:g} cosine-decayed to "
+        f"{learning_rate / 100:g} over the outer steps",
+    }
 
 
 def influence_balancing_setup(horizon: int = 1000) -> TaskSetup:
@@ -61,63 +118,114 @@ def influence_balancing_setup(horizon: int = 1000) -> TaskSetup:
     system = tasks.influence_balancing(horizon)
     objective, gap = tasks.influence_loss_fn(horizon), tasks.influence_gap_fn(horizon)
     optimum = tasks.influence_optimum(horizon)
-    particles, workers, sigma = 100, 10, 0.1  # 1000 particles in all, as Vicol et al.
-    estimators = {
-        "full-bptt": EstimatorSpec(lambda s, k: unroll.full_bptt(s), None, "exact gradient of whole episodes"),
-        "tbptt": EstimatorSpec(
-            lambda s, k: unroll.truncated_bptt(s, k, num_workers=workers), 10, "truncated BPTT (biased)"
-        ),
-        "tes": EstimatorSpec(
-            lambda s, k: unroll.truncated_es(s, k, sigma, particles, num_workers=workers), 10, "truncated ES (biased)"
-        ),
-        "pes": EstimatorSpec(
-            lambda s, k: unroll.pes(s, k, sigma, particles, num_workers=workers), 10, "persistent ES (unbiased)"
-        ),
-        "nres": EstimatorSpec(
-            lambda s, k: unroll.nres(s, k, sigma, particles, num_workers=workers), 10, "noise-reuse ES (unbiased)"
-        ),
-        "forward": EstimatorSpec(
-            lambda s, k: unroll.forward_gradient(s, k, num_directions=10, num_workers=workers),
-            10,
-            "forward gradient (unbiased)",
-        ),
-        "rtrl": EstimatorSpec(
-            lambda s, k: unroll.rtrl(s, k, num_workers=workers), 10, "real-time recurrent learning (exact, online)"
-        ),
-        "uoro": EstimatorSpec(
-            lambda s, k: unroll.uoro(s, k, num_workers=workers), 10, "unbiased rank-one RTRL (high variance)"
-        ),
-        "snap": EstimatorSpec(
-            lambda s, k: unroll.snap(s, 1, k, num_workers=workers), 10, "SnAp-1 (sparse RTRL, order 1)"
-        ),
-        "dni": EstimatorSpec(
-            lambda s, k: unroll.dni(s, k, num_workers=workers), 10, "truncated BPTT + learned synthetic gradient"
-        ),
-        "checkpointed-bptt": EstimatorSpec(
-            lambda s, k: unroll.checkpointed_bptt(s, memory_budget=10), None, "full BPTT in 10 stored states"
-        ),
-        "es": EstimatorSpec(lambda s, k: unroll.es(s, sigma, particles), None, "ES over whole episodes"),
-    }
+    tolerance = 0.02
     return TaskSetup(
         system=system,
         theta=jnp.asarray(tasks.THETA_INIT, jnp.float32),
         evaluate=lambda theta: {"objective": objective(theta), "gap": gap(theta), "theta": theta},
         reference={
+            "objective": "exact mean episode loss L(theta) (closed form); gap = L(theta) - L(theta*)",
             "theta_star": optimum,
             "objective_at_theta_star": float(objective(optimum)),
             "theta_star_steady_state": -1.0 / 6.0,
             "horizon": horizon,
+            "tolerance": tolerance,
         },
-        estimators=estimators,
-        default_estimators=["tbptt-1", "tbptt-10", "tbptt-100", "tes", "pes", "nres", "forward", "rtrl", "full-bptt"],
-        optimizer=lambda steps: optax.adam(optax.cosine_decay_schedule(1e-2, steps, alpha=0.01)),
+        # 1000 particles in all (10 workers x 100), as Vicol et al.
+        estimators=standard_estimators(workers=10, particles=100, sigma=0.1, truncation=10),
+        default_estimators=DEFAULT_ESTIMATORS["influence-balancing"],
+        **_adam_cosine(1e-2),
         default_steps=500,
         default_seeds=3,
-        tolerance=0.02,
+        reached=lambda theta, metrics: abs(float(theta) - optimum) < tolerance,
     )
 
 
-TASKS: dict[str, Callable[..., TaskSetup]] = {"influence-balancing": influence_balancing_setup}
+def _network_setup(made, reference: dict, learning_rate: float, defaults: list[str], steps: int,
+                   truncation: int, sigma: float, particles: int, workers: int = 4) -> TaskSetup:
+    system, theta, evaluate = made
+    return TaskSetup(
+        system=system, theta=theta, evaluate=evaluate, reference=dict(reference, horizon=system.horizon),
+        estimators=standard_estimators(workers=workers, particles=particles, sigma=sigma, truncation=truncation,
+                                       directions=4),
+        default_estimators=defaults, **_adam_cosine(learning_rate), default_steps=steps, default_seeds=2,
+    )
+
+
+def copy_setup(horizon: int | None = None, length: int = 5, cell: str = "gru", hidden: int = 32) -> TaskSetup:
+    """Copy task: recall 5 symbols (of 4) after a delay; horizon = 2 * length + delay."""
+    delay = 10 if horizon is None else horizon - 2 * length
+    if delay < 1:
+        raise ValueError(f"`horizon`={horizon} must exceed 2 * length = {2 * length} for the copy task.")
+    made = tasks.copy_task(length=length, delay=delay, num_symbols=4, cell=cell, hidden=hidden)
+    reference = {"objective": "mean step cross-entropy (nats) on 64 held-out sequences",
+                 "memoryless_loss": tasks.copy_memoryless_loss(length, delay, 4), "cell": cell, "hidden": hidden}
+    return _network_setup(made, reference, 3e-3, DEFAULT_ESTIMATORS["copy"], 300,
+                          truncation=5, sigma=0.01, particles=16)
+
+
+def flip_flop_setup(horizon: int = 100, cell: str = "gru", hidden: int = 32) -> TaskSetup:
+    """3-bit flip-flop: hold the sign of each channel's last pulse."""
+    made = tasks.flip_flop(num_bits=3, horizon=horizon, pulse_probability=0.05, cell=cell, hidden=hidden)
+    reference = {"objective": "mean step binary cross-entropy (nats, summed over 3 bits) on 64 held-out sequences",
+                 "chance_loss": 3 * float(np.log(2)), "cell": cell, "hidden": hidden}
+    return _network_setup(made, reference, 3e-3, DEFAULT_ESTIMATORS["flip-flop"], 300,
+                          truncation=10, sigma=0.01, particles=16)
+
+
+def char_lm_setup(horizon: int = 64, cell: str = "lstm", hidden: int = 64) -> TaskSetup:
+    """Character LM on Python's bundled help text (pydoc_data.topics)."""
+    made = tasks.char_lm(horizon=horizon, cell=cell, hidden=hidden, embedding=16)
+    reference = {"objective": "validation cross-entropy (nats per character); bits_per_char = objective / ln 2",
+                 "uniform_bits_per_char": float(np.log2(tasks.python_docs_corpus().vocab_size)), "cell": cell,
+                 "hidden": hidden}
+    return _network_setup(made, reference, 3e-3, DEFAULT_ESTIMATORS["char-lm"], 300,
+                          truncation=16, sigma=0.01, particles=16)
+
+
+def lorenz_setup(horizon: int = 200) -> TaskSetup:
+    """Lorenz-63 parameter estimation (sigma, rho, beta) from an observed trajectory (chaotic)."""
+    system, theta, evaluate = tasks.lorenz(horizon=horizon)
+    return TaskSetup(
+        system=system, theta=theta, evaluate=evaluate,
+        reference={"objective": "mean squared state error over 32 fixed episodes", "theta_true": list(tasks.TRUE_PARAMS),
+                   "horizon": horizon},
+        estimators=standard_estimators(workers=4, particles=50, sigma=0.3, truncation=10),
+        default_estimators=DEFAULT_ESTIMATORS["lorenz"],
+        **_adam_cosine(0.1), default_steps=300, default_seeds=2,
+        reached=lambda theta, metrics: float(metrics["param_error"]) < 0.5,
+    )
+
+
+def lr_schedule_setup(horizon: int = 200) -> TaskSetup:
+    """Tune SGD's learning-rate schedule lr0 / (1 + decay t) (log10 scale) on linear regression."""
+    system, theta, evaluate = tasks.lr_schedule(horizon=horizon)
+    _, best, best_loss = tasks.lr_schedule_grid(evaluate, np.linspace(-3, 0.5, 36), np.linspace(-4, 0, 21))
+
+    def metrics(theta):
+        return {**evaluate(theta), "log10_lr0": theta[0], "log10_decay": theta[1]}
+
+    return TaskSetup(
+        system=system, theta=theta, evaluate=metrics,
+        reference={"objective": "mean full-batch training loss over the run (32 fixed minibatch streams)",
+                   "grid_best_theta": best.tolist(), "grid_best_objective": best_loss,
+                   "grid": "log10 lr0 in linspace(-3, 0.5, 36) x log10 decay in linspace(-4, 0, 21)",
+                   "horizon": horizon},
+        estimators=standard_estimators(workers=4, particles=50, sigma=0.1, truncation=10),
+        default_estimators=DEFAULT_ESTIMATORS["lr-schedule"],
+        **_adam_cosine(3e-2), default_steps=300, default_seeds=2,
+        reached=lambda theta, m: float(m["objective"]) <= 1.02 * best_loss,
+    )
+
+
+TASKS: dict[str, Callable[..., TaskSetup]] = {
+    "influence-balancing": influence_balancing_setup,
+    "copy": copy_setup,
+    "flip-flop": flip_flop_setup,
+    "char-lm": char_lm_setup,
+    "lorenz": lorenz_setup,
+    "lr-schedule": lr_schedule_setup,
+}
 
 
 def parse_estimator(name: str, setup: TaskSetup) -> tuple[str, int | None]:
@@ -195,7 +303,6 @@ def compare(
     results = {}
     for name, (family, truncation) in zip(names, parsed):
         estimator = setup.estimators[family].build(setup.system, truncation)
-        start = time.perf_counter()
         theta, history = train(
             estimator,
             setup.optimizer(steps),
@@ -208,7 +315,6 @@ def compare(
             progress=progress,
             name=f"{name:>10s}",
         )
-        history["wall_time_s"] = time.perf_counter() - start
         results[name] = (theta, history, family, truncation)
 
     _write_csv(os.path.join(out_dir, "metrics.csv"), results)
@@ -219,28 +325,37 @@ def compare(
     return out_dir, summary
 
 
+def _metric_names(history: dict) -> list[str]:
+    """The scalar evaluation metrics (``eval/<name>`` arrays ``[seeds, evaluations]``), objective first."""
+    names = [k[5:] for k, v in history.items() if k.startswith("eval/") and np.ndim(v) == 2]
+    return sorted(names, key=lambda n: (n != "objective", n))
+
+
 def _write_csv(path: str, results: dict) -> None:
+    metrics = sorted({m for _, history, _, _ in results.values() for m in _metric_names(history)},
+                     key=lambda n: (n != "objective", n))
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["estimator", "seed", "step", "window_loss", "grad_norm", "inner_steps", "objective", "theta"])
+        writer.writerow(["estimator", "seed", "step", "window_loss", "grad_norm", "inner_steps", "train_time_s"]
+                        + metrics)
         for name, (_, history, _, _) in results.items():
             num_seeds, num_steps = history["loss"].shape
             inner = np.cumsum(history["steps"], axis=1)
             evaluated = {int(s): i for i, s in enumerate(history["eval_step"])}
             for seed in range(num_seeds):
                 for step in range(num_steps):
-                    # objective and theta after `step + 1` updates, where evaluated
+                    # metrics after `step + 1` updates, where evaluated
                     i = evaluated.get(step + 1)
-                    objective = "" if i is None else f"{history['eval/objective'][seed, i]:.8g}"
-                    theta = "" if i is None else f"{history['eval/theta'][seed, i]:.8g}"
+                    values = ["" if i is None or f"eval/{m}" not in history else f"{history[f'eval/{m}'][seed, i]:.8g}"
+                              for m in metrics]
+                    seconds = "" if i is None else f"{history['eval_time_s'][i]:.4f}"
                     writer.writerow([
                         name, seed, step + 1, f"{history['loss'][seed, step]:.8g}",
-                        f"{history['grad_norm'][seed, step]:.6g}", int(inner[seed, step]), objective, theta,
+                        f"{history['grad_norm'][seed, step]:.6g}", int(inner[seed, step]), seconds, *values,
                     ])
 
 
 def _summary(task, setup, results, seeds, steps, command) -> dict:
-    theta_star = setup.reference.get("theta_star")
     out = {
         "task": task,
         "command": command or " ".join(["unroll"] + sys.argv[1:]),
@@ -248,58 +363,78 @@ def _summary(task, setup, results, seeds, steps, command) -> dict:
         "seeds": list(range(seeds)),
         "seed_keys": f"jax.random.split(jax.random.key(0), {seeds})",
         "outer_steps": steps,
-        "optimizer": "adam, learning rate 1e-2 cosine-decayed to 1e-4 over the outer steps",
+        "optimizer": setup.optimizer_description,
         "reference": setup.reference,
         "estimators": {},
     }
     for name, (theta, history, family, truncation) in results.items():
-        final_theta = np.asarray(theta, np.float64).reshape(seeds, -1)[:, 0]
         entry = {
             "family": family,
             "truncation": truncation,
             "description": setup.estimators[family].description,
             "inner_steps_per_outer_step": int(history["steps"][0, 0]),
-            "final_theta": _spread(final_theta),
-            "final_objective": _spread(history["eval/objective"][:, -1]),
-            "final_objective_gap": _spread(history["eval/gap"][:, -1]),
             "final_window_loss": _spread(history["loss"][:, -1]),
-            "wall_time_s": round(float(history["wall_time_s"]), 2),
+            "train_time_s": round(float(history["train_time_s"]), 2),
+            "compile_s": round(float(history["compile_s"]), 2),
             "first_nonfinite_step": np.atleast_1d(history["first_nonfinite"]).tolist(),
         }
-        if theta_star is not None:
-            distance = np.abs(final_theta - theta_star)
-            entry["distance_to_theta_star"] = _spread(distance)
-            entry["reached_theta_star"] = bool(np.all(distance < setup.tolerance))
+        for metric in _metric_names(history):
+            key = "final_objective_gap" if metric == "gap" else f"final_{metric}"
+            entry[key] = _spread(history[f"eval/{metric}"][:, -1])
+        if setup.reached is not None:
+            final = {m: history[f"eval/{m}"][:, -1] for m in _metric_names(history)}
+            per_seed = [
+                bool(setup.reached(jax.tree_util.tree_map(lambda x: x[i], theta), {m: v[i] for m, v in final.items()}))
+                for i in range(seeds)
+            ]
+            entry["reached_per_seed"] = per_seed
+            entry["reached"] = all(per_seed)
         out["estimators"][name] = entry
     return out
 
 
 def plot_curves(path: str, results: dict, reference: dict, title: str) -> None:
-    """Objective gap ``L(theta) - L(theta*)`` (log scale) and theta against outer steps."""
+    """The objective (its gap to the optimum where known, log scale) against outer steps,
+    inner steps and training wall time; mean and min-max band over seeds. A scalar theta
+    gets a fourth panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_theta) = plt.subplots(1, 2, figsize=(12, 4.5))
+    histories = [h for _, h, _, _ in results.values()]
+    use_gap = all("eval/gap" in h for h in histories)
+    show_theta = all("eval/theta" in h and h["eval/theta"].ndim == 2 for h in histories)
+    fig, axes = plt.subplots(1, 3 + show_theta, figsize=(5 * (3 + show_theta), 4.2))
     for name, (_, history, _, _) in results.items():
-        x = history["eval_step"]
-        gap = np.maximum(history["eval/gap"], 1e-14)
-        theta = history["eval/theta"].reshape(gap.shape)
-        for ax, y in ((ax_loss, gap), (ax_theta, theta)):
-            (line,) = ax.plot(x, y.mean(axis=0), label=name)
-            ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=line.get_color(), alpha=0.2)
-    ax_loss.set_yscale("log")
-    ax_loss.set_xlabel("outer step")
-    ax_loss.set_ylabel("L(theta) - L(theta*)")
-    ax_loss.set_title(f"{title}: objective gap")
-    if "theta_star" in reference:
-        ax_theta.axhline(reference["theta_star"], color="k", ls="--", lw=1, label="theta* (horizon)")
-    ax_theta.set_xlabel("outer step")
-    ax_theta.set_ylabel("theta")
-    ax_theta.set_title("theta (mean, min-max over seeds)")
-    ax_theta.set_yscale("symlog", linthresh=0.5)
-    ax_theta.legend(fontsize=8, ncol=2)
+        y = np.maximum(history["eval/gap"], 1e-14) if use_gap else history["eval/objective"]
+        steps = history["eval_step"]
+        inner = np.concatenate([[0], np.cumsum(history["steps"][0])])[steps]
+        xs = [steps, inner, history["eval_time_s"]]
+        ys = [y, y, y]
+        if show_theta:
+            xs.append(steps)
+            ys.append(history["eval/theta"])
+        for ax, x, v in zip(axes, xs, ys):
+            (line,) = ax.plot(x, v.mean(axis=0), label=name)
+            ax.fill_between(x, v.min(axis=0), v.max(axis=0), color=line.get_color(), alpha=0.2)
+    ylabel = "L(theta) - L(theta*)" if use_gap else "objective"
+    for ax, xlabel in zip(axes, ["outer step", "inner steps (all workers and particles)", "training time (s)"]):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if use_gap or np.all([np.all(h["eval/objective"] > 0) for h in histories]):
+            ax.set_yscale("log")
+    axes[1].set_xscale("symlog", linthresh=1e3)
+    axes[1].set_xlim(left=0)
+    axes[0].set_title(f"{title}: {ylabel} (mean, min-max over seeds)")
+    if show_theta:
+        ax_theta = axes[3]
+        if "theta_star" in reference:
+            ax_theta.axhline(reference["theta_star"], color="k", ls="--", lw=1, label="theta* (horizon)")
+        ax_theta.set_xlabel("outer step")
+        ax_theta.set_ylabel("theta")
+        ax_theta.set_yscale("symlog", linthresh=0.5)
+    axes[-1].legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)

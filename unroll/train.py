@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Any, Callable, NamedTuple
 
@@ -101,7 +102,9 @@ def train(
     Returns:
       ``(theta, history)``: the final (last finite) theta and a dict of numpy arrays
       ``[num_steps]`` (``[num_seeds, num_steps]``): every ``info`` entry of the
-      estimator, ``grad_norm``, ``accepted``, plus ``first_nonfinite`` (-1 if none) and ``num_rejected``.
+      estimator, ``grad_norm``, ``accepted``, plus ``first_nonfinite`` (-1 if none) and ``num_rejected``;
+      ``train_time_s`` (seconds in outer steps, compile and evaluation excluded),
+      ``compile_s``, and with ``eval_fn`` ``eval_time_s`` (training seconds at each ``eval_step``).
     """
     num_steps = check_positive_int(num_steps, "num_steps")
     if eval_every and eval_fn is None:
@@ -125,11 +128,24 @@ def train(
     else:
         eval_one = eval_fn
     state, run_key = jax.jit(start)(key)
-    outer = jax.jit(outer, donate_argnums=0)
+    compile_start = time.perf_counter()
+    outer = jax.jit(outer, donate_argnums=0).lower(state, run_key).compile()
+    compile_s = time.perf_counter() - compile_start
     eval_one = jax.jit(eval_one) if eval_one is not None else None
 
-    records, evals, eval_steps = [], [], []
+    records, evals, eval_steps, eval_times = [], [], [], []
     last = {}
+    elapsed, resumed = 0.0, time.perf_counter()  # seconds in outer steps (evaluation excluded)
+
+    def evaluate(i):
+        nonlocal elapsed, resumed
+        jax.block_until_ready(state.theta)
+        elapsed += time.perf_counter() - resumed
+        evals.append(eval_one(state.theta))
+        eval_steps.append(i)
+        eval_times.append(elapsed)
+        jax.block_until_ready(evals[-1])
+        resumed = time.perf_counter()
 
     def postfix() -> str:
         if not last:
@@ -139,14 +155,15 @@ def train(
 
     for i in progress_bar(num_steps, desc=name, enabled=progress, postfix=postfix):
         if eval_one is not None and eval_every and i % eval_every == 0:
-            evals.append(eval_one(state.theta))
-            eval_steps.append(i)
+            evaluate(i)
         state, metrics = outer(state, run_key)
         records.append(metrics)
         last = metrics
     if eval_one is not None:
-        evals.append(eval_one(state.theta))
-        eval_steps.append(num_steps)
+        evaluate(num_steps)
+    else:
+        jax.block_until_ready(state.theta)
+        elapsed += time.perf_counter() - resumed
 
     records = jax.device_get(records)
     history = {k: np.stack([r[k] for r in records], axis=-1) for k in records[0]}
@@ -154,6 +171,9 @@ def train(
         history[f"eval/{k}"] = np.stack([np.asarray(e[k]) for e in jax.device_get(evals)], axis=-1)
     if evals:
         history["eval_step"] = np.asarray(eval_steps)
+        history["eval_time_s"] = np.asarray(eval_times)
+    history["train_time_s"] = np.asarray(elapsed)
+    history["compile_s"] = np.asarray(compile_s)
     history["first_nonfinite"] = np.asarray(state.first_nonfinite)
     history["num_rejected"] = np.asarray(state.num_rejected)
     bad = np.atleast_1d(history["first_nonfinite"])
