@@ -14,17 +14,9 @@ between its markers from the summary (no hand-edited numbers).
 
 from __future__ import annotations
 
-import argparse
-import os
-import re
-import shutil
-import sys
+from common import command_line, footer, parse_args, publish, run_compare
 
-from unroll.compare import compare
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(ROOT, "experiments", "results", "influence-balancing")
-MARKER = "influence-balancing"
+STUDY = "influence-balancing"
 EXPECTED = {
     "tbptt-1": "far from theta*", "tbptt-10": "far from theta*", "tbptt-100": "short of theta*",
     "tes": "far from theta*", "pes": "theta*", "nres": "theta*", "forward": "theta*", "rtrl": "theta*", "full-bptt": "theta*",
@@ -46,41 +38,14 @@ def table(summary: dict) -> str:
             f"| {name} | {e['inner_steps_per_outer_step']} | {e['final_theta']['mean']:.4f} ± {e['final_theta']['std']:.4f} "
             f"| {e['final_objective_gap']['mean']:.2e} | {EXPECTED.get(name, '')} | {'yes' if e.get('reached') else 'no'} |"
         )
-    lines += ["", f"Command: `{summary['command']}`, jax {summary['versions']['jax']} on {summary['versions']['device']}."]
-    return "\n".join(lines)
-
-
-def update_readme(text: str) -> None:
-    path = os.path.join(ROOT, "README.md")
-    with open(path) as f:
-        readme = f.read()
-    start, end = f"<!-- results:{MARKER} -->", f"<!-- /results:{MARKER} -->"
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-    if not pattern.search(readme):
-        sys.exit(f"README.md has no {start} ... {end} markers")
-    with open(path, "w") as f:
-        f.write(pattern.sub(lambda _: f"{start}\n{text}\n{end}", readme))
+    return "\n".join(lines + ["", footer(summary)])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int)
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--no-readme", action="store_true", help="do not rewrite README.md")
-    args = parser.parse_args()
-    command = "python experiments/influence_balancing.py" + "".join(
-        f" --{k} {v}" for k, v in (("seeds", args.seeds), ("steps", args.steps)) if v
-    )
-    out_dir, summary = compare("influence-balancing", seeds=args.seeds, steps=args.steps, command=command)
-    os.makedirs(OUT, exist_ok=True)
-    for name in ("summary.json", "curves.png"):
-        shutil.copy(os.path.join(out_dir, name), os.path.join(OUT, name))
-    text = table(summary)
-    with open(os.path.join(OUT, "results.md"), "w") as f:
-        f.write(text + "\n")
-    print(text)
-    if not args.no_readme:
-        update_readme(text)
+    args = parse_args(__doc__)
+    command = command_line("influence_balancing.py", args)
+    summary = run_compare(STUDY, "influence-balancing", args, command)
+    publish(STUDY, table(summary), args)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,9 @@ DEFAULT_ESTIMATORS: dict[str, list[str]] = {
     "char-lm": ["tbptt-16", "full-bptt", "dni-16", "uoro-16", "pes-16"],
     "lorenz": ["full-bptt", "tbptt-10", "pes", "es"],
     "lr-schedule": ["tbptt-10", "tes", "pes", "nres", "es", "full-bptt"],
+    "mlp-hyper": ["tbptt-10", "pes", "es", "full-bptt"],
+    "lopt-digits": ["pes", "tbptt-10", "es", "full-bptt"],
+    "lopt-quadratic": ["pes", "tbptt-10", "es", "full-bptt"],
 }
 
 
@@ -218,6 +221,46 @@ def lr_schedule_setup(horizon: int = 200) -> TaskSetup:
     )
 
 
+def mlp_hyper_setup(horizon: int = 200) -> TaskSetup:
+    """Tune SGD's learning rate, momentum and weight decay training an MLP on digits."""
+    system, theta, evaluate = tasks.mlp_hyperparameters(horizon=horizon)
+    return TaskSetup(
+        system=system, theta=theta, evaluate=evaluate,
+        reference={"objective": "mean validation loss over the run (16 fixed inits and minibatch streams)",
+                   "horizon": horizon, "theta": "[log10 lr, logit momentum, log10 weight decay]"},
+        estimators=standard_estimators(workers=4, particles=32, sigma=0.1, truncation=10),
+        default_estimators=DEFAULT_ESTIMATORS["mlp-hyper"],
+        **_adam_cosine(3e-2), default_steps=200, default_seeds=2,
+    )
+
+
+def _lopt_setup(problem: str, horizon: int) -> TaskSetup:
+    system, theta, evaluate = tasks.learned_optimizer(problem, horizon=horizon)
+    adam = tasks.adam_baseline(problem, horizon=horizon)
+    best = adam["best"]["objective"]
+    return TaskSetup(
+        system=system, theta=theta, evaluate=evaluate,
+        reference={"objective": "mean inner training loss over the run on 16 held-out inner tasks",
+                   "horizon": horizon, "sgd_objective": float(evaluate(theta)["objective"]),
+                   "adam_tuned_objective": best, "adam_best_log10_learning_rate": adam["best_log10_learning_rate"],
+                   "adam_tuned": adam["best"]},
+        estimators=standard_estimators(workers=4, particles=16, sigma=0.01, truncation=10),
+        default_estimators=DEFAULT_ESTIMATORS[f"lopt-{problem}"],
+        **_adam_cosine(3e-3), default_steps=300, default_seeds=2,
+        reached=lambda theta, metrics: float(metrics["objective"]) <= best,
+    )
+
+
+def lopt_digits_setup(horizon: int = 200) -> TaskSetup:
+    """Meta-train a per-parameter MLP optimizer on MLP training on digits (vs tuned Adam)."""
+    return _lopt_setup("digits", horizon)
+
+
+def lopt_quadratic_setup(horizon: int = 100) -> TaskSetup:
+    """Meta-train a per-parameter MLP optimizer on random 20-d quadratics (vs tuned Adam)."""
+    return _lopt_setup("quadratic", horizon)
+
+
 TASKS: dict[str, Callable[..., TaskSetup]] = {
     "influence-balancing": influence_balancing_setup,
     "copy": copy_setup,
@@ -225,6 +268,9 @@ TASKS: dict[str, Callable[..., TaskSetup]] = {
     "char-lm": char_lm_setup,
     "lorenz": lorenz_setup,
     "lr-schedule": lr_schedule_setup,
+    "mlp-hyper": mlp_hyper_setup,
+    "lopt-digits": lopt_digits_setup,
+    "lopt-quadratic": lopt_quadratic_setup,
 }
 
 

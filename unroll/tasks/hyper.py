@@ -65,3 +65,45 @@ def lr_schedule_grid(evaluate, log_lr0: np.ndarray, log_decay: np.ndarray):
     losses = np.asarray(jax.jit(jax.vmap(jax.vmap(lambda th: evaluate(th)["objective"])))(grid))
     i, j = np.unravel_index(np.argmin(losses), losses.shape)
     return losses, np.asarray([log_lr0[i], log_decay[j]]), float(losses[i, j])
+
+
+def mlp_hyperparameters(horizon: int = 200, batch_size: int = 64, initial=(-1.0, 0.0, -4.0), seed: int = 0,
+                        dtype=jnp.float32, num_eval_episodes: int = 16):
+    """Learning rate, momentum and weight decay of SGD training a 64-32-10 tanh MLP on
+    scikit-learn's digits: theta ``= [log10 lr, logit momentum, log10 weight decay]``;
+    each step ``v <- mu v + g + wd w``, ``w <- w - lr v`` on a minibatch of ``batch_size``,
+    and its loss is the validation loss of the new ``w`` (297 held-out digits), so weight
+    decay matters. A fresh random init per episode. Returns ``(system, theta, evaluate)``;
+    ``evaluate`` adds the final validation accuracy."""
+    from unroll.tasks.inner import digits, minibatch, mlp
+
+    horizon = check_positive_int(horizon, "horizon")
+    data, net = digits(), mlp((64, 32, 10))
+    x, y = jnp.asarray(data.x_train, dtype), jnp.asarray(data.y_train)
+    xv, yv = jnp.asarray(data.x_validation, dtype), jnp.asarray(data.y_validation)
+
+    def init(theta, key):
+        w = net.init(jax.random.fold_in(key, 0x7FFFFFFF), dtype)
+        return w, jnp.zeros_like(w), key
+
+    def step(theta, state, t):
+        w, velocity, key = state
+        lr, momentum, decay = 10.0 ** theta[0], jax.nn.sigmoid(theta[1]), 10.0 ** theta[2]
+        g = jax.grad(net.loss)(w, *minibatch(key, t, x, y, batch_size))
+        velocity = momentum * velocity + g + decay * w
+        w = w - lr * velocity
+        return (w, velocity, key), net.loss(w, xv, yv)
+
+    system = System(init, step, horizon)
+    keys = jax.random.split(jax.random.key(seed + 10_000), num_eval_episodes)
+
+    def evaluate(theta):
+        def one(key):
+            state, losses = jax.lax.scan(lambda s, t: step(theta, s, t), init(theta, key), jnp.arange(horizon))
+            return jnp.mean(losses), net.accuracy(state[0], xv, yv)
+
+        losses, accuracy = jax.vmap(one)(keys)
+        return {"objective": jnp.mean(losses), "validation_accuracy": jnp.mean(accuracy),
+                "log10_lr": theta[0], "momentum": jax.nn.sigmoid(theta[1]), "log10_weight_decay": theta[2]}
+
+    return system, jnp.asarray(initial, dtype), evaluate
