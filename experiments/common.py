@@ -67,3 +67,16 @@ def publish(study: str, text: str, args: argparse.Namespace) -> None:
         sys.exit(f"README.md has no {start} ... {end} markers")
     with open(path, "w") as f:
         f.write(pattern.sub(lambda _: f"{start}\n{text}\n{end}", readme))
+
+
+def summary_table(summary: dict, columns: list) -> str:
+    """A markdown table, one row per estimator: ``columns`` is ``[(header, entry -> cell), ...]``."""
+    lines = ["| estimator | " + " | ".join(h for h, _ in columns) + " |", "|---|" + "---:|" * len(columns)]
+    for name, entry in summary["estimators"].items():
+        lines.append(f"| {name} | " + " | ".join(cell(entry) for _, cell in columns) + " |")
+    return "\n".join(lines)
+
+
+def mean_std(entry: dict, key: str, fmt: str = ".4f") -> str:
+    value = entry[key]
+    return f"{value['mean']:{fmt}} ± {value['std']:{fmt}}"

@@ -234,3 +234,14 @@ def window_estimates(est, theta, num_windows: int, key):
 def tree_mean(trees: list):
     """Leaf-wise mean of a list of pytrees."""
     return jax.tree_util.tree_map(lambda *leaves: sum(leaves) / len(leaves), *trees)
+
+
+def step_losses(system, theta, key, num_steps):
+    """Steps ``system`` from ``init(theta, key)`` one Python call at a time (a reference,
+    not the library's scan): ``(final state, [loss_0, ..., loss_{num_steps-1}])``."""
+    state = system.init(theta, key)
+    losses = []
+    for t in range(num_steps):
+        state, loss = system.step(theta, state, t)
+        losses.append(float(loss))
+    return state, losses

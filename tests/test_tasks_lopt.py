@@ -7,6 +7,7 @@ import pytest
 
 import unroll
 from unroll import tasks
+from tests.systems import step_losses
 from unroll.tasks import inner, lopt
 
 KEY = jax.random.key(0)
@@ -36,11 +37,7 @@ def test_learned_optimizer_with_identity_output_is_sgd(problem):
         value, g = jax.value_and_grad(loss)(w, KEY, t)
         expected.append(float(value))
         w = w - lr * c * g
-    state = system.init(theta, KEY)
-    got = []
-    for t in range(horizon):
-        state, value = system.step(theta, state, t)
-        got.append(float(value))
+    state, got = step_losses(system, theta, KEY, horizon)
     np.testing.assert_allclose(got, expected, rtol=1e-10)
     np.testing.assert_allclose(np.asarray(state[0]), np.asarray(w), rtol=1e-9, atol=1e-12)
 

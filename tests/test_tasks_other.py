@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import unroll
+from tests.systems import step_losses
 from unroll import tasks
 
 KEY = jax.random.key(0)
@@ -35,18 +36,14 @@ def test_lr_schedule_loss_at_a_grid_point_equals_a_direct_computation():
     horizon, batch = 30, 8
     system, _, _ = tasks.lr_schedule(horizon=horizon, batch_size=batch, dtype=jnp.float64)
     theta = jnp.asarray([-1.0, -0.5], jnp.float64)
-    x, y = tasks.regression_data()
+    x, y = tasks.regression_data()  # the task's defaults
     w, losses = np.zeros(x.shape[1]), []
     for t in range(horizon):  # numpy SGD on the same minibatches
         idx = np.asarray(jax.random.choice(jax.random.fold_in(KEY, t), x.shape[0], (batch,), replace=False))
         grad = x[idx].T @ (x[idx] @ w - y[idx]) / batch
         w = w - 10.0 ** -1.0 / (1 + 10.0 ** -0.5 * t) * grad
         losses.append(0.5 * np.mean((x @ w - y) ** 2))
-    state = system.init(theta, KEY)
-    got = []
-    for t in range(horizon):
-        state, loss = system.step(theta, state, t)
-        got.append(float(loss))
+    _, got = step_losses(system, theta, KEY, horizon)
     np.testing.assert_allclose(got, losses, rtol=1e-10)
     assert float(unroll.episode_loss(system, theta, KEY)) == pytest.approx(np.mean(losses), rel=1e-10)
 

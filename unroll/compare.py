@@ -201,7 +201,7 @@ def lorenz_setup(horizon: int = 200) -> TaskSetup:
 
 
 def lr_schedule_setup(horizon: int = 200) -> TaskSetup:
-    """Tune SGD's learning-rate schedule lr0 / (1 + decay t) (log10 scale) on linear regression."""
+    """Tune SGD's learning-rate schedule lr0 / (1 + decay t) (log10 scale) on ill-conditioned regression."""
     system, theta, evaluate = tasks.lr_schedule(horizon=horizon)
     _, best, best_loss = tasks.lr_schedule_grid(evaluate, np.linspace(-3, 0.5, 36), np.linspace(-4, 0, 21))
 
@@ -216,7 +216,7 @@ def lr_schedule_setup(horizon: int = 200) -> TaskSetup:
                    "horizon": horizon},
         estimators=standard_estimators(workers=4, particles=50, sigma=0.1, truncation=10),
         default_estimators=DEFAULT_ESTIMATORS["lr-schedule"],
-        **_adam_cosine(3e-2), default_steps=300, default_seeds=2,
+        **_adam_cosine(5e-2), default_steps=1000, default_seeds=2,
         reached=lambda theta, m: float(m["objective"]) <= 1.02 * best_loss,
     )
 

@@ -1,7 +1,10 @@
 """Hyperparameter tuning through a whole training run.
 
-``lr_schedule``: SGD on a small linear regression with the learning-rate schedule
-``lr_t = lr0 / (1 + decay t)``, theta ``= [log10 lr0, log10 decay]``. The inner state is
+``lr_schedule``: SGD on a small, ill-conditioned linear regression (curvatures spread over
+``condition = 1000``, label noise 1) with the learning-rate schedule
+``lr_t = lr0 / (1 + decay t)``, theta ``= [log10 lr0, log10 decay]``. Minibatch noise in
+the stiff directions rewards a fast decay over a few steps, progress in the flat ones a
+slow decay over the whole run: the short-horizon bias of Wu et al. (2018). The inner state is
 the regression weights (and the episode key that draws minibatches); the step loss is
 the full-batch training loss after the step (capped at ``loss_cap`` so divergent
 schedules score a large finite loss). ``lr_schedule_grid`` evaluates the meta-objective
@@ -17,20 +20,24 @@ import numpy as np
 from unroll.system import System, check_positive_int
 
 
-def regression_data(num_examples: int = 64, dim: int = 16, noise: float = 0.5, seed: int = 0):
-    """``(X [n, d], y [n])``: ``X ~ N(0, 1)``, ``y = X w* + noise N(0, 1)`` (numpy float64)."""
+def regression_data(num_examples: int = 64, dim: int = 16, noise: float = 1.0, seed: int = 0,
+                    condition: float = 1000.0):
+    """``(X [n, d], y [n])``: ``X ~ N(0, 1)`` with column ``j`` scaled by
+    ``condition ** (-j / (2 (d - 1)))`` (curvatures spread over ``condition``),
+    ``y = X w* + noise N(0, 1)``, ``w* ~ N(0, 1)`` (numpy float64)."""
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(num_examples, dim))
+    x = rng.normal(size=(num_examples, dim)) * condition ** (-np.arange(dim) / (2 * max(dim - 1, 1)))
     return x, x @ rng.normal(size=dim) + noise * rng.normal(size=num_examples)
 
 
 def lr_schedule(horizon: int = 200, batch_size: int = 8, num_examples: int = 64, dim: int = 16, seed: int = 0,
-                initial=(-2.0, -1.0), loss_cap: float = 1e3, dtype=jnp.float32, num_eval_episodes: int = 32):
+                initial=(-2.0, -1.0), loss_cap: float = 1e3, dtype=jnp.float32, num_eval_episodes: int = 32,
+                condition: float = 1000.0, noise: float = 1.0):
     """Returns ``(system, theta, evaluate)``; ``evaluate(theta)`` is the mean episode loss
     (``"objective"``) over fixed minibatch keys."""
     horizon = check_positive_int(horizon, "horizon")
     batch_size = check_positive_int(batch_size, "batch_size")
-    x_np, y_np = regression_data(num_examples, dim, seed=seed)
+    x_np, y_np = regression_data(num_examples, dim, noise, seed, condition)
 
     def train_loss(w, x, y):
         return 0.5 * jnp.mean((x @ w - y) ** 2)
