@@ -6,6 +6,7 @@ number in the README is typed by hand."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -29,6 +30,8 @@ def parse_args(doc: str, extra=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite README.md")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--table-only", action="store_true",
+                        help="rebuild the table (and README section) from the saved summary.json, without running")
     if extra is not None:
         extra(parser)
     return parser.parse_args()
@@ -39,7 +42,11 @@ def command_line(script: str, args: argparse.Namespace, keys=("seeds", "steps"))
 
 
 def run_compare(study: str, task: str, args: argparse.Namespace, command: str, **kwargs) -> dict:
-    """``compare(task, ...)``; copies summary.json, metrics.csv and curves.png to the study's folder."""
+    """``compare(task, ...)``; copies summary.json, metrics.csv and curves.png to the study's folder
+    (with ``--table-only``, reads the saved summary.json instead)."""
+    if args.table_only:
+        with open(os.path.join(results_dir(study), "summary.json")) as f:
+            return json.load(f)
     out_dir, summary = compare(task, seeds=args.seeds, steps=args.steps, command=command,
                                progress=not args.no_progress, **kwargs)
     for name in ("summary.json", "metrics.csv", "curves.png"):

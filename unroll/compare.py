@@ -182,7 +182,7 @@ def char_lm_setup(horizon: int = 64, cell: str = "lstm", hidden: int = 64) -> Ta
     reference = {"objective": "validation cross-entropy (nats per character); bits_per_char = objective / ln 2",
                  "uniform_bits_per_char": float(np.log2(tasks.python_docs_corpus().vocab_size)), "cell": cell,
                  "hidden": hidden}
-    return _network_setup(made, reference, 3e-3, DEFAULT_ESTIMATORS["char-lm"], 300,
+    return _network_setup(made, reference, 3e-3, DEFAULT_ESTIMATORS["char-lm"], 3000,
                           truncation=16, sigma=0.01, particles=16)
 
 
@@ -344,7 +344,7 @@ def compare(
     steps = unroll.system.check_positive_int(setup.default_steps if steps is None else steps, "steps")
     out_dir = out_dir or os.path.join("runs", f"{task}-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(out_dir, exist_ok=True)
-    eval_every = max(1, steps // 500)
+    eval_every = max(1, steps // 100)  # about 100 evaluations per run (some tasks evaluate whole inner runs)
 
     results = {}
     for name, (family, truncation) in zip(names, parsed):
