@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unroll.system import System, check_positive_int
+from unroll.tasks.evaluation import episode_evaluator
 
 
 def regression_data(num_examples: int = 64, dim: int = 16, noise: float = 1.0, seed: int = 0,
@@ -55,13 +56,7 @@ def lr_schedule(horizon: int = 200, batch_size: int = 8, num_examples: int = 64,
         return (w, key), jnp.minimum(jnp.where(jnp.isfinite(loss), loss, loss_cap), loss_cap)
 
     system = System(init, step, horizon)
-    from unroll.exact import episode_loss
-
-    keys = jax.random.split(jax.random.key(seed + 10_000), num_eval_episodes)
-
-    def evaluate(theta):
-        return {"objective": jnp.mean(jax.vmap(lambda k: episode_loss(system, theta, k))(keys))}
-
+    evaluate = episode_evaluator(system, jax.random.key(seed + 10_000), num_eval_episodes)
     return system, jnp.asarray(initial, dtype), evaluate
 
 
@@ -102,15 +97,10 @@ def mlp_hyperparameters(horizon: int = 200, batch_size: int = 64, initial=(-1.0,
         return (w, velocity, key), net.loss(w, xv, yv)
 
     system = System(init, step, horizon)
-    keys = jax.random.split(jax.random.key(seed + 10_000), num_eval_episodes)
-
-    def evaluate(theta):
-        def one(key):
-            state, losses = jax.lax.scan(lambda s, t: step(theta, s, t), init(theta, key), jnp.arange(horizon))
-            return jnp.mean(losses), net.accuracy(state[0], xv, yv)
-
-        losses, accuracy = jax.vmap(one)(keys)
-        return {"objective": jnp.mean(losses), "validation_accuracy": jnp.mean(accuracy),
-                "log10_lr": theta[0], "momentum": jax.nn.sigmoid(theta[1]), "log10_weight_decay": theta[2]}
-
+    evaluate = episode_evaluator(
+        system, jax.random.key(seed + 10_000), num_eval_episodes,
+        final_metrics=lambda state: {"validation_accuracy": net.accuracy(state[0], xv, yv)},
+        extra=lambda theta: {"log10_lr": theta[0], "momentum": jax.nn.sigmoid(theta[1]),
+                             "log10_weight_decay": theta[2]},
+    )
     return system, jnp.asarray(initial, dtype), evaluate

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unroll.system import System, check_positive_int
+from unroll.tasks.evaluation import episode_evaluator
 from unroll.tasks.inner import digits, minibatch, mlp
 
 DECAYS = (0.5, 0.9, 0.99)
@@ -82,20 +83,6 @@ def inner_problem(problem: str, batch_size: int = 64, dim: int = 20, dtype=jnp.f
     raise ValueError(f"`problem`={problem!r} is not a known inner problem; choose one of {', '.join(PROBLEMS)}.")
 
 
-def _episode_metrics(system: System, metrics, keys):
-    """``theta -> {"objective": mean episode loss, **metrics of the final inner params}``
-    averaged over ``keys`` (held-out inner tasks)."""
-
-    def one(theta, key):
-        def body(state, t):
-            return system.step(theta, state, t)
-
-        state, losses = jax.lax.scan(body, system.init(theta, key), jnp.arange(system.horizon))
-        return {"objective": jnp.mean(losses), **metrics(state[0])}
-
-    return lambda theta: jax.tree_util.tree_map(jnp.mean, jax.vmap(lambda k: one(theta, k))(keys))
-
-
 def learned_optimizer(problem: str = "digits", horizon: int = 200, learning_rate: float = 0.1, hidden: int = 32,
                       batch_size: int = 64, seed: int = 0, dtype=jnp.float32, num_eval_tasks: int = 16):
     """Meta-training a learned optimizer on ``problem``: returns ``(system, theta,
@@ -119,8 +106,9 @@ def learned_optimizer(problem: str = "digits", horizon: int = 200, learning_rate
         return (w - learning_rate * learned_update(theta, features), momenta, key), value
 
     system = System(init, step, horizon)
-    eval_keys = jax.random.split(jax.random.key(seed + 10_000), num_eval_tasks)
-    return system, sgd_theta(hidden, 1.0, seed, dtype), _episode_metrics(system, metrics, eval_keys)
+    evaluate = episode_evaluator(system, jax.random.key(seed + 10_000), num_eval_tasks,
+                                 final_metrics=lambda state: metrics(state[0]))
+    return system, sgd_theta(hidden, 1.0, seed, dtype), evaluate
 
 
 def adam_system(problem: str = "digits", horizon: int = 200, batch_size: int = 64, dtype=jnp.float32) -> System:
@@ -149,8 +137,8 @@ def adam_baseline(problem: str = "digits", horizon: int = 200, log10_learning_ra
     tasks as ``learned_optimizer(...)[2]``)."""
     system = adam_system(problem, horizon, dtype=dtype)
     metrics = inner_problem(problem, dtype=dtype)[3]
-    eval_keys = jax.random.split(jax.random.key(seed + 10_000), num_eval_tasks)
-    evaluate = _episode_metrics(system, metrics, eval_keys)
+    evaluate = episode_evaluator(system, jax.random.key(seed + 10_000), num_eval_tasks,
+                                 final_metrics=lambda state: metrics(state[0]))
     grid = jnp.asarray(log10_learning_rates, dtype)
     results = jax.jit(jax.vmap(evaluate))(grid)
     objective = np.asarray(results["objective"])

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unroll.system import System, check_positive_int
+from unroll.tasks.evaluation import episode_evaluator
 
 TRUE_PARAMS = (10.0, 28.0, 8.0 / 3.0)
 
@@ -69,13 +70,7 @@ def lorenz(horizon: int = 200, dt: float = 0.01, num_observed: int = 5000, initi
         return (x, offset), jnp.mean((x - target) ** 2)
 
     system = System(init, step, horizon)
-    theta = jnp.asarray(initial_params, dtype)
-    from unroll.exact import episode_loss
-
-    keys = jax.random.split(jax.random.key(seed + 10_000), num_eval_episodes)
-
-    def evaluate(theta):
-        loss = jnp.mean(jax.vmap(lambda k: episode_loss(system, theta, k))(keys))
-        return {"objective": loss, "param_error": jnp.linalg.norm(theta - jnp.asarray(TRUE_PARAMS, theta.dtype))}
-
-    return system, theta, evaluate
+    true = jnp.asarray(TRUE_PARAMS, dtype)
+    evaluate = episode_evaluator(system, jax.random.key(seed + 10_000), num_eval_episodes,
+                                 extra=lambda theta: {"param_error": jnp.linalg.norm(theta - true.astype(theta.dtype))})
+    return system, jnp.asarray(initial_params, dtype), evaluate

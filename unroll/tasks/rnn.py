@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unroll.system import System, check_positive_int
+from unroll.tasks.evaluation import episode_evaluator
 
 PyTree = Any
 
@@ -144,37 +145,48 @@ def cross_entropy(logits: jax.Array, target: jax.Array) -> jax.Array:
     return -jax.nn.log_softmax(logits)[target]
 
 
-def _sequence_system(cell: Cell, hidden: int, horizon: int, dtype, data_init, data_step, loss) -> System:
-    """A network over a sequence: state ``(cell state, data state)``; each step reads
-    ``x_t, y_t = data_step(data state, t)``, advances the cell and scores the readout."""
+class Network(NamedTuple):
+    """A cell and readout over a sequence: ``forward(theta, state, t) -> (state, logits,
+    target)`` and the ``System`` scoring each step by ``loss(logits, target)``."""
+
+    system: System
+    forward: Callable
+
+
+def _network(cell: Cell, hidden: int, horizon: int, dtype, data_init, data_step, embed, loss) -> Network:
+    """State ``(cell state, data state)``; each step reads ``x_t, y_t, data' =
+    data_step(data, t)``, advances the cell on ``embed(theta, x_t)`` and scores the readout."""
 
     def init(theta, key):
         return cell.initial(theta["cell"], hidden, dtype), data_init(key)
 
-    def step(theta, state, t):
+    def forward(theta, state, t):
         h, data = state
-        x, y = data_step(data, t)
-        h = cell.apply(theta["cell"], h, x.astype(dtype))
+        x, y, data = data_step(data, t)
+        h = cell.apply(theta["cell"], h, embed(theta, x))
         logits = theta["readout"]["W"] @ cell.features(h) + theta["readout"]["b"]
-        return (h, data), loss(logits, y, t)
+        return (h, data), logits, y
 
-    return System(init, step, horizon)
+    def step(theta, state, t):
+        state, logits, y = forward(theta, state, t)
+        return state, loss(logits, y)
+
+    return Network(System(init, step, horizon), forward)
 
 
-def _evaluator(system: System, key, num_episodes: int, metrics: Callable | None = None):
-    """``theta -> {"objective": mean episode loss over num_episodes fixed keys, ...}``."""
-    from unroll.exact import episode_loss
-
+def _per_step_mean(network: Network, key, num_episodes: int, score: Callable) -> Callable:
+    """``theta -> mean over fixed episodes and steps of score(logits, target, t)``."""
     keys = jax.random.split(key, num_episodes)
 
-    def evaluate(theta):
-        loss = jnp.mean(jax.vmap(lambda k: episode_loss(system, theta, k))(keys))
-        out = {"objective": loss}
-        if metrics is not None:
-            out.update(metrics(theta, keys))
-        return out
+    def one(theta, key):
+        def body(state, t):
+            state, logits, y = network.forward(theta, state, t)
+            return state, score(logits, y, t)
 
-    return evaluate
+        _, scores = jax.lax.scan(body, network.system.init(theta, key), jnp.arange(network.system.horizon))
+        return jnp.mean(scores)
+
+    return lambda theta: jnp.mean(jax.vmap(lambda k: one(theta, k))(keys))
 
 
 # --------------------------------------------------------------------------- copy task
@@ -219,30 +231,18 @@ def copy_task(length: int = 10, delay: int = 20, num_symbols: int = 8, cell: str
 
     def data_step(key, t):
         x, y = copy_sequence(key, t, length, delay, num_symbols)
-        return jax.nn.one_hot(x, vocab), y
+        return x, y, key
 
-    system = _sequence_system(net, hidden, horizon, dtype, lambda key: key, data_step,
-                              lambda logits, y, t: cross_entropy(logits, y))
+    network = _network(net, hidden, horizon, dtype, lambda key: key, data_step,
+                       lambda theta, x: jax.nn.one_hot(x, vocab, dtype=dtype), cross_entropy)
     theta = network_theta(net, jax.random.key(seed), vocab, hidden, num_symbols + 1, dtype)
-
-    def metrics(theta, keys):
-        def accuracy(key):
-            state = system.init(theta, key)
-
-            def body(state, t):
-                h, k = state
-                x, y = data_step(k, t)
-                h = net.apply(theta["cell"], h, x.astype(dtype))
-                logits = theta["readout"]["W"] @ net.features(h) + theta["readout"]["b"]
-                return (h, k), (jnp.argmax(logits) == y) & (t >= length + delay)
-
-            _, hits = jax.lax.scan(body, state, jnp.arange(horizon))
-            return jnp.sum(hits) / length
-
-        return {"recall_accuracy": jnp.mean(jax.vmap(accuracy)(keys))}
-
-    evaluate = _evaluator(system, jax.random.key(seed + 10_000), num_eval_episodes, metrics)
-    return system, theta, evaluate
+    eval_key = jax.random.key(seed + 10_000)
+    # hits over the recall steps, per step of the whole episode: their mean * horizon / length
+    recall = _per_step_mean(network, eval_key, num_eval_episodes,
+                            lambda logits, y, t: (jnp.argmax(logits) == y) & (t >= length + delay))
+    evaluate = episode_evaluator(network.system, eval_key, num_eval_episodes,
+                                 extra=lambda theta: {"recall_accuracy": recall(theta) * horizon / length})
+    return network.system, theta, evaluate
 
 
 # --------------------------------------------------------------------------- flip-flop
@@ -276,40 +276,19 @@ def flip_flop(num_bits: int = 3, horizon: int = 100, pulse_probability: float = 
     def data_step(data, t):
         key, bits = data
         pulses = flip_flop_inputs(key, t, num_bits, pulse_probability)
-        return pulses, jnp.where(pulses != 0, pulses, bits)
+        bits = jnp.where(pulses != 0, pulses, bits)
+        return pulses, bits, (key, bits)
 
-    def step_loss(logits, target, t):
+    def loss(logits, target):
         return jnp.sum(jax.nn.softplus(-target * logits))  # BCE with labels (1 + target) / 2
 
-    def init(theta, key):
-        return net.initial(theta["cell"], hidden, dtype), data_init(key)
-
-    def step(theta, state, t):
-        h, (key, bits) = state
-        pulses, bits = data_step((key, bits), t)
-        h = net.apply(theta["cell"], h, pulses.astype(dtype))
-        logits = theta["readout"]["W"] @ net.features(h) + theta["readout"]["b"]
-        return (h, (key, bits)), step_loss(logits, bits.astype(logits.dtype), t)
-
-    system = System(init, step, horizon)
+    network = _network(net, hidden, horizon, dtype, data_init, data_step, lambda theta, x: x.astype(dtype), loss)
     theta = network_theta(net, jax.random.key(seed), num_bits, hidden, num_bits, dtype)
-
-    def metrics(theta, keys):
-        def accuracy(key):
-            def body(state, t):
-                h, (k, bits) = state
-                pulses, bits = data_step((k, bits), t)
-                h = net.apply(theta["cell"], h, pulses.astype(dtype))
-                logits = theta["readout"]["W"] @ net.features(h) + theta["readout"]["b"]
-                return (h, (k, bits)), jnp.mean(jnp.sign(logits) == bits)
-
-            _, acc = jax.lax.scan(body, init(theta, key), jnp.arange(horizon))
-            return jnp.mean(acc)
-
-        return {"bit_accuracy": jnp.mean(jax.vmap(accuracy)(keys))}
-
-    evaluate = _evaluator(system, jax.random.key(seed + 10_000), num_eval_episodes, metrics)
-    return system, theta, evaluate
+    eval_key = jax.random.key(seed + 10_000)
+    accuracy = _per_step_mean(network, eval_key, num_eval_episodes, lambda logits, y, t: jnp.mean(jnp.sign(logits) == y))
+    evaluate = episode_evaluator(network.system, eval_key, num_eval_episodes,
+                                 extra=lambda theta: {"bit_accuracy": accuracy(theta)})
+    return network.system, theta, evaluate
 
 
 # --------------------------------------------------------------------------- char LM
@@ -373,26 +352,17 @@ def char_lm(horizon: int = 128, cell: str = "lstm", hidden: int = 128, embedding
 
         def data_step(offset, t):
             pair = jax.lax.dynamic_slice(jnp.asarray(ids), (offset + t,), (2,))
-            return pair[0], pair[1]
+            return pair[0], pair[1], offset
 
-        def init(theta, key):
-            return net.initial(theta["cell"], hidden, dtype), data_init(key)
-
-        def step(theta, state, t):
-            h, offset = state
-            x, y = data_step(offset, t)
-            h = net.apply(theta["cell"], h, theta["embedding"][x])
-            logits = theta["readout"]["W"] @ net.features(h) + theta["readout"]["b"]
-            return (h, offset), cross_entropy(logits, y)
-
-        return System(init, step, length)
+        embed = lambda theta, x: theta["embedding"][x]
+        return _network(net, hidden, length, dtype, data_init, data_step, embed, cross_entropy).system
 
     system = make_system(train, horizon)
     k1, k2 = jax.random.split(jax.random.key(seed))
     theta = network_theta(net, k1, embedding, hidden, vocab, dtype)
     theta["embedding"] = jax.random.normal(k2, (vocab, embedding), dtype)
     validation = make_system(corpus.validation, eval_length)
-    evaluate_loss = _evaluator(validation, jax.random.key(seed + 10_000), num_eval_sequences)
+    evaluate_loss = episode_evaluator(validation, jax.random.key(seed + 10_000), num_eval_sequences)
 
     def evaluate(theta):
         out = evaluate_loss(theta)
