@@ -8,7 +8,7 @@ from unroll.exact import episode_loss, exact_gradient
 from unroll.system import System
 from unroll.train import train
 from unroll.window import Estimator
-from unroll import checkpointing, tasks
+from unroll import checkpointing, diagnostics, tasks
 
 __version__ = "0.1.0"
 
@@ -18,6 +18,7 @@ __all__ = [
     "System",
     "checkpointed_bptt",
     "checkpointing",
+    "diagnostics",
     "dni",
     "episode_loss",
     "es",

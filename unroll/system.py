@@ -17,6 +17,7 @@ import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
+from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
 
 PyTree = Any
@@ -172,3 +173,26 @@ def with_inexact_leaves(state, values: list):
     leaves, treedef = jax.tree_util.tree_flatten(state)
     values = iter(values)
     return jax.tree_util.tree_unflatten(treedef, [next(values) if _is_inexact(x) else x for x in leaves])
+
+
+def real_parts(leaves: list) -> list:
+    """Complex leaves as stacked (real, imaginary) parts: the influence lives on the real
+    view of the state, so non-holomorphic steps are differentiated correctly."""
+    return [jnp.stack([jnp.real(x), jnp.imag(x)]) if jnp.iscomplexobj(x) else x for x in leaves]
+
+
+def from_real_parts(parts: list, template: list) -> list:
+    return [p[0] + 1j * p[1] if jnp.iscomplexobj(x) else p for p, x in zip(parts, template)]
+
+
+def real_view(system, state):
+    """``(vector, f)``: the state's inexact leaves as one real vector ``[N]``, and
+    ``f(theta, vector, t) -> (next vector, loss, next state)``, the step on that view."""
+    template = inexact_leaves(state)
+    vector, unravel = ravel_pytree(real_parts(template))
+
+    def f(theta, vector, t):
+        new_state, loss = system.step(theta, with_inexact_leaves(state, from_real_parts(unravel(vector), template)), t)
+        return ravel_pytree(real_parts(inexact_leaves(new_state)))[0], loss, new_state
+
+    return vector, f

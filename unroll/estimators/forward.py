@@ -28,7 +28,8 @@ from jax.flatten_util import ravel_pytree
 
 from unroll.estimators.evolution import normal_like
 from unroll.system import (
-    check_against_theta, check_positive_int, check_system, check_truncation, inexact_leaves, with_inexact_leaves,
+    check_against_theta, check_positive_int, check_system, check_truncation, inexact_leaves, real_parts, real_view,
+    with_inexact_leaves,
 )
 from unroll.window import (
     Estimator, Rule, Worker, run_windows, start_workers, trajectory_sum, tree_scale, window_info, worker_shape_check,
@@ -82,36 +83,13 @@ def jvp_step(system, theta, state, t, direction, tangent):
     return new_state, loss, tangent, dloss
 
 
-def _real_parts(leaves: list) -> list:
-    """Complex leaves as stacked (real, imaginary) parts: the influence lives on the real
-    view of the state, so non-holomorphic steps are differentiated correctly."""
-    return [jnp.stack([jnp.real(x), jnp.imag(x)]) if jnp.iscomplexobj(x) else x for x in leaves]
-
-
-def _from_real_parts(parts: list, template: list) -> list:
-    return [p[0] + 1j * p[1] if jnp.iscomplexobj(x) else p for p, x in zip(parts, template)]
-
-
-def _real_view(system, state):
-    """``(vector, f)``: the state's inexact leaves as one real vector ``[N]``, and
-    ``f(theta, vector, t) -> (next vector, loss, next state)``, the step on that view."""
-    template = inexact_leaves(state)
-    vector, unravel = ravel_pytree(_real_parts(template))
-
-    def f(theta, vector, t):
-        new_state, loss = system.step(theta, with_inexact_leaves(state, _from_real_parts(unravel(vector), template)), t)
-        return ravel_pytree(_real_parts(inexact_leaves(new_state)))[0], loss, new_state
-
-    return vector, f
-
-
 def _initial_influence(system, theta, key):
     """``(s_0, d s_0 / d theta)``, the influence as ``[N, p]`` on the state's real view."""
     flat, unravel = ravel_pytree(theta)
 
     def init(flat):
         state = system.init(unravel(flat), key)
-        return ravel_pytree(_real_parts(inexact_leaves(state)))[0], state
+        return ravel_pytree(real_parts(inexact_leaves(state)))[0], state
 
     jacobian, state = jax.jacrev(init, has_aux=True)(flat)
     return state, jacobian
@@ -122,7 +100,7 @@ def _step_jacobians(system, theta, state, t):
     Jacobians ``ds'/ds`` ``[N, N]`` and ``ds'/dtheta`` ``[N, p]`` (``N`` vjps), and the
     loss's partial derivatives ``dl/ds`` ``[N]`` and ``dl/dtheta`` ``[p]``."""
     flat, unravel = ravel_pytree(theta)
-    vector, f = _real_view(system, state)
+    vector, f = real_view(system, state)
     new_vector, loss, new_state = f(theta, vector, t)
     d_state = jax.jacrev(lambda v: f(theta, v, t)[0])(vector)
     d_theta = jax.jacrev(lambda p: f(unravel(p), vector, t)[0])(flat)
@@ -290,7 +268,7 @@ def _compressed_influence_rule(system, pattern: InfluencePattern):
 
         def init(flat):
             state = system.init(unravel(flat), key)
-            return ravel_pytree(_real_parts(inexact_leaves(state)))[0], state
+            return ravel_pytree(real_parts(inexact_leaves(state)))[0], state
 
         vector, linear, state = jax.linearize(init, flat, has_aux=True)
         influence = jax.vmap(linear)(directions(flat))
@@ -298,7 +276,7 @@ def _compressed_influence_rule(system, pattern: InfluencePattern):
 
     def step(theta, state, t, influence, _):
         flat, unravel = ravel_pytree(theta)
-        vector, f = _real_view(system, state)
+        vector, f = real_view(system, state)
         def h(p, v):
             new_vector, loss, new_state = f(unravel(p), v, t)
             return (new_vector, loss), new_state
