@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import unroll
+from unroll.diagnostics import estimate_samples
 
 STATE_MATRIX = np.array([[0.7, 0.2], [-0.3, 0.6]])
 INPUT_MATRIX = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, -0.5]])
@@ -52,20 +53,8 @@ def exact(horizon: int) -> np.ndarray:
 
 def stream_averages(estimator, theta, key, num_samples: int, num_windows: int) -> np.ndarray:
     """``[num_samples, ...]``: per independent seed, the mean of ``num_windows``
-    consecutive estimates from one ``init`` (vmapped over seeds, one compiled call)."""
-
-    def one(key):
-        init_key, run_key = jax.random.split(key)
-        state = estimator.init(theta, init_key)
-
-        def body(state, k):
-            grad, state, _ = estimator.estimate(theta, state, jax.random.fold_in(run_key, k))
-            return state, grad
-
-        _, grads = jax.lax.scan(body, state, jnp.arange(num_windows))
-        return jnp.mean(grads, axis=0)
-
-    return np.asarray(jax.jit(jax.vmap(one))(jax.random.split(key, num_samples)))
+    consecutive estimates from one ``init`` (``unroll.diagnostics.estimate_samples``)."""
+    return np.asarray(estimate_samples(estimator, theta, key, num_samples, num_windows))
 
 
 def z_scores(samples: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 
 import unroll
 from unroll import tasks
-from unroll.diagnostics import jacobian_spectrum, lyapunov_spectrum
+from unroll.diagnostics import gradient_quality, jacobian_spectrum, lyapunov_spectrum
 
 KEY = jax.random.key(0)
 
@@ -92,3 +92,32 @@ def test_jacobian_spectrum_products_track_the_lyapunov_exponent():
     result = jax.jit(lambda: jacobian_spectrum(system, None, KEY, num_steps=20_000))()
     assert float(result.log_product[-1, 0]) / 20_000 == pytest.approx(np.log(2), abs=0.02)
     assert np.all(np.isfinite(np.asarray(result.log_product)))
+
+
+def test_gradient_quality_of_exact_estimators_has_zero_bias():
+    """full_bptt and rtrl (windows covering whole episodes) on a dense RNN: the bias is at
+    rounding level, every sample is the exact gradient (cosine 1, no variance)."""
+    from tests.systems import rnn_system, rnn_theta
+
+    system, theta = rnn_system(horizon=6), rnn_theta()
+    exact = unroll.exact_gradient(system, theta, KEY)
+    for est, windows in ((unroll.full_bptt(system), 1), (unroll.rtrl(system, truncation=3), 2)):
+        quality = gradient_quality(est, theta, KEY, num_samples=8, exact=exact, windows_per_sample=windows)
+        assert quality.bias_norm < 1e-10 and quality.variance < 1e-20
+        assert quality.mean_cosine == pytest.approx(1.0, abs=1e-10)  # (bias_z is rounding noise here)
+
+
+def test_gradient_quality_shows_truncation_bias_and_pes_unbiasedness():
+    """On the linear-quadratic system with an episode-random target (closed-form exact
+    gradient), truncated BPTT with truncation 1 is biased by many standard errors; PES is
+    within 4 standard errors per component."""
+    from tests.stochastic import THETA, exact, linear_quadratic
+
+    system = linear_quadratic(horizon=6, target_noise=0.5)
+    reference = exact(6)
+    tbptt = gradient_quality(unroll.truncated_bptt(system, truncation=1, num_workers=6), THETA, KEY, 400,
+                             reference, windows_per_sample=6)
+    assert tbptt.bias_z > 10 and tbptt.bias_norm > 0.1 * float(jnp.linalg.norm(reference))
+    pes = gradient_quality(unroll.pes(system, truncation=2, sigma=0.1, num_particles=4, num_workers=3), THETA, KEY,
+                           2000, reference, windows_per_sample=3)
+    assert pes.bias_z < 4 and np.isfinite(pes.snr) and pes.variance > 0
