@@ -121,3 +121,42 @@ def test_gradient_quality_shows_truncation_bias_and_pes_unbiasedness():
     pes = gradient_quality(unroll.pes(system, truncation=2, sigma=0.1, num_particles=4, num_workers=3), THETA, KEY,
                            2000, reference, windows_per_sample=3)
     assert pes.bias_z < 4 and np.isfinite(pes.snr) and pes.variance > 0
+
+
+def geometric_system(lam, horizon):
+    """``s_0 = theta``, ``s' = lam s``, ``l_t = 0.5 s_{t+1}^2``: the episode loss is
+    ``c_T theta^2`` with ``c_T = (1/T) sum_{t=1..T} 0.5 lam^(2t)``, so ``dL/dtheta = 2 c_T theta``."""
+    return unroll.System(lambda theta, key: theta, lambda theta, s, t: (lam * s, 0.5 * (lam * s) ** 2), horizon)
+
+
+def geometric_constant(lam, horizon):
+    return np.mean([0.5 * lam ** (2 * t) for t in range(1, horizon + 1)])
+
+
+def test_gradient_vs_horizon_follows_the_closed_form():
+    from unroll.diagnostics import gradient_vs_horizon
+
+    lam, theta, horizons = 1.1, jnp.asarray(0.7), [1, 5, 20, 50]
+    result = gradient_vs_horizon(lambda h: geometric_system(lam, h), theta, KEY, horizons, num_episodes=3,
+                                 make_estimator=unroll.full_bptt, num_samples=2)
+    expected = [2 * geometric_constant(lam, h) * 0.7 for h in horizons]
+    np.testing.assert_allclose(np.asarray(result.exact_norm_median), expected, rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(result.estimator_norm_median), expected, rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(result.loss), [geometric_constant(lam, h) * 0.49 for h in horizons], rtol=1e-10)
+    assert float(jnp.max(result.exact_variance)) < 1e-20 and float(jnp.max(result.estimator_variance)) < 1e-20
+
+
+def test_loss_along_and_its_smoothed_version():
+    """L(theta + a d) = c (theta + a d)^2; with antithetic draws the smoothed loss is that plus
+    c sigma^2 mean(eps^2) exactly, the same shift at every offset."""
+    from unroll.diagnostics import loss_along
+
+    lam, horizons, offsets = 0.9, [3, 10], np.linspace(-1, 1, 5)
+    losses, smoothed = loss_along(lambda h: geometric_system(lam, h), jnp.asarray(0.2), jnp.asarray(1.0), KEY,
+                                  horizons, offsets, num_episodes=2, sigma=0.3, num_perturbations=64)
+    for i, h in enumerate(horizons):
+        c = geometric_constant(lam, h)
+        np.testing.assert_allclose(np.asarray(losses[i]), c * (0.2 + offsets) ** 2, rtol=1e-10)
+        shift = np.asarray(smoothed[i] - losses[i])
+        np.testing.assert_allclose(shift, shift[0], rtol=1e-9)
+        assert shift[0] == pytest.approx(c * 0.09, rel=0.4)

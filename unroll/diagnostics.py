@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from unroll.system import check_positive_int, check_system, real_view
 
-__all__ = ["GradientQuality", "JacobianSpectrum", "LyapunovSpectrum", "estimate_samples", "gradient_quality", "jacobian_spectrum", "lyapunov_spectrum"]
+__all__ = ["GradientQuality", "JacobianSpectrum", "HorizonGradients", "LyapunovSpectrum", "estimate_samples", "gradient_quality", "gradient_vs_horizon", "jacobian_spectrum", "loss_along", "lyapunov_spectrum"]
 
 
 class LyapunovSpectrum(NamedTuple):
@@ -184,3 +184,80 @@ def gradient_quality(estimator, theta, key, num_samples: int, exact, windows_per
         snr=float(jnp.sum(mean**2) / variance) if variance > 0 else float("inf"),
         samples=samples,
     )
+
+
+class HorizonGradients(NamedTuple):
+    """Per horizon (arrays ``[len(horizons)]``): the mean episode loss; the norm of each
+    episode's exact gradient, median and max over episodes; the variance over episodes of
+    the exact gradient (``mean |g_e - mean g|^2``); and, with an estimator, the median norm
+    and the variance of its estimates."""
+
+    horizons: jax.Array
+    loss: jax.Array
+    exact_norm_median: jax.Array
+    exact_norm_max: jax.Array
+    exact_variance: jax.Array
+    estimator_norm_median: jax.Array | None
+    estimator_variance: jax.Array | None
+
+
+def gradient_vs_horizon(make_system, theta, key, horizons, num_episodes: int = 16, make_estimator=None,
+                        num_samples: int = 16, windows_per_sample: int = 1) -> HorizonGradients:
+    """The exact gradient (full BPTT of each episode, ``num_episodes`` keys) and optionally an
+    estimator's (``make_estimator(system)``, ``num_samples`` samples of
+    ``estimate_samples``) as the horizon grows: ``make_system(horizon) -> System``. One
+    compiled computation per horizon (shapes change with it)."""
+    from jax.flatten_util import ravel_pytree
+
+    from unroll.exact import episode_loss
+
+    num_episodes = check_positive_int(num_episodes, "num_episodes")
+    rows = []
+    for horizon in horizons:
+        system = make_system(int(horizon))
+        keys = jax.random.split(key, num_episodes)
+        loss_grad = jax.vmap(jax.value_and_grad(lambda th, k: episode_loss(system, th, k)), in_axes=(None, 0))
+        losses, grads = jax.jit(loss_grad)(theta, keys)
+        flat = jax.vmap(lambda g: ravel_pytree(g)[0])(grads)
+        norms = jnp.linalg.norm(flat, axis=1)
+        row = [jnp.mean(losses), jnp.median(norms), jnp.max(norms),
+               jnp.mean(jnp.sum((flat - flat.mean(axis=0)) ** 2, axis=1))]
+        if make_estimator is not None:
+            samples = estimate_samples(make_estimator(system), theta, jax.random.fold_in(key, 1), num_samples,
+                                       windows_per_sample)
+            flat = jax.vmap(lambda g: ravel_pytree(g)[0])(samples)
+            row += [jnp.median(jnp.linalg.norm(flat, axis=1)),
+                    jnp.mean(jnp.sum((flat - flat.mean(axis=0)) ** 2, axis=1))]
+        rows.append(row)
+    columns = [jnp.stack(c) for c in zip(*rows)]
+    extra = columns[4:] if make_estimator is not None else [None, None]
+    return HorizonGradients(jnp.asarray(horizons), *columns[:4], *extra)
+
+
+def loss_along(make_system, theta, direction, key, horizons, offsets, num_episodes: int = 8,
+               sigma: float | None = None, num_perturbations: int = 64):
+    """The mean episode loss at ``theta + a * direction`` for every ``a`` in ``offsets`` and
+    every horizon (``[len(horizons), len(offsets)]``; the rugged landscapes of Metz et al.
+    2021), and with ``sigma`` the ES-smoothed loss ``E_eps L(theta + a d + sigma eps)``
+    (``num_perturbations`` antithetic Gaussian draws, common to all points) beside it.
+    Returns ``(losses, smoothed or None)``."""
+    from jax.flatten_util import ravel_pytree
+
+    from unroll.exact import episode_loss
+
+    flat, unravel = ravel_pytree(theta)
+    d = ravel_pytree(direction)[0]
+    offsets = jnp.asarray(offsets, flat.dtype)
+    keys = jax.random.split(key, num_episodes)
+    eps = jax.random.normal(jax.random.fold_in(key, 1), (max(num_perturbations // 2, 1), flat.size), flat.dtype)
+    eps = jnp.concatenate([eps, -eps])
+    losses, smoothed = [], []
+    for horizon in horizons:
+        system = make_system(int(horizon))
+        mean_loss = lambda p: jnp.mean(jax.vmap(lambda k: episode_loss(system, unravel(p), k))(keys))
+        points = flat + offsets[:, None] * d
+        losses.append(jax.jit(jax.vmap(mean_loss))(points))
+        if sigma is not None:
+            smooth = lambda p: jnp.mean(jax.vmap(lambda e: mean_loss(p + sigma * e))(eps))
+            smoothed.append(jax.jit(jax.vmap(smooth))(points))
+    return jnp.stack(losses), (jnp.stack(smoothed) if sigma is not None else None)
