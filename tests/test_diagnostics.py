@@ -7,7 +7,7 @@ import pytest
 
 import unroll
 from unroll import tasks
-from unroll.diagnostics import gradient_quality, jacobian_spectrum, lyapunov_spectrum
+from unroll.diagnostics import gradient_quality, jacobian_spectrum, lyapunov_spectrum, quality_table
 
 KEY = jax.random.key(0)
 
@@ -121,6 +121,8 @@ def test_gradient_quality_shows_truncation_bias_and_pes_unbiasedness():
     pes = gradient_quality(unroll.pes(system, truncation=2, sigma=0.1, num_particles=4, num_workers=3), THETA, KEY,
                            2000, reference, windows_per_sample=3)
     assert pes.bias_z < 4 and np.isfinite(pes.snr) and pes.variance > 0
+    table = quality_table({"tbptt-1": tbptt, "pes": pes}).splitlines()
+    assert len(table) == 4 and table[2].startswith("| tbptt-1 | ") and f"{pes.snr:.3g}" in table[3]
 
 
 def geometric_system(lam, horizon):

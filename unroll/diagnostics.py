@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from unroll.system import check_positive_int, check_system, real_view
 
-__all__ = ["GradientQuality", "JacobianSpectrum", "HorizonGradients", "LyapunovSpectrum", "estimate_samples", "gradient_quality", "gradient_vs_horizon", "jacobian_spectrum", "loss_along", "lyapunov_spectrum"]
+__all__ = ["GradientQuality", "JacobianSpectrum", "HorizonGradients", "LyapunovSpectrum", "estimate_samples", "gradient_quality", "gradient_vs_horizon", "jacobian_spectrum", "loss_along", "lyapunov_spectrum", "quality_table"]
 
 
 class LyapunovSpectrum(NamedTuple):
@@ -261,3 +261,14 @@ def loss_along(make_system, theta, direction, key, horizons, offsets, num_episod
             smooth = lambda p: jnp.mean(jax.vmap(lambda e: mean_loss(p + sigma * e))(eps))
             smoothed.append(jax.jit(jax.vmap(smooth))(points))
     return jnp.stack(losses), (jnp.stack(smoothed) if sigma is not None else None)
+
+
+def quality_table(qualities: dict) -> str:
+    """A markdown table of ``{estimator name: GradientQuality}``: bias norm, bias in standard
+    errors, variance, cosines and SNR, one row per estimator."""
+    lines = ["| estimator | bias norm | bias (max z) | variance | mean cosine | cosine of mean | SNR |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, q in qualities.items():
+        lines.append(f"| {name} | {q.bias_norm:.3g} | {q.bias_z:.3g} | {q.variance:.3g} | {q.mean_cosine:.3f} | "
+                     f"{q.cosine_of_mean:.4f} | {q.snr:.3g} |")
+    return "\n".join(lines)
