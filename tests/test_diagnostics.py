@@ -104,7 +104,7 @@ def test_gradient_quality_of_exact_estimators_has_zero_bias():
     for est, windows in ((unroll.full_bptt(system), 1), (unroll.rtrl(system, truncation=3), 2)):
         quality = gradient_quality(est, theta, KEY, num_samples=8, exact=exact, windows_per_sample=windows)
         assert quality.bias_norm < 1e-10 and quality.variance < 1e-20
-        assert quality.mean_cosine == pytest.approx(1.0, abs=1e-10)  # (bias_z is rounding noise here)
+        assert quality.mean_cosine == pytest.approx(1.0, abs=1e-10) and quality.bias_z == 0.0  # rounding only
 
 
 def test_gradient_quality_shows_truncation_bias_and_pes_unbiasedness():

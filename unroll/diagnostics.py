@@ -113,8 +113,9 @@ def jacobian_spectrum(system, theta, key, num_steps: int, state=None) -> Jacobia
 class GradientQuality(NamedTuple):
     """Statistics of ``num_samples`` independent estimates ``g_i`` against the exact ``g``:
     ``bias = mean g_i - g`` (theta-shaped) and its norm; ``bias_z``, the largest
-    ``|bias_j| / (std_j / sqrt(n))`` over components with spread (how many standard errors
-    the bias is; ``inf`` where a component has no spread but a bias above 1e-9 |g|);
+    ``|bias_j| / (std_j / sqrt(n))`` (how many standard errors the bias is) over components
+    whose bias is above rounding level (``1e3 eps (|g| + |mean g_i|)``; 0 if none; ``inf``
+    where such a bias has no spread);
     ``variance = mean |g_i - mean g_i|^2``; ``cosine`` of each sample to ``g`` (mean) and of
     the mean; ``snr = |mean g_i|^2 / variance``; ``samples`` ``[n, p]`` (flat)."""
 
@@ -169,9 +170,10 @@ def gradient_quality(estimator, theta, key, num_samples: int, exact, windows_per
     bias = mean - exact_flat
     std = jnp.std(samples, axis=0)
     standard_error = std / jnp.sqrt(num_samples)
-    visible = jnp.abs(bias) > 1e-9 * (jnp.linalg.norm(exact_flat) + 1e-30)
-    z = jnp.where(standard_error > 0, jnp.abs(bias) / jnp.where(standard_error > 0, standard_error, 1.0),
-                  jnp.where(visible, jnp.inf, 0.0))
+    # a bias at rounding level is none, whatever its spread (which is rounding too)
+    rounding = 1e3 * jnp.finfo(samples.dtype).eps * (jnp.linalg.norm(exact_flat) + jnp.linalg.norm(mean))
+    visible = jnp.abs(bias) > rounding
+    z = jnp.where(visible, jnp.abs(bias) / jnp.where(standard_error > 0, standard_error, 0.0), 0.0)
     variance = jnp.mean(jnp.sum((samples - mean) ** 2, axis=1))
     unit = lambda v: v / (jnp.linalg.norm(v, axis=-1, keepdims=True) + 1e-30)
     return GradientQuality(

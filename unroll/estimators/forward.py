@@ -135,18 +135,24 @@ class InfluencePattern(NamedTuple):
     compressed: bool
 
 
-def _random_point(system, theta, key):
-    """A concrete random ``(theta, state)`` with the shapes of ``theta`` and of
-    ``system.init(theta, key)``, seeded so the pattern does not depend on the call."""
+def _random_theta(theta):
+    """A concrete random point with the shapes of ``theta`` (only shapes are read, so
+    ``theta`` may be traced), seeded so the pattern does not depend on the call."""
     rng = np.random.default_rng(0x534E4150)
-    point = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), theta)
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), theta)
+
+
+def _random_state(system, point, key):
+    """``(state, init key)``: ``system.init(point, key0)`` plus unit Gaussian noise on its
+    inexact leaves (so a zero state cannot hide a dependence); ``key0`` of ``key``'s kind."""
+    rng = np.random.default_rng(0x53544154)
     typed = jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key) if hasattr(key, "dtype") else False
     key = jax.random.key(0) if typed else jax.random.PRNGKey(0)
     state = system.init(point, key)
     leaves = inexact_leaves(state)
     noise = [jnp.asarray(rng.normal(size=x.shape), jnp.real(x).dtype) for x in leaves]
     noise = [n * (1 + 1j) if jnp.iscomplexobj(x) else n for n, x in zip(noise, leaves)]
-    return point, with_inexact_leaves(state, [x + n.astype(x.dtype) for x, n in zip(leaves, noise)]), key
+    return with_inexact_leaves(state, [x + n.astype(x.dtype) for x, n in zip(leaves, noise)]), key
 
 
 def _coordinate_units(leaves: list) -> np.ndarray:
@@ -190,17 +196,24 @@ def influence_pattern(system, theta, key=None, order: int | None = None, num_tim
     Only shapes of ``theta`` are used, so it works under ``jit``; it returns ``None`` when
     ``step`` or ``init`` cannot run on concrete values (e.g. they close over traced arrays).
     """
-    with jax.ensure_compile_time_eval():
-        try:
-            point, state, init_key = _random_point(system, theta, key)
-            times = jnp.linspace(0, system.horizon - 1, num_times).astype(jnp.int32)
-            d_state, d_theta = jax.vmap(lambda t: _step_jacobians(system, point, state, t)[2:4])(times)
-            init_jacobian = _initial_influence(system, point, init_key)[1]
-            if any(isinstance(x, jax.core.Tracer) for x in (d_state, d_theta, init_jacobian)):
-                return None
-            d_state, d_theta, init_jacobian = (np.asarray(x) for x in (d_state, d_theta, init_jacobian))
-        except (jax.errors.ConcretizationTypeError, jax.errors.UnexpectedTracerError, jax.errors.TracerArrayConversionError):
-            return None
+    def jacobians(point):
+        state, init_key = _random_state(system, point, key)
+        times = jnp.linspace(0, system.horizon - 1, num_times).astype(jnp.int32)
+        d_state, d_theta = jax.vmap(lambda t: _step_jacobians(system, point, state, t)[2:4])(times)
+        return state, d_state, d_theta, _initial_influence(system, point, init_key)[1]
+
+    try:
+        with jax.ensure_compile_time_eval():
+            point = _random_theta(theta)
+        traced = jax.jit(jacobians).trace(point)
+        if len(traced.jaxpr.in_avals) != len(jax.tree_util.tree_leaves(point)):
+            return None  # values traced by an outer transformation were hoisted into inputs
+        # compiled once and called on concrete values, also inside an outer trace (a
+        # compiled executable binds nothing); op-by-op evaluation would cost seconds
+        state, d_state, d_theta, init_jacobian = traced.lower().compile()(point)
+        d_state, d_theta, init_jacobian = (np.asarray(x) for x in (d_state, d_theta, init_jacobian))
+    except (jax.errors.ConcretizationTypeError, jax.errors.UnexpectedTracerError, jax.errors.TracerArrayConversionError):
+        return None  # the system closes over traced values: no concrete pattern
     unit = _coordinate_units(inexact_leaves(state))
     num_units, p = int(unit.max(initial=-1)) + 1, d_theta.shape[-1]
     group = np.zeros((unit.size, num_units), bool)
