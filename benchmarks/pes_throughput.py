@@ -12,6 +12,12 @@ trajectories, per second of wall-clock time, for
   gives the ratio when instead the compiled ``estimate`` is called once per window
   from Python, which adds a fixed dispatch cost per window. A window takes
   ``W * P * truncation`` steps;
+* **evosax**: evosax's ``PersistentES`` (version pinned by the ``bench`` extra:
+  ``pip install -e '.[bench]'``) on the same task, same run, driven at its best: ask,
+  unroll of every particle for one window and tell, in one jit-compiled ``lax.scan``
+  over windows. evosax leaves episodes to the caller and resets every particle at once
+  (no stagger); that is what is done. Skipped (and said so in the table) when evosax
+  is not installed;
 * **floor**: the same number of steps for the same number of trajectories with no
   estimation: one jitted ``vmap`` over trajectories of one ``lax.scan`` of
   ``system.step`` at fixed perturbed thetas ``theta + eps``, with the same
@@ -35,7 +41,8 @@ the ratio is pes's median over the floor's; the quartiles of the ratios of adjac
 blocks are printed as a noise gauge. The compile time of pes's jitted ``estimate``
 (lower + compile) is printed too.
 
-Goal: pes runs at **>= 0.95** of the floor's throughput.
+Goals: pes runs at **>= 0.95** of the floor's throughput, with staggered resets, and at
+least at evosax's throughput, at every size.
 
 Task: tuning SGD with momentum on linear regression. ``X`` (256 x 32),
 ``w* ~ N(0, I)`` and ``y = X w* + 0.1 noise`` come from a fixed key; the inner
@@ -251,6 +258,59 @@ def floor_loop(system: unroll.System, theta: PyTree, lay: Layout, num_steps: int
     return Loop(lambda carry: scan(thetas, *carry), (trajectories, jnp.zeros(lay.total)))
 
 
+def evosax_loop(system: unroll.System, theta: PyTree, lay: Layout, windows: int, key: jax.Array) -> Loop | None:
+    """evosax's ``PersistentES`` (pinned by the ``bench`` extra) driven at its best: ask,
+    unroll of all ``lay.total`` particles for one window and tell, in one jit-compiled
+    ``lax.scan`` over windows. evosax leaves the inner episodes to the caller and resets
+    every particle at once when its step counter reaches the horizon (no stagger), which
+    is what is done here (all particles share one episode key, as one of pes's workers).
+    ``None`` when evosax is not installed."""
+    try:
+        import optax
+        from evosax.algorithms import PersistentES
+    except ImportError:
+        return None
+    strategy = PersistentES(population_size=lay.total, solution=theta, optimizer=optax.sgd(1e-3),
+                            std_schedule=optax.constant_schedule(SIGMA))
+    params = strategy.default_params.replace(T=system.horizon, K=TRUNCATION)
+    init_key, episode_key, window_key = jax.random.split(key, 3)
+    es_state = strategy.init(init_key, theta, params)
+    population, _ = strategy.ask(init_key, es_state, params)
+    inner = jax.vmap(system.init, in_axes=(0, None))(population, episode_key)
+    window_keys = jax.random.split(window_key, windows)
+
+    def unroll_window(theta_i, state, t0):
+        def body(carry, k):
+            state, total = carry
+            state, loss = system.step(theta_i, state, t0 + k)
+            return (state, total + loss), None
+
+        (state, total), _ = jax.lax.scan(body, (state, jnp.zeros(())), jnp.arange(TRUNCATION))
+        return state, total
+
+    def window(carry, key):
+        es_state, inner, t = carry
+        ask_key, tell_key, reset_key = jax.random.split(key, 3)
+        population, es_state = strategy.ask(ask_key, es_state, params)
+        inner = jax.lax.cond(t == 0, lambda: jax.vmap(system.init, in_axes=(0, None))(population, reset_key),
+                             lambda: inner)
+        inner, fitness = jax.vmap(unroll_window, in_axes=(0, 0, None))(population, inner, t)
+        es_state, _ = strategy.tell(tell_key, population, fitness, es_state, params)
+        return (es_state, inner, (t + TRUNCATION) % system.horizon), None
+
+    advance = jax.jit(lambda carry: jax.lax.scan(window, carry, window_keys)[0])
+    return Loop(advance, (es_state, inner, jnp.asarray(0, jnp.int32)))
+
+
+def evosax_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("evosax")
+    except PackageNotFoundError:
+        return None
+
+
 # --------------------------------------------------------------------- measuring
 
 
@@ -263,28 +323,33 @@ class Row(NamedTuple):
     ratio_iqr: tuple[float, float]
     compile_s: float
     per_call_ratio: float  # pes called once per window from Python, over the floor
+    evosax_steps_per_s: float | None  # evosax's PersistentES at its best (None: not installed)
 
 
 def measure(lay: Layout, windows: int, repeats: int, seed: int = 0) -> Row:
-    """Times pes and the floor in interleaved blocks of ``windows`` windows' steps."""
+    """Times pes, pes called per window, evosax (if installed) and the floor in
+    interleaved blocks of ``windows`` windows' steps (the order reversed every other
+    repeat), so all see the same load."""
     system, theta = regression_system(), initial_theta()
-    pes_key, floor_key = jax.random.split(jax.random.PRNGKey(seed))
+    pes_key, floor_key, evosax_key = jax.random.split(jax.random.PRNGKey(seed), 3)
     pes, compile_s = pes_loop(system, theta, lay, windows, pes_key)
     per_call, _ = pes_loop(system, theta, lay, windows, pes_key, in_scan=False)
     floor = floor_loop(system, theta, lay, windows * TRUNCATION, floor_key)
-    pes.timed(), per_call.timed(), floor.timed()  # warm-up (and compile)
-    times: dict[Loop, list[float]] = {pes: [], per_call: [], floor: []}
+    evosax = evosax_loop(system, theta, lay, windows, evosax_key)
+    loops = [loop for loop in (pes, per_call, evosax, floor) if loop is not None]
+    for loop in loops:
+        loop.timed()  # warm-up (and compile)
+    times: dict[Loop, list[float]] = {loop: [] for loop in loops}
     for repeat in range(repeats):
-        for loop in (pes, per_call, floor) if repeat % 2 == 0 else (floor, per_call, pes):
+        for loop in loops if repeat % 2 == 0 else loops[::-1]:
             times[loop].append(loop.timed())
     pes_s, floor_s = times[pes], times[floor]
     steps = windows * lay.steps_per_window
-    pes_rate, floor_rate = steps / statistics.median(pes_s), steps / statistics.median(floor_s)
+    rate = lambda loop: steps / statistics.median(times[loop])
     paired = [f / p for p, f in zip(pes_s, floor_s)]
-    per_call_rate = steps / statistics.median(times[per_call])
     return Row(
-        lay, windows, pes_rate, floor_rate, pes_rate / floor_rate, quartiles(paired), compile_s,
-        per_call_rate / floor_rate,
+        lay, windows, rate(pes), rate(floor), rate(pes) / rate(floor), quartiles(paired), compile_s,
+        rate(per_call) / rate(floor), rate(evosax) if evosax is not None else None,
     )
 
 
@@ -297,19 +362,24 @@ def quartiles(values: Sequence[float]) -> tuple[float, float]:
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
-    """particles, workers, pes steps/s, floor steps/s, ratio, goal met?, then the
-    particles per worker, windows per timed block, the interquartile range of the
-    per-block ratios (a noise gauge) and pes's compile time."""
+    """particles, workers, pes steps/s, floor steps/s, ratio, goal met?, evosax's PES
+    against the floor and pes against evosax, then the particles per worker, windows per
+    timed block, the interquartile range of the per-block ratios (a noise gauge), pes's
+    compile time and the ratio when pes is called once per window from Python."""
     lines = [
         "| particles (total trajectories) | workers | pes steps/s | floor steps/s | ratio pes/floor "
-        f"| goal >= {GOAL} met? | particles per worker | windows per block | block ratios IQR | pes compile s "
-        "| ratio, one Python call per window |",
-        "|---:|---:|---:|---:|---:|:---:|---:|---:|:---:|---:|---:|",
+        f"| goal >= {GOAL} met? | evosax PES / floor | pes / evosax PES | particles per worker | windows per block "
+        "| block ratios IQR | pes compile s | ratio, one Python call per window |",
+        "|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|:---:|---:|---:|",
     ]
     for row in rows:
+        if row.evosax_steps_per_s is None:
+            evosax = "not installed (`pip install -e '.[bench]'`) | -"
+        else:
+            evosax = f"{row.evosax_steps_per_s / row.floor_steps_per_s:.3f} | {row.pes_steps_per_s / row.evosax_steps_per_s:.3f}"
         lines.append(
             f"| {row.layout.total} | {row.layout.workers} | {row.pes_steps_per_s:,.0f} "
-            f"| {row.floor_steps_per_s:,.0f} | {row.ratio:.3f} | {'yes' if row.ratio >= GOAL else 'no'} "
+            f"| {row.floor_steps_per_s:,.0f} | {row.ratio:.3f} | {'yes' if row.ratio >= GOAL else 'no'} | {evosax} "
             f"| {row.layout.per_worker} | {row.windows} | {row.ratio_iqr[0]:.2f}-{row.ratio_iqr[1]:.2f} "
             f"| {row.compile_s:.2f} | {row.per_call_ratio:.3f} |"
         )
@@ -362,7 +432,8 @@ def header(args: argparse.Namespace) -> str:
     return (
         f"pes throughput vs forward floor: linear-regression SGD+momentum tuning (d={DIM}, n={NUM_EXAMPLES}), "
         f"horizon={HORIZON}, truncation={TRUNCATION}, sigma={SIGMA}, repeats={args.repeats}\n"
-        f"jax {jax.__version__}, {device.platform} ({device.device_kind}), python {platform.python_version()}\n"
+        f"jax {jax.__version__}, {device.platform} ({device.device_kind}), python {platform.python_version()}, "
+        f"evosax {evosax_version() or 'not installed'}\n"
         "steps/s = inner steps x trajectories per second (median over blocks); ratio = pes/floor of those "
         "medians; block ratios IQR = quartiles of pes/floor over adjacent interleaved blocks"
     )

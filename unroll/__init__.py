@@ -5,10 +5,11 @@ from unroll.estimators.dni import Synthesizer, dni, linear_synthesizer, mlp_synt
 from unroll.estimators.evolution import es, nres, pes, truncated_es
 from unroll.estimators.forward import forward_gradient, rtrl, snap, uoro
 from unroll.exact import episode_loss, exact_gradient
+from unroll.sharding import shard
 from unroll.system import System
 from unroll.train import train
 from unroll.window import Estimator
-from unroll import checkpointing, diagnostics, tasks
+from unroll import checkpointing, diagnostics, sharding, tasks
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,8 @@ __all__ = [
     "nres",
     "pes",
     "rtrl",
+    "shard",
+    "sharding",
     "snap",
     "tasks",
     "train",

@@ -121,7 +121,9 @@ def run_windows(
     ``num_steps <= horizon`` that happens at most once per trajectory and window, so
     the next episodes are built once, before the scan, and only in windows where some
     trajectory starts one; inside the scan the reset is a ``lax.cond`` on "does any
-    trajectory start an episode at this step" (unbatched, so most steps skip it).
+    trajectory start an episode at this step" (unbatched, so most steps skip it), read
+    from a schedule computed before the scan (``reset_schedule``), so that the steps need
+    no reduction over trajectories (on a device mesh, no collective per step).
     With ``num_active`` (``[W]``), steps ``k >= num_active[w]`` leave worker ``w``
     unchanged and contribute nothing (used to stagger workers).
 
@@ -147,6 +149,7 @@ def run_windows(
         lambda: (workers.key, workers.state, acc),
     )
     step = jax.vmap(rule.step, in_axes=(None, 0, 0, 0, 0))
+    resets = reset_schedule(workers.t, horizon, num_steps, num_active)
 
     def reset(carry):
         workers, acc = carry
@@ -154,9 +157,10 @@ def run_windows(
         state, key, acc = _batched_select(new, (fresh_state, next_key, fresh_acc), (workers.state, workers.key, acc))
         return Worker(state, jnp.where(new, 0, workers.t), key), acc
 
-    def body(carry, k):
+    def body(carry, xs):
+        k, any_reset = xs
         before, acc_before, total = carry
-        workers, acc = jax.lax.cond(jnp.any(before.t >= horizon), reset, lambda c: c, (before, acc_before))
+        workers, acc = jax.lax.cond(any_reset, reset, lambda c: c, (before, acc_before))
         state, new_acc, loss, contribution = step(theta, workers.state, workers.t, acc, noise)
         new_workers = Worker(state, workers.t + 1, workers.key)
         if num_active is not None:  # an inactive trajectory keeps its state from before any reset
@@ -170,8 +174,27 @@ def run_windows(
 
     contribution_shape = jax.eval_shape(lambda w, a: step(theta, w.state, w.t, a, noise)[3], workers, acc)
     total = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), contribution_shape)
-    (workers, acc, total), losses = jax.lax.scan(body, (workers, acc, total), jnp.arange(num_steps))
+    (workers, acc, total), losses = jax.lax.scan(body, (workers, acc, total), (jnp.arange(num_steps), resets))
     return unflat((workers, acc, total, jnp.moveaxis(losses, 0, -1)))
+
+
+def reset_schedule(t: jax.Array, horizon: int, num_steps: int, num_active: jax.Array | None = None) -> jax.Array:
+    """``[num_steps]`` bool: does some trajectory sit at its episode's end (``t >= horizon``)
+    before step ``k`` of the window, given the times ``t`` (``[N]``) it starts with?
+
+    A trajectory's ``t`` grows by one per active step and drops to 0 when it resets, which
+    happens at most once per window (``num_steps <= horizon``), at step
+    ``r = max(horizon - t, 0)``; one inactive from step ``n = num_active`` on keeps its ``t``
+    from then. So it is at an episode's end at step ``k`` iff ``min(k, n) == r``: at ``k = r``
+    when ``r < n``, at every ``k >= n`` when ``r == n``. One reduction over trajectories per
+    window, instead of one per step.
+    """
+    reset_at = jnp.maximum(horizon - t, 0)
+    active = jnp.full_like(t, num_steps) if num_active is None else num_active
+    at = jnp.where(reset_at < active, reset_at, num_steps)  # num_steps: no such step, dropped
+    hits = jnp.zeros(num_steps, jnp.int32).at[at].add(1, mode="drop") > 0
+    frozen_from = jnp.min(jnp.where(reset_at == active, active, num_steps), initial=num_steps)
+    return hits | (jnp.arange(num_steps) >= frozen_from)
 
 
 def stagger_offsets(horizon: int, num_workers: int) -> jax.Array:

@@ -1,0 +1,178 @@
+"""Runs every benchmark and writes one summary table, each benchmark's tables and the plots.
+
+    python -m benchmarks                      # all, into benchmarks/results/ + benchmarks/RESULTS.md
+    python -m benchmarks --quick --out /tmp/b # a smoke run into /tmp/b
+    python -m benchmarks --only pes_throughput train_overhead
+
+Every figure is a ratio measured within one run (ours against a floor or a peer, timed in
+interleaved blocks), so a shared, noisy machine moves both sides alike. The summary table
+lists each benchmark's headline figures against its goal; the sections below it hold the
+full tables. Machine, versions and the command are recorded at the top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+
+Line = tuple[str, str, str, str]  # what, measured, goal, met
+
+
+class Benchmark(NamedTuple):
+    title: str
+    png: bool  # the module's main takes --png
+    summary: Callable[[Any], list[Line]]  # of main's result, or with from_file, of the markdown it wrote
+    from_file: bool = False
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def _pes_summary(rows) -> list[Line]:
+    lines = []
+    for r in rows:
+        lines.append((f"pes / forward floor, {r.layout.total} particles (staggered resets)", f"{r.ratio:.3f}",
+                      ">= 0.95", _met(r.ratio >= 0.95)))
+        if r.evosax_steps_per_s is None:
+            lines.append((f"pes / evosax PES, {r.layout.total} particles", "evosax not installed", ">= 1", "-"))
+        else:
+            ratio = r.pes_steps_per_s / r.evosax_steps_per_s
+            lines.append((f"pes / evosax PES, {r.layout.total} particles (evosax / floor "
+                          f"{r.evosax_steps_per_s / r.floor_steps_per_s:.3f})", f"{ratio:.3f}", ">= 1", _met(ratio >= 1)))
+    return lines
+
+
+def _overhead_summary(rows) -> list[Line]:
+    # (a negative overhead is timing noise: the two loops differ by less than it)
+    return [(f"unroll.train host overhead per outer step, {r.case}", f"{r.overhead_ms:.3f} ms", "< 1 ms",
+             _met(r.overhead_ms < 1)) for r in rows]
+
+
+def _checkpoint_summary(rows) -> list[Line]:
+    base = rows[0]
+    good = [r for r in rows[1:] if 1 - r.temp_bytes / base.temp_bytes >= 0.95 and r.seconds / base.seconds <= 1.25]
+    best = min(good, key=lambda r: r.seconds) if good else None
+    return [("checkpointed_bptt (T = 1000): memory budgets saving >= 95% at <= 1.25x full_bptt's time",
+             (", ".join(str(r.budget) for r in good) or "none")
+             + (f" (fastest: {best.budget}, {best.seconds / base.seconds:.2f}x)" if best else ""),
+             "some budget", _met(bool(good)))]
+
+
+def _online_summary(rows) -> list[Line]:
+    r = rows[-1]
+    return [(f"{name} / tbptt time per window, tanh RNN hidden {r.hidden}", f"{ratio:.2f}x", "(reported)", "-")
+            for name, ratio in r.ratio.items() if name != "tbptt"]
+
+
+def _memory_summary(result) -> list[Line]:
+    from benchmarks.memory_horizon import ONLINE, mb
+
+    costs, horizons, lm = result["costs"], result["horizons"], result["lm"]
+    lines = []
+    for name in ONLINE:
+        first, last = costs[name, horizons[0]], costs[name, horizons[-1]]
+        same = last.temp_bytes + last.state_bytes <= 1.01 * (first.temp_bytes + first.state_bytes)
+        lines.append((f"{name}: memory at T = {horizons[0]:,} and {horizons[-1]:,}",
+                      f"{mb(first.temp_bytes + first.state_bytes)}, {mb(last.temp_bytes + last.state_bytes)}",
+                      "independent of T", _met(same)))
+    lines.append((f"char LM, {lm.length:,} characters: full_bptt / checkpointed_bptt ({lm.memory_budget}) memory",
+                  f"{mb(lm.full_temp_bytes)} / {mb(lm.checkpointed_temp_bytes)}",
+                  f"full over, checkpointed within {mb(lm.budget_bytes)}",
+                  _met(lm.full_temp_bytes > lm.budget_bytes >= lm.checkpointed_temp_bytes)))
+    return lines
+
+
+def _sharding_summary(md_path: str) -> list[Line]:
+    """From the table it wrote (it runs in a subprocess with 8 forced host devices)."""
+    lines = []
+    for row in open(md_path).read().splitlines():
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        if cells and cells[0].isdigit() and cells[0] != "1":
+            lines.append((f"unroll.shard(pes), 256 trajectories on {cells[0]} devices: steps/s over 1 device",
+                          f"{cells[3]}x (ideal {cells[4]})", "(reported; equality with 1 device is tested)", "-"))
+    return lines
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "pes_throughput": Benchmark("PES throughput: the forward floor and evosax", False, _pes_summary),
+    "train_overhead": Benchmark("unroll.train: outer steps per second and host overhead", False, _overhead_summary),
+    "checkpoint_memory": Benchmark("checkpointed_bptt: memory and time against full_bptt", True, _checkpoint_summary),
+    "memory_horizon": Benchmark("Memory against the horizon", True, _memory_summary),
+    "online_cost": Benchmark("Online estimators: cost per window against truncated BPTT", False, _online_summary),
+    "sharding_scaling": Benchmark("Sharding: unroll.shard(pes) over several devices", False, _sharding_summary, True),
+}
+
+
+def machine() -> str:
+    device = jax.devices()[0]
+    versions = [f"jax {jax.__version__}", f"python {platform.python_version()}"]
+    from benchmarks.pes_throughput import evosax_version
+
+    versions.append(f"evosax {evosax_version() or 'not installed'}")
+    return (f"{platform.node() or 'unknown host'}: {platform.platform()}, {os.cpu_count()} CPU cores, "
+            f"{len(jax.devices())} x {device.platform} ({device.device_kind}); " + ", ".join(versions))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", help="output folder (default: benchmarks/results, summary in benchmarks/RESULTS.md, "
+                        "RESULTS-<platform>.md off CPU)")
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these")
+    parser.add_argument("--quick", action="store_true", help="smoke run: each benchmark's --quick")
+    args = parser.parse_args(argv)
+    here = os.path.dirname(os.path.abspath(__file__))
+    platform_name = jax.devices()[0].platform
+    if args.out:
+        out_dir, summary_path, suffix = args.out, os.path.join(args.out, "RESULTS.md"), ""
+    else:
+        out_dir, suffix = os.path.join(here, "results"), f"-{platform_name}"
+        summary_path = os.path.join(here, "RESULTS.md" if platform_name == "cpu" else f"RESULTS-{platform_name}.md")
+    os.makedirs(out_dir, exist_ok=True)
+    names = args.only or list(BENCHMARKS)
+    command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
+    summary: list[Line] = []
+    sections = []
+    for name in names:
+        bench = BENCHMARKS[name]
+        module = importlib.import_module(f"benchmarks.{name}")
+        md, png = os.path.join(out_dir, f"{name}{suffix}.md"), os.path.join(out_dir, f"{name}{suffix}.png")
+        module_argv = ["--out", md] + (["--png", png] if bench.png else []) + (["--quick"] if args.quick else [])
+        print(f"=== {name}: {bench.title}", flush=True)
+        start = time.perf_counter()
+        result = module.main(module_argv)
+        seconds = time.perf_counter() - start
+        summary += bench.summary(md if bench.from_file else result)
+        rel = lambda path: os.path.relpath(path, os.path.dirname(summary_path))
+        body = open(md).read().strip()
+        picture = f"\n\n![{name}]({rel(png)})" if bench.png and os.path.exists(png) else ""
+        sections.append(f"## {bench.title}\n\n`python -m benchmarks.{name} {' '.join(module_argv)}` "
+                        f"({seconds:.0f} s)\n\n{body}{picture}")
+    table = ["| benchmark figure | measured | goal | met? |", "|---|---:|---|:---:|"]
+    table += [f"| {what} | {measured} | {goal} | {met} |" for what, measured, goal, met in summary]
+    text = "\n".join([
+        "# Benchmark results",
+        "",
+        f"Made by `{command.strip()}` on {datetime.date.today().isoformat()}.",
+        f"Machine: {machine()}.",
+        "",
+        "\n".join(table),
+        "",
+        "\n\n".join(sections),
+        "",
+    ])
+    with open(summary_path, "w") as f:
+        f.write(text)
+    print(f"wrote {summary_path}")
+
+
+if __name__ == "__main__":
+    main()
