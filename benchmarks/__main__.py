@@ -81,7 +81,7 @@ def _memory_summary(result) -> list[Line]:
     for name in ONLINE:
         first, last = costs[name, horizons[0]], costs[name, horizons[-1]]
         same = last.temp_bytes + last.state_bytes <= 1.01 * (first.temp_bytes + first.state_bytes)
-        lines.append((f"{name}: memory at T = {horizons[0]:,} and {horizons[-1]:,}",
+        lines.append((f"{name}: memory (temp + state) at T = {horizons[0]:,} and {horizons[-1]:,}",
                       f"{mb(first.temp_bytes + first.state_bytes)}, {mb(last.temp_bytes + last.state_bytes)}",
                       "independent of T", _met(same)))
     lines.append((f"char LM, {lm.length:,} characters: full_bptt / checkpointed_bptt ({lm.memory_budget}) memory",
