@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
         rel = lambda path: os.path.relpath(path, os.path.dirname(summary_path))
         body = open(md).read().strip()
         picture = f"\n\n![{name}]({rel(png)})" if bench.png and os.path.exists(png) else ""
-        sections.append(f"## {bench.title}\n\n`python -m benchmarks.{name} {' '.join(module_argv)}` "
+        shown = [os.path.relpath(a, os.path.dirname(here)) if os.path.isabs(a) else a for a in module_argv]
+        sections.append(f"## {bench.title}\n\n`python -m benchmarks.{name} {' '.join(shown)}` "
                         f"({seconds:.0f} s)\n\n{body}{picture}")
     table = ["| benchmark figure | measured | goal | met? |", "|---|---:|---|:---:|"]
     table += [f"| {what} | {measured} | {goal} | {met} |" for what, measured, goal, met in summary]
