@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 import unroll
+from benchmarks.report import report
 
 HIDDEN, INPUT, HORIZON = 64, 8, 1000
 GOAL_SAVED, GOAL_TIME = 0.95, 1.25
@@ -149,10 +150,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     budgets, repeats = ([10, 100], 3) if args.quick else (args.budgets, args.repeats)
     rows = measure(budgets, repeats)
     text = table(rows)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    report(text, args.out)
     if args.png:
         plot(rows, args.png)
     return rows

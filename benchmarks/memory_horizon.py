@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import optax
 
 import unroll
+from benchmarks.report import report
 from unroll import tasks
 
 HIDDEN = 32
@@ -230,10 +231,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         plot(costs, args.horizons, args.png)
     lm = char_lm_run(args.lm_length, args.lm_budget_gib, args.lm_states, args.lm_steps)
     text = header() + "\n\n" + horizon_table(costs, args.horizons) + "\n\n" + char_lm_table(lm)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    report(text, args.out)
     return {"costs": costs, "horizons": args.horizons, "lm": lm}
 
 

@@ -78,6 +78,7 @@ import jax
 import jax.numpy as jnp
 
 import unroll
+from benchmarks.report import report
 
 PyTree = Any
 
@@ -474,10 +475,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
             "\n\nDiagonal recurrence (LRU-style complex, see the module doc): rtrl's compressed influence "
             "(sparse=True, the fast path) vs the dense one (sparse=False), same run\n\n" + diagonal_table(diagonal_rows)
         )
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(header(args) + "\n\n" + text + "\n")
+    report(text, args.out, header(args))
     return rows
 
 

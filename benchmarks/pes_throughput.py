@@ -72,6 +72,7 @@ import jax
 import jax.numpy as jnp
 
 import unroll
+from benchmarks.report import report
 
 PyTree = Any
 
@@ -449,10 +450,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         print(f"  {total} particles = {lay.workers} workers x {lay.per_worker}, {windows} windows per block", flush=True)
         rows.append(measure(lay, windows, args.repeats))
     table = markdown_table(rows)
-    print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(header(args) + "\n\n" + table + "\n")
+    report(table, args.out, header(args))
     return rows
 
 

@@ -44,7 +44,14 @@ import numpy as np
 from jax.sharding import Mesh
 
 import unroll
-from benchmarks.pes_throughput import HORIZON, SIGMA, TRUNCATION, initial_theta, regression_system
+from benchmarks.pes_throughput import (
+    HORIZON,
+    SIGMA,
+    TRUNCATION,
+    initial_theta,
+    regression_system,
+)
+from benchmarks.report import report
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE_FLAG = "--xla_force_host_platform_device_count"
@@ -211,10 +218,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row] | None:
     print(header(args), flush=True)
     rows = measure(args.devices, args.trajectories, args.windows, args.repeats)
     table = markdown_table(rows, args.trajectories)
-    print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(header(args) + "\n\n" + table + "\n")
+    report(table, args.out, header(args))
     return rows
 
 

@@ -39,7 +39,13 @@ import jax.numpy as jnp
 import optax
 
 import unroll
-from benchmarks.pes_throughput import TRUNCATION, SIGMA, initial_theta, regression_system
+from benchmarks.pes_throughput import (
+    SIGMA,
+    TRUNCATION,
+    initial_theta,
+    regression_system,
+)
+from benchmarks.report import report
 from unroll.train import TrainState, make_train_step
 
 GOAL_MS = 1.0
@@ -136,10 +142,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     print(header(args.steps, args.repeats), flush=True)
     rows = [measure(case, args.steps, args.repeats) for case in CASES]
     table = markdown_table(rows)
-    print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(header(args.steps, args.repeats) + "\n\n" + table + "\n")
+    report(table, args.out, header(args.steps, args.repeats))
     return rows
 
 
