@@ -65,7 +65,10 @@ def test_compare_from_a_config_file_on_a_network_task(tmp_path, capsys):
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 2 * 3  # --steps 3 won over the file's 50
-    assert {"recall_accuracy", "objective", "train_time_s"} <= set(rows[0])
+    assert {"recall_accuracy", "objective"} <= set(rows[0])
+    with open(out / "times.csv") as f:
+        times = list(csv.DictReader(f))
+    assert {t["estimator"] for t in times} == {"tbptt-4", "uoro-4"} and float(times[-1]["train_time_s"]) > 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["reference"]["cell"] == "lstm" and summary["reference"]["hidden"] == 8
     assert summary["reference"]["horizon"] == 14
@@ -90,3 +93,116 @@ def test_bad_config_is_one_line_and_exit_2(text, needle, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert needle in err and "\n" not in err and "Traceback" not in err
+
+
+SMALL = ["compare", "influence-balancing", "--estimators", "pes", "tbptt-10", "--seeds", "2", "--horizon", "40",
+         "--no-progress"]
+
+
+def _csv_bytes(folder) -> bytes:
+    return (folder / "metrics.csv").read_bytes()
+
+
+def test_same_command_and_seed_give_identical_csvs(tmp_path, capsys):
+    """metrics.csv holds no wall-clock figures (those go to times.csv): the same command
+    and seed write the same bytes; another --seed writes other numbers."""
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        assert cli.main(SMALL + ["--steps", "6", "--seed", seed, "--out", str(tmp_path / name)]) == 0
+    assert _csv_bytes(tmp_path / "a") == _csv_bytes(tmp_path / "b")
+    assert _csv_bytes(tmp_path / "a") != _csv_bytes(tmp_path / "c")
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert summary["seed_keys"] == "jax.random.split(jax.random.key(4), 2)"
+
+
+def test_interrupted_compare_resumes_to_the_same_csv(tmp_path):
+    """SIGTERM in the middle of `unroll compare`: one line naming the checkpoint and the
+    command that resumes, exit code 143; that command then finishes the comparison with
+    the same metrics.csv as a run never interrupted (pes runs first and is interrupted;
+    tbptt-10 then runs only in the resumed process)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    argv = SMALL + ["--steps", "300", "--checkpoint-every", "2"]
+    env = dict(os.environ, PYTHONPATH=root)
+
+    def command(out):
+        return [sys.executable, "-m", "unroll.cli", *argv, "--out", str(out)]
+
+    reference = subprocess.run(command(tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 0, reference.stderr
+    proc = subprocess.Popen(command(tmp_path / "run"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    checkpoint = tmp_path / "run" / "checkpoints" / "pes.npz"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    last = err.strip().splitlines()[-1]
+    assert "interrupted (SIGTERM) after outer step" in last and str(checkpoint) in last
+    assert "resume with: " in last and "Traceback" not in err
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+    again = last.split("resume with: ")[1].split()
+    assert again[0] == "unroll" and again[1:] == [*argv, "--out", str(tmp_path / "run")]
+    resumed = subprocess.run([sys.executable, "-m", "unroll.cli", *again[1:]], env=env, capture_output=True,
+                             text=True, timeout=600, cwd=root)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _csv_bytes(tmp_path / "run") == _csv_bytes(tmp_path / "ref")
+
+
+def test_a_checkpoint_of_another_comparison_is_refused(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "x")]
+    assert cli.main(SMALL + ["--steps", "3"] + out) == 0
+    capsys.readouterr()
+    assert cli.main(SMALL + ["--steps", "4"] + out) == 2
+    err = capsys.readouterr().err.strip()
+    assert "was written by a different run (num_steps: checkpoint 3, this run 4)" in err
+    assert "\n" not in err and "start afresh" in err
+
+
+def test_a_diverging_estimator_is_recorded_and_the_others_go_on(tmp_path, capsys, monkeypatch):
+    """An estimator whose loss turns NaN stops at its last finite theta; the summary and
+    the printed table say where; the other estimators run to the end."""
+    import jax.numpy as jnp
+    import optax
+
+    import unroll
+    from unroll import compare
+
+    def step(theta, state, t):
+        return state, jnp.where(theta < 1.0, -theta, jnp.nan)  # the loss pushes theta up into NaN
+
+    finite = unroll.System(lambda theta, key: jnp.zeros(()), lambda theta, state, t: (state, (theta - 0.7) ** 2), 2)
+
+    def setup():
+        system = unroll.System(lambda theta, key: jnp.zeros(()), step, 2)
+        return compare.TaskSetup(
+            system=system, theta=jnp.asarray(0.55), evaluate=lambda th: {"objective": -th, "theta": th},
+            reference={"objective": "-theta", "horizon": 2},
+            estimators={"full-bptt": compare.standard_estimators()["full-bptt"],
+                        # tbptt runs on a system that stays finite: it goes on to the last step
+                        "tbptt": compare.EstimatorSpec(lambda s, k: unroll.truncated_bptt(finite, k), 1, "tbptt")},
+            default_estimators=["full-bptt", "tbptt-1"], optimizer=lambda steps: optax.sgd(0.2),
+            optimizer_description="sgd 0.2", default_steps=40, default_seeds=2,
+        )
+
+    monkeypatch.setitem(compare.TASKS, "nan-test", setup)
+    with pytest.warns(RuntimeWarning, match="full-bptt: a non-finite loss"):
+        code = cli.main(["compare", "nan-test", "--out", str(tmp_path / "x"), "--no-progress"])
+    assert code == 0
+    summary = json.loads((tmp_path / "x" / "summary.json").read_text())
+    entry = summary["estimators"]["full-bptt"]
+    # theta: 0.55 -> 0.75 -> 0.95 -> 1.15, whose loss (step 3) is NaN: stopped there
+    assert entry["first_nonfinite_step"] == [3, 3]
+    assert entry["final_theta"]["per_seed"] == pytest.approx([1.15, 1.15])
+    assert entry["outer_steps_run"] == 16  # the loop ends at its first check once every seed has stopped
+    out = capsys.readouterr().out
+    assert "full-bptt: a non-finite loss or gradient (seed 0 at outer step 3, seed 1 at outer step 3)" in out
+    other = summary["estimators"]["tbptt-1"]
+    assert other["first_nonfinite_step"] == [-1, -1] and other["outer_steps_run"] == 40
+    assert other["final_theta"]["mean"] == pytest.approx(0.7, abs=1e-3)

@@ -78,3 +78,22 @@ def test_eval_fn_history():
     assert history["eval_step"].tolist() == [0, 2, 4]
     assert history["eval/norm"][-1] == pytest.approx(float(jnp.sum(theta**2)), rel=1e-12)
     assert history["eval/norm"][0] == pytest.approx(float(np.sum(THETA**2)), rel=1e-12)
+
+
+def test_a_stopped_run_ends_early_with_the_history_so_far():
+    """With on_nonfinite="stop", once every seed has stopped the loop ends at its next
+    check (every STOP_CHECK_EVERY steps): the history covers the steps run, all after the
+    stop rejected, and theta is the last finite one. "skip" runs every step."""
+    from unroll.train import STOP_CHECK_EVERY
+
+    system, theta0 = _exploding_system(), jnp.asarray([0.55])
+    with pytest.warns(RuntimeWarning, match=r"exploding: a non-finite loss.*stopped at outer step\(s\) \[3\]"):
+        theta, history = unroll.train(unroll.full_bptt(system), optax.sgd(0.2), theta0, jax.random.key(0), 1000,
+                                      num_seeds=2, progress=False, name="exploding")
+    assert history["loss"].shape == (2, STOP_CHECK_EVERY)
+    assert not history["accepted"][:, 3:].any() and history["accepted"][:, :3].all()
+    np.testing.assert_allclose(np.asarray(theta), [[1.15], [1.15]], rtol=1e-12)
+    with pytest.warns(RuntimeWarning, match="skipped steps from outer step"):
+        _, skipped = unroll.train(unroll.full_bptt(system), optax.sgd(0.2), theta0, jax.random.key(0), 40,
+                                  progress=False, on_nonfinite="skip")
+    assert skipped["loss"].shape == (40,)

@@ -7,9 +7,9 @@ from unroll.estimators.forward import forward_gradient, rtrl, snap, uoro
 from unroll.exact import episode_loss, exact_gradient
 from unroll.sharding import shard
 from unroll.system import System
-from unroll.train import train
+from unroll.train import TrainingInterrupted, train
 from unroll.window import Estimator
-from unroll import checkpointing, diagnostics, sharding, tasks
+from unroll import checkpointing, diagnostics, resume, sharding, tasks
 
 __version__ = "0.1.0"
 
@@ -17,6 +17,7 @@ __all__ = [
     "Estimator",
     "Synthesizer",
     "System",
+    "TrainingInterrupted",
     "checkpointed_bptt",
     "checkpointing",
     "diagnostics",
@@ -30,6 +31,7 @@ __all__ = [
     "mlp_synthesizer",
     "nres",
     "pes",
+    "resume",
     "rtrl",
     "shard",
     "sharding",

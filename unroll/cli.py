@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
 USAGE_ERROR = 2
+INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}  # the shell's exit codes for these signals
 
 
 def _list(_: argparse.Namespace) -> int:
@@ -26,13 +28,13 @@ def _list(_: argparse.Namespace) -> int:
     return 0
 
 
-CONFIG_KEYS = {"task", "estimators", "seeds", "steps", "horizon", "out", "task_options"}
+CONFIG_KEYS = {"task", "estimators", "seeds", "steps", "horizon", "out", "task_options", "seed", "checkpoint_every"}
 
 
 def load_config(path: str) -> dict:
     """The settings of ``--config FILE.toml``: top-level ``task``, ``estimators`` (a list),
-    ``seeds``, ``steps``, ``horizon``, ``out`` and a ``[task_options]`` table of the task's
-    own keyword arguments (e.g. ``cell``, ``hidden``)."""
+    ``seeds``, ``steps``, ``horizon``, ``out``, ``seed``, ``checkpoint_every`` and a
+    ``[task_options]`` table of the task's own keyword arguments (e.g. ``cell``, ``hidden``)."""
     import tomllib
 
     try:
@@ -56,6 +58,7 @@ def load_config(path: str) -> dict:
 
 def _compare(args: argparse.Namespace) -> int:
     from unroll.compare import compare
+    from unroll.train import TrainingInterrupted
 
     config = load_config(args.config) if args.config else {}
     task = args.task or config.get("task")
@@ -67,14 +70,25 @@ def _compare(args: argparse.Namespace) -> int:
     horizon = args.horizon if args.horizon is not None else config.get("horizon")
     if horizon is not None:
         task_kwargs["horizon"] = horizon
+    def setting(name):
+        value = getattr(args, name)
+        return value if value is not None else config.get(name)
+
+    out = args.out or config.get("out")
     try:
         out_dir, summary = compare(
-            task, estimators, args.seeds if args.seeds is not None else config.get("seeds"),
-            args.steps if args.steps is not None else config.get("steps"), args.out or config.get("out"),
+            task, estimators, setting("seeds"), setting("steps"), out,
             progress=not args.no_progress, task_kwargs=task_kwargs or None, command=shlex.join(["unroll"] + args.argv),
+            seed=setting("seed") if setting("seed") is not None else 0, checkpoint_every=setting("checkpoint_every"),
         )
     except TypeError as err:  # a task option the task does not take
         raise ValueError(f"task {task!r}: {err}; see the task's options in `unroll list`.") from None
+    except TrainingInterrupted as err:
+        folder = os.path.dirname(os.path.dirname(err.checkpoint))
+        again = shlex.join(["unroll"] + args.argv + ([] if out else ["--out", folder]))
+        print(f"\nunroll compare: interrupted ({err.signal_name}) after outer step {err.step}; saved to "
+              f"{err.checkpoint}; resume with: {again}", file=sys.stderr)
+        return INTERRUPTED[err.signal_name]
     reference = summary["reference"]
     known = {k: v for k, v in reference.items() if isinstance(v, (int, float)) and k != "horizon"}
     print(f"\n{task} (horizon {reference.get('horizon')}): objective = {reference.get('objective', 'objective')}")
@@ -89,7 +103,12 @@ def _compare(args: argparse.Namespace) -> int:
         )
         reached = "" if "reached" not in entry else ("  yes" if entry["reached"] else "  no")
         print(f"{name:>12s} {objective['mean']:>18.5g} ± {objective['std']:<9.3g}  {others}{reached}")
-    print(f"\nwrote {out_dir}/metrics.csv, summary.json, curves.png")
+    for name, entry in summary["estimators"].items():
+        stopped = [(seed, step) for seed, step in enumerate(entry["first_nonfinite_step"]) if step >= 0]
+        if stopped:
+            where = ", ".join(f"seed {seed} at outer step {step}" for seed, step in stopped)
+            print(f"{name:>12s}: a non-finite loss or gradient ({where}); its figures are those of the last finite theta")
+    print(f"\nwrote {out_dir}/metrics.csv, times.csv, summary.json, curves.png (checkpoints in {out_dir}/checkpoints)")
     return 0
 
 
@@ -103,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", type=int, help="number of seeds (default: the task's)")
     compare.add_argument("--steps", type=int, help="outer steps per estimator (default: the task's)")
     compare.add_argument("--horizon", type=int, help="episode length of the task (default: the task's)")
-    compare.add_argument("--out", help="output folder (default: runs/TASK-TIME)")
+    compare.add_argument("--out", help="output folder (default: runs/TASK-TIME); a folder holding this comparison's "
+                         "checkpoints resumes it")
+    compare.add_argument("--seed", type=int, help="base seed: the seeds' keys are split(key(SEED), SEEDS) (default: 0)")
+    compare.add_argument("--checkpoint-every", type=int, dest="checkpoint_every",
+                         help="outer steps between checkpoints of each estimator's run (default: a tenth of --steps)")
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
     compare.add_argument("--config", help="TOML file with the same settings (flags given here win) and a "
                          "[task_options] table of task arguments")

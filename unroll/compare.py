@@ -5,12 +5,19 @@ same number of outer steps over several seeds (the seeds are a vmap axis of one
 compiled outer step). Written to the output folder:
 
 * ``metrics.csv``: one row per (estimator, seed, outer step): window loss, gradient
-  norm, cumulative inner steps and, where evaluated, training seconds so far, the
-  task's objective and its other scalar metrics (theta itself when it is a scalar);
+  norm, cumulative inner steps and, where evaluated, the task's objective and its
+  other scalar metrics (theta itself when it is a scalar). It holds no wall-clock
+  figures, so the same command and seed write the same file, byte for byte;
+* ``times.csv``: per estimator and evaluated step, the training seconds so far;
 * ``summary.json``: the command, versions, seeds, settings, the task's reference
   answers and per estimator the final objective and metrics (mean, spread, per seed);
 * ``curves.png``: the objective against outer steps, inner steps and wall time
-  (mean and min-max band over seeds).
+  (mean and min-max band over seeds);
+* ``checkpoints/<estimator>.npz``: each estimator's whole run (``unroll.train``'s
+  checkpoint, format in ``unroll.resume``), saved every ``checkpoint_every`` outer
+  steps, at its end and on Ctrl-C / SIGTERM. Running the same comparison into the same
+  folder again resumes: finished estimators are read back, an interrupted one goes on
+  from its checkpoint, bit for bit as if never stopped.
 """
 
 from __future__ import annotations
@@ -330,8 +337,17 @@ def compare(
     progress: bool = True,
     task_kwargs: dict | None = None,
     command: str | None = None,
+    seed: int = 0,
+    checkpoint_every: int | None = None,
 ) -> tuple[str, dict]:
     """Runs every estimator on ``task`` and writes CSV, JSON and PNG to ``out_dir``.
+
+    Seeds are ``split(key(seed), seeds)``. Each estimator's run is checkpointed to
+    ``out_dir/checkpoints/`` every ``checkpoint_every`` outer steps (default: a tenth
+    of the run) and on interrupt; an ``out_dir`` that holds checkpoints of the same
+    comparison resumes from them (one of another comparison is refused). An estimator
+    whose loss or gradient turns non-finite stops there (the warning and the summary's
+    ``first_nonfinite_step`` say where) and the others go on.
 
     Returns the output folder and the summary dict.
     """
@@ -345,6 +361,11 @@ def compare(
     out_dir = out_dir or os.path.join("runs", f"{task}-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(out_dir, exist_ok=True)
     eval_every = max(1, steps // 100)  # about 100 evaluations per run (some tasks evaluate whole inner runs)
+    if checkpoint_every is None:
+        checkpoint_every = max(1, steps // 10)
+    checkpoint_every = unroll.system.check_positive_int(checkpoint_every, "checkpoint_every")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"`seed`={seed!r} must be a non-negative int (the base of the seeds' keys), e.g. --seed 0.")
 
     results = {}
     for name, (family, truncation) in zip(names, parsed):
@@ -353,18 +374,22 @@ def compare(
             estimator,
             setup.optimizer(steps),
             setup.theta,
-            jax.random.key(0),
+            jax.random.key(seed),
             steps,
             num_seeds=seeds,
             eval_fn=setup.evaluate,
             eval_every=eval_every,
             progress=progress,
             name=f"{name:>10s}",
+            checkpoint=os.path.join(out_dir, "checkpoints", f"{name}.npz"),
+            checkpoint_every=checkpoint_every,
+            run_info={"task": task, "estimator": name, "task_options": json.dumps(task_kwargs or {}, sort_keys=True)},
         )
         results[name] = (theta, history, family, truncation)
 
     _write_csv(os.path.join(out_dir, "metrics.csv"), results)
-    summary = _summary(task, setup, results, seeds, steps, command)
+    _write_times(os.path.join(out_dir, "times.csv"), results)
+    summary = _summary(task, setup, results, seeds, steps, command, seed)
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     plot_curves(os.path.join(out_dir, "curves.png"), results, setup.reference, task)
@@ -382,8 +407,7 @@ def _write_csv(path: str, results: dict) -> None:
                      key=lambda n: (n != "objective", n))
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["estimator", "seed", "step", "window_loss", "grad_norm", "inner_steps", "train_time_s"]
-                        + metrics)
+        writer.writerow(["estimator", "seed", "step", "window_loss", "grad_norm", "inner_steps"] + metrics)
         for name, (_, history, _, _) in results.items():
             num_seeds, num_steps = history["loss"].shape
             inner = np.cumsum(history["steps"], axis=1)
@@ -394,20 +418,29 @@ def _write_csv(path: str, results: dict) -> None:
                     i = evaluated.get(step + 1)
                     values = ["" if i is None or f"eval/{m}" not in history else f"{history[f'eval/{m}'][seed, i]:.8g}"
                               for m in metrics]
-                    seconds = "" if i is None else f"{history['eval_time_s'][i]:.4f}"
                     writer.writerow([
                         name, seed, step + 1, f"{history['loss'][seed, step]:.8g}",
-                        f"{history['grad_norm'][seed, step]:.6g}", int(inner[seed, step]), seconds, *values,
+                        f"{history['grad_norm'][seed, step]:.6g}", int(inner[seed, step]), *values,
                     ])
 
 
-def _summary(task, setup, results, seeds, steps, command) -> dict:
+def _write_times(path: str, results: dict) -> None:
+    """Training seconds (compile and evaluation excluded) at each evaluated step."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["estimator", "step", "train_time_s"])
+        for name, (_, history, _, _) in results.items():
+            for step, seconds in zip(history["eval_step"], history["eval_time_s"]):
+                writer.writerow([name, int(step), f"{seconds:.4f}"])
+
+
+def _summary(task, setup, results, seeds, steps, command, seed=0) -> dict:
     out = {
         "task": task,
         "command": command or " ".join(["unroll"] + sys.argv[1:]),
         "versions": _versions(),
         "seeds": list(range(seeds)),
-        "seed_keys": f"jax.random.split(jax.random.key(0), {seeds})",
+        "seed_keys": f"jax.random.split(jax.random.key({seed}), {seeds})",
         "outer_steps": steps,
         "optimizer": setup.optimizer_description,
         "reference": setup.reference,
@@ -423,6 +456,7 @@ def _summary(task, setup, results, seeds, steps, command) -> dict:
             "train_time_s": round(float(history["train_time_s"]), 2),
             "compile_s": round(float(history["compile_s"]), 2),
             "first_nonfinite_step": np.atleast_1d(history["first_nonfinite"]).tolist(),
+            "outer_steps_run": int(history["loss"].shape[-1]),
         }
         for metric in _metric_names(history):
             key = "final_objective_gap" if metric == "gap" else f"final_{metric}"

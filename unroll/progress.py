@@ -19,8 +19,9 @@ def progress(
     postfix: Callable[[], str] | None = None,
     min_interval: float = 0.25,
     stream=None,
+    start: int = 0,
 ) -> Iterator[int]:
-    """Yields ``0..total-1`` and draws ``desc |####   | i/total [elapsed<eta, rate] postfix``.
+    """Yields ``start..total-1`` (``start > 0``: a resumed run) and draws ``desc |####   | i/total [elapsed<eta, rate] postfix``.
 
     On a terminal the bar is redrawn in place at most every ``min_interval`` seconds;
     elsewhere (CI logs, files) a line is written at every tenth of the run.
@@ -28,12 +29,13 @@ def progress(
     """
     stream = stream or sys.stderr
     interactive = hasattr(stream, "isatty") and stream.isatty()
+    first = start
     start = last = time.perf_counter()
-    next_tenth = 1
+    next_tenth = first * 10 // max(total, 1) + 1
 
     def draw(done: int, end: str) -> None:
         elapsed = time.perf_counter() - start
-        rate = done / elapsed if elapsed > 0 else 0.0
+        rate = (done - first) / elapsed if elapsed > 0 else 0.0
         eta = (total - done) / rate if rate > 0 else 0.0
         filled = int(20 * done / max(total, 1))
         extra = f" {postfix()}" if postfix is not None else ""
@@ -41,7 +43,7 @@ def progress(
         stream.write(("\r" if interactive else "") + line + end)
         stream.flush()
 
-    for i in range(total):
+    for i in range(first, total):
         yield i
         if not enabled:
             continue
@@ -52,5 +54,5 @@ def progress(
         elif not interactive and (i + 1) * 10 >= next_tenth * total:
             draw(i + 1, "\n")
             next_tenth = (i + 1) * 10 // max(total, 1) + 1
-    if enabled and interactive:
+    if enabled and interactive and first < total:
         draw(total, "\n")
