@@ -60,6 +60,7 @@ def test_online_estimator_runs_1e5_steps_at_constant_memory(name):
             before = rss_bytes()
     jax.block_until_ready(state)
     growth = rss_bytes() - before
+    print(f"{name}: resident memory grew by {growth / 2**20:.2f} MiB from window 200 to window 1000")
     assert growth < 16 * 2**20, f"{name}: the process grew by {growth / 2**20:.1f} MiB over 800 windows"
     assert np.all(np.isfinite(np.stack([np.asarray(g) for g in grads])))
 

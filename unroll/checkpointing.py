@@ -31,10 +31,11 @@ stack-machine program that ``unroll.checkpointed_bptt`` executes.
 
 from __future__ import annotations
 
-import numbers
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
+
+from unroll.system import check_memory_budget, check_positive_int
 
 __all__ = ["Action", "Plan", "Segment", "plan"]
 
@@ -137,22 +138,6 @@ class Plan(NamedTuple):
         return Action(as_int(src), as_int(time), as_int(count), np.asarray(store, bool), as_int(dst))
 
 
-def _check_int(value: Any, name: str, fix: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}. {fix}")
-    return int(value)
-
-
-def check_memory_budget(memory_budget: Any) -> int:
-    """A number of state slots: a positive int (1 is the feasible minimum: the initial state)."""
-    return _check_int(
-        memory_budget,
-        "memory_budget",
-        "It counts the hidden states kept at once, the episode's initial state included, so the "
-        "feasible minimum is 1 (e.g. memory_budget=10); use full_bptt to store every state.",
-    )
-
-
 def _solve(horizon: int, budget: int) -> tuple[np.ndarray, np.ndarray]:
     """``costs[t, m]`` and ``splits[t, m]`` for ``t <= horizon``, ``m <= budget``."""
     # work in [m, t] layout (the minimum runs over contiguous memory), int32 while it fits
@@ -181,7 +166,7 @@ def plan(horizon: int, memory_budget: int) -> Plan:
     >>> plan(10, 2).forward_steps, plan(100, 10).forward_steps
     (30, 322)
     """
-    horizon = _check_int(horizon, "horizon", "It is the number of steps to backpropagate, e.g. horizon=100.")
+    horizon = check_positive_int(horizon, "horizon", "It is the number of steps to backpropagate, e.g. horizon=100.")
     memory_budget = check_memory_budget(memory_budget)
     costs, splits = _solve(horizon, min(memory_budget, horizon))
     p = Plan(horizon, memory_budget, 0, 0, 0, costs, splits)

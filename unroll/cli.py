@@ -75,14 +75,13 @@ def _compare(args: argparse.Namespace) -> int:
         return value if value is not None else config.get(name)
 
     out = args.out or config.get("out")
+    _check_task_options(task, task_kwargs)
     try:
         out_dir, summary = compare(
             task, estimators, setting("seeds"), setting("steps"), out,
             progress=not args.no_progress, task_kwargs=task_kwargs or None, command=shlex.join(["unroll"] + args.argv),
             seed=setting("seed") if setting("seed") is not None else 0, checkpoint_every=setting("checkpoint_every"),
         )
-    except TypeError as err:  # a task option the task does not take
-        raise ValueError(f"task {task!r}: {err}; see the task's options in `unroll list`.") from None
     except TrainingInterrupted as err:
         folder = os.path.dirname(os.path.dirname(err.checkpoint))
         again = shlex.join(["unroll"] + args.argv + ([] if out else ["--out", folder]))
@@ -112,9 +111,31 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_task_options(task: str, task_kwargs: dict) -> None:
+    """A task option the task does not take fails here, before anything runs."""
+    import inspect
+
+    from unroll.compare import TASKS
+
+    if task in TASKS:  # (an unknown task is reported by compare)
+        try:
+            inspect.signature(TASKS[task]).bind(**task_kwargs)
+        except TypeError as err:
+            raise ValueError(f"task {task!r}: {err}; see the task's options in `unroll list`.") from None
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's own errors (a flag that is not an int, an unknown flag or command) as one
+    line with exit code 2, like every other error of the command line."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message}; see `{self.prog} --help`.", file=sys.stderr)
+        raise SystemExit(USAGE_ERROR)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unroll", description="Gradient estimators for unrolled computations.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _OneLineParser(prog="unroll", description="Gradient estimators for unrolled computations.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     sub.add_parser("list", help="list tasks and estimators").set_defaults(run=_list)
     compare = sub.add_parser("compare", help="run estimators side by side on a task")
     compare.add_argument("task", nargs="?", help="task name (see `unroll list`); or `task` in --config")
@@ -136,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error (2, already printed)
+        return exit_.code
     args.argv = argv
     try:
         return args.run(args)

@@ -11,6 +11,7 @@ like ``exp(lambda_1 T)`` (Metz et al. 2021).
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -44,9 +45,12 @@ def lyapunov_spectrum(system, theta, key, num_steps: int, k: int | None = None, 
     full dimension ``N``. Everything is one ``lax.scan``: jit-able."""
     check_system(system)
     num_steps = check_positive_int(num_steps, "num_steps", "the number of measured steps, e.g. 10_000.")
+    if isinstance(warmup, bool) or not isinstance(warmup, numbers.Integral) or warmup < 0:
+        raise ValueError(
+            f"`warmup` must be an int >= 0, got {warmup!r}; it is the number of steps run before measuring, "
+            "e.g. warmup=1000 (0 measures from the first step)."
+        )
     warmup = int(warmup)
-    if warmup < 0:
-        raise ValueError(f"`warmup` must be >= 0, got {warmup}.")
     state = system.init(theta, key) if state is None else state
     vector, _ = real_view(system, state)
     dim = vector.shape[0]

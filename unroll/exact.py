@@ -22,7 +22,9 @@ def exact_gradient(system, theta, key, num_episodes: int = 1):
     """The reference gradient: full BPTT of the mean episode loss, averaged over
     ``num_episodes`` episodes with keys ``jax.random.split(key, num_episodes)``."""
     check_system(system)
-    num_episodes = check_positive_int(num_episodes, "num_episodes")
+    num_episodes = check_positive_int(
+        num_episodes, "num_episodes", "It counts the episodes averaged (keys split(key, num_episodes)), e.g. num_episodes=1."
+    )
     check_against_theta(system, theta, key)
     keys = jax.random.split(key, num_episodes)
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
+import numpy as np
 
 PyTree = Any
 
@@ -55,10 +56,26 @@ def check_system(system: Any, name: str = "system") -> None:
 
 
 def check_positive_int(value: Any, name: str, fix: str = "") -> int:
-    """Returns ``value`` as an int if it is a positive integer, else raises naming ``name``."""
+    """Returns ``value`` as an int if it is a positive integer, else raises naming ``name``,
+    the value and ``fix`` (by default: what a valid value looks like)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}. {fix}".rstrip())
+        fix = fix or "Pass an int >= 1 (a Python or numpy integer, not a float, bool or string)."
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}. {fix}")
     return int(value)
+
+
+def check_positive_float(value: Any, name: str, fix: str) -> float:
+    """Returns ``value`` as a float if it is a positive finite real number, else raises
+    naming ``name``, the value and ``fix`` (e.g. ``"try sigma=0.1."``)."""
+    try:
+        if isinstance(value, (bool, str, bytes)) or value is None:
+            raise TypeError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be a positive float, got {value!r}; {fix}") from None
+    if not 0 < number < float("inf"):
+        raise ValueError(f"`{name}` must be a positive finite float, got {value!r}; {fix}")
+    return number
 
 
 def check_truncation(truncation: Any, horizon: int) -> int:
@@ -74,26 +91,57 @@ def check_truncation(truncation: Any, horizon: int) -> int:
     return truncation
 
 
+def check_num_workers(num_workers: Any) -> int:
+    """The number of workers (independent, staggered trajectories) an estimator runs."""
+    return check_positive_int(
+        num_workers, "num_workers",
+        "It counts the trajectories each window runs (staggered over the horizon): use 1 or more, e.g. num_workers=8.",
+    )
+
+
 def check_sigma(sigma: Any) -> float:
     """The standard deviation of ES perturbations: a positive finite float."""
-    try:
-        value = float(sigma)
-    except (TypeError, ValueError):
-        raise TypeError(f"`sigma` must be a positive float, got {sigma!r}; try sigma=0.1.") from None
-    if not (value > 0 and value < float("inf")):
-        raise ValueError(f"`sigma` must be a positive finite float, got {sigma!r}; try sigma=0.1.")
-    return value
+    return check_positive_float(sigma, "sigma", "it is the ES perturbation scale: try sigma=0.1.")
 
 
-def check_particles(num_particles: Any, antithetic: bool, name: str = "num_particles") -> int:
+def check_particles(num_particles: Any, antithetic: Any, name: str = "num_particles") -> int:
     """A particle count; even when particles come in antithetic pairs."""
-    num_particles = check_positive_int(num_particles, name, "It counts perturbed copies per worker.")
+    if not isinstance(antithetic, (bool, np.bool_)):
+        raise TypeError(
+            f"`antithetic` must be True or False, got {antithetic!r}; "
+            "True draws the particles in pairs (+eps, -eps)."
+        )
+    num_particles = check_positive_int(
+        num_particles, name,
+        f"It counts the perturbed copies per worker: use an {'even ' if antithetic else ''}int"
+        f" >= {2 if antithetic else 1}, e.g. {name}=64.",
+    )
     if antithetic and num_particles % 2:
         raise ValueError(
             f"`{name}`={num_particles} is odd but `antithetic=True` uses pairs (+eps, -eps); "
             f"use an even number such as {num_particles + 1}, or antithetic=False."
         )
     return num_particles
+
+
+def check_memory_budget(memory_budget: Any) -> int:
+    """A number of stored state slots: a positive int (1, the initial state alone, is the
+    feasible minimum)."""
+    return check_positive_int(
+        memory_budget,
+        "memory_budget",
+        "It counts the hidden states kept at once, the episode's initial state included, so the "
+        "feasible minimum is 1 (e.g. memory_budget=10); use full_bptt to store every state.",
+    )
+
+
+def check_real_state(estimator: str, leaves: list) -> None:
+    """Estimators whose approximation lives on a real state vector (``uoro``, ``dni``)."""
+    if any(jnp.iscomplexobj(x) for x in leaves):
+        raise TypeError(
+            f"`{estimator}` needs a real state; this system's state has complex leaves: use rtrl instead "
+            "(or carry the real and imaginary parts as two float leaves)."
+        )
 
 
 def _path_str(path) -> str:
@@ -104,38 +152,62 @@ def check_theta(theta: PyTree) -> None:
     """Every leaf of theta must be a real floating-point array (or Python float)."""
     leaves = jax.tree_util.tree_leaves_with_path(theta)
     if not leaves:
-        raise ValueError("`theta` has no array leaves; pass the outer parameters as a pytree of float arrays.")
+        raise ValueError(
+            f"`theta`={theta!r} has no array leaves; pass the outer parameters as a pytree of float arrays, "
+            "e.g. {'w': jnp.zeros(3)}."
+        )
     for path, leaf in leaves:
-        if isinstance(leaf, bool) or not hasattr(leaf, "dtype") and not isinstance(leaf, (float, int)):
+        if isinstance(leaf, (bool, int)) and not isinstance(leaf, float):
             raise TypeError(
-                f"`{_path_str(path)}` is a {type(leaf).__name__}, not a float array; "
+                f"`{_path_str(path)}` is a Python {type(leaf).__name__} ({leaf!r}), not a float; theta leaves must be "
+                f"float arrays: write {float(leaf)!r} or jnp.asarray({leaf!r}, jnp.float32)."
+            )
+        if not hasattr(leaf, "dtype") and not isinstance(leaf, float):
+            raise TypeError(
+                f"`{_path_str(path)}` is a {type(leaf).__name__} ({leaf!r:.40}), not a float array; "
                 "theta must be a pytree of float arrays, e.g. jnp.asarray(x, jnp.float32)."
             )
         dtype = jnp.result_type(leaf)
         if not jnp.issubdtype(dtype, jnp.floating):
+            fix = (
+                "split it into two real leaves (jnp.real, jnp.imag): gradients are taken on real parameters"
+                if jnp.issubdtype(dtype, jnp.complexfloating)
+                else "convert it with jnp.asarray(x, jnp.float32) (or float64), or keep integer constants "
+                "out of theta (close over them in init/step)"
+            )
             raise TypeError(
-                f"`{_path_str(path)}` has dtype {dtype}, but theta leaves must be real float arrays; "
-                "convert it with jnp.asarray(x, jnp.float32) (or float64)."
+                f"`{_path_str(path)}` has dtype {dtype}, but theta leaves must be real float arrays; {fix}."
             )
 
 
 def check_against_theta(system: Any, theta: PyTree, key: jax.Array) -> None:
     """Trace-time checks of ``init`` and ``step`` on the given theta (no FLOPs spent).
 
-    Raises if ``step`` changes the state's structure, shapes or dtypes, or returns a
-    loss that is not a float scalar.
+    Raises if ``init`` or ``step`` cannot be traced on theta, if ``step`` changes the
+    state's structure, shapes or dtypes, or returns a loss that is not a float scalar.
     """
     check_theta(theta)
-    state = jax.eval_shape(system.init, theta, key)
+    try:
+        state = jax.eval_shape(system.init, theta, key)
+    except TypeError as err:
+        raise TypeError(
+            "`system.init(theta, key)` cannot be traced on this theta: it must return a pytree of arrays "
+            f"computed with jax from theta and key (jit-able). JAX said: {err}"
+        ) from err
     t = jax.ShapeDtypeStruct((), jnp.int32)
     try:
         out = jax.eval_shape(system.step, theta, state, t)
     except TypeError as err:
-        raise TypeError(f"`system.step(theta, state, t)` failed on the state from `system.init`: {err}") from err
+        raise TypeError(
+            "`system.step(theta, state, t)` failed on the state from `system.init`: step must accept the "
+            "state init returns (same pytree, shapes and dtypes), theta's shapes and a traced int32 `t` "
+            f"(no Python `if` on values; use jnp.where / lax.cond). JAX said: {err}"
+        ) from err
     if not (isinstance(out, tuple) and len(out) == 2):
         raise TypeError(
             "`system.step` must return a pair (state, loss), got "
-            f"{type(out).__name__}; return `new_state, loss`."
+            f"{type(out).__name__}{f' of length {len(out)}' if isinstance(out, (tuple, list)) else ''}; "
+            "return `new_state, loss`."
         )
     new_state, loss = out
     if jax.tree_util.tree_structure(new_state) != jax.tree_util.tree_structure(state):
@@ -151,12 +223,17 @@ def check_against_theta(system: Any, theta: PyTree, key: jax.Array) -> None:
                 f"to {b.dtype}{list(b.shape)}; each state leaf must keep its shape and dtype "
                 "(cast with .astype and check broadcasting)."
             )
-    if not hasattr(loss, "shape") or loss.shape != () or not jnp.issubdtype(loss.dtype, jnp.floating):
-        desc = f"{getattr(loss, 'dtype', type(loss).__name__)}{list(getattr(loss, 'shape', []))}"
-        raise TypeError(
-            f"`system.step` must return a float scalar loss, got {desc}; "
-            "reduce it with .mean() or .sum() and make sure it is floating point."
-        )
+    shape = getattr(loss, "shape", None)
+    dtype = getattr(loss, "dtype", None)
+    if shape != () or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        desc = f"{dtype}{list(shape)}" if dtype is not None else type(loss).__name__
+        if shape != ():
+            fix = "reduce it to a scalar with .mean() or .sum()"
+        elif jnp.issubdtype(dtype, jnp.complexfloating):
+            fix = "return a real loss, e.g. jnp.abs(z) ** 2 or jnp.real(z)"
+        else:
+            fix = "make it floating point, e.g. loss.astype(jnp.float32) (an integer loss has no gradient)"
+        raise TypeError(f"`system.step` must return a float scalar loss, got {desc}; {fix}.")
 
 
 def _is_inexact(x) -> bool:

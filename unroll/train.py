@@ -50,7 +50,8 @@ def make_train_step(estimator: Estimator, optimizer: optax.GradientTransformatio
     last finite one), with ``"skip"`` training goes on with the next key.
     """
     if on_nonfinite not in ON_NONFINITE:
-        raise ValueError(f"`on_nonfinite`={on_nonfinite!r} must be one of {ON_NONFINITE}.")
+        raise ValueError(f"`on_nonfinite`={on_nonfinite!r} must be one of {ON_NONFINITE}; pass on_nonfinite='stop' "
+                         "(end the run at its last finite theta) or 'skip' (drop that step and go on).")
 
     def step(state: TrainState, key: jax.Array):
         grad, estimator_state, info = estimator.estimate(state.theta, state.estimator_state, key)
@@ -169,6 +170,12 @@ def train(
       ``compile_s``, and with ``eval_fn`` ``eval_time_s`` (training seconds at each ``eval_step``).
     """
     num_steps = check_positive_int(num_steps, "num_steps")
+    if eval_fn is not None and not callable(eval_fn):
+        raise TypeError(f"`eval_fn` must be a function theta -> dict of scalars, got {type(eval_fn).__name__}; "
+                        "pass e.g. eval_fn=lambda theta: {'norm': jnp.sum(theta ** 2)}.")
+    if eval_every:
+        eval_every = check_positive_int(eval_every, "eval_every", "Pass 0 (evaluate only after the last step) or an "
+                                        "int >= 1, the outer steps between evaluations.")
     if eval_every and eval_fn is None:
         raise ValueError("`eval_every` is set but `eval_fn` is None; pass eval_fn=lambda theta: {...}.")
     if checkpoint_every and checkpoint is None:

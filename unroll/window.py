@@ -242,7 +242,7 @@ def worker_shape_check(workers: Worker, num_workers: int, num_particles: int) ->
     t = workers.t
     if t.shape != (num_workers, num_particles):
         raise ValueError(
-            f"estimator state holds workers of shape {tuple(t.shape)}, expected "
+            f"`state` holds workers of shape {tuple(t.shape)}, expected "
             f"({num_workers}, {num_particles}) (num_workers, num_particles); pass the state "
             "returned by this estimator's own init."
         )

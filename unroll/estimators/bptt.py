@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from unroll.system import (
-    check_against_theta, check_positive_int, check_system, check_truncation, inexact_leaves, with_inexact_leaves,
+    check_against_theta, check_memory_budget, check_num_workers, check_system, check_truncation, inexact_leaves,
+    with_inexact_leaves,
 )
 from unroll.window import (
     Estimator, Worker, episode_start, plain_rule, run_windows, start_workers, window_info, worker_shape_check,
@@ -59,7 +60,7 @@ def truncated_bptt(system, truncation: int, num_workers: int = 1) -> Estimator:
     """
     check_system(system)
     truncation = check_truncation(truncation, system.horizon)
-    num_workers = check_positive_int(num_workers, "num_workers")
+    num_workers = check_num_workers(num_workers)
     return _bptt(system, truncation, num_workers, stagger=True)
 
 
@@ -67,7 +68,7 @@ def full_bptt(system, num_workers: int = 1) -> Estimator:
     """Full BPTT: the exact gradient ``grad (1/T) sum_t l_t`` of ``num_workers``
     whole episodes (fresh keys each call), averaged. Memory ``O(T n)``."""
     check_system(system)
-    num_workers = check_positive_int(num_workers, "num_workers")
+    num_workers = check_num_workers(num_workers)
     return _bptt(system, system.horizon, num_workers, stagger=False)
 
 
@@ -222,7 +223,7 @@ def checkpointed_bptt(system, memory_budget: int) -> Estimator:
     ``info['steps']`` is ``T`` (the episode's steps, as for ``full_bptt``), not the
     recomputations.
     """
-    from unroll.checkpointing import check_memory_budget, plan
+    from unroll.checkpointing import plan
 
     check_system(system)
     memory_budget = check_memory_budget(memory_budget)

@@ -24,7 +24,8 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from unroll.system import (
-    check_against_theta, check_positive_int, check_system, check_truncation, inexact_leaves, with_inexact_leaves,
+    check_against_theta, check_num_workers, check_positive_int, check_real_state, check_system, check_truncation,
+    inexact_leaves, with_inexact_leaves,
 )
 from unroll.window import Estimator, Worker, plain_rule, run_windows, start_workers, window_info, worker_shape_check
 
@@ -48,7 +49,7 @@ def linear_synthesizer() -> Synthesizer:
 
 def mlp_synthesizer(hidden: int = 64) -> Synthesizer:
     """``S(s) = W2 tanh(W1 s + b1) + b2``, output layer starting at zero."""
-    hidden = check_positive_int(hidden, "hidden")
+    hidden = check_positive_int(hidden, "hidden", "It is the width of the synthesizer's hidden layer, e.g. hidden=64.")
 
     def init(key, size, dtype):
         w1 = jax.random.normal(key, (hidden, size), dtype) / jnp.sqrt(size)
@@ -82,7 +83,7 @@ def dni(
     """
     check_system(system)
     truncation = check_truncation(truncation, system.horizon)
-    num_workers = check_positive_int(num_workers, "num_workers")
+    num_workers = check_num_workers(num_workers)
     synthesizer = synthesizer or linear_synthesizer()
     optimizer = synthesizer_optimizer or optax.adam(1e-3)
     rule = plain_rule(system)
@@ -95,8 +96,7 @@ def dni(
         check_against_theta(system, theta, key)
         state = jax.eval_shape(system.init, theta, key)
         leaves = inexact_leaves(state)
-        if any(jnp.issubdtype(x.dtype, jnp.complexfloating) for x in leaves):
-            raise TypeError("`dni` needs a real state; this system's state has complex leaves: use rtrl instead.")
+        check_real_state("dni", leaves)
         size = sum(x.size for x in leaves)
         dtype = jnp.result_type(*leaves) if leaves else jnp.float32
         params = synthesizer.init(jax.random.fold_in(key, 0x444E49), size, dtype)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unroll.system import (
-    check_against_theta, check_particles, check_positive_int, check_sigma, check_system, check_truncation,
+    check_against_theta, check_num_workers, check_particles, check_sigma, check_system, check_truncation,
 )
 from unroll.window import (
     Estimator, Rule, Worker, plain_rule, run_windows, start_workers, trajectory_sum, tree_add, tree_scale, window_info,
@@ -98,7 +98,7 @@ def _check_es(system, truncation, sigma, num_particles, num_workers, antithetic)
         check_truncation(truncation, system.horizon),
         check_sigma(sigma),
         check_particles(num_particles, antithetic),
-        check_positive_int(num_workers, "num_workers"),
+        check_num_workers(num_workers),
     )
 
 

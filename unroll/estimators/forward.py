@@ -28,8 +28,8 @@ from jax.flatten_util import ravel_pytree
 
 from unroll.estimators.evolution import normal_like
 from unroll.system import (
-    check_against_theta, check_positive_int, check_system, check_truncation, inexact_leaves, real_parts, real_view,
-    with_inexact_leaves,
+    check_against_theta, check_num_workers, check_positive_float, check_positive_int, check_real_state, check_system,
+    check_truncation, inexact_leaves, real_parts, real_view, with_inexact_leaves,
 )
 from unroll.window import (
     Estimator, Rule, Worker, run_windows, start_workers, trajectory_sum, tree_scale, window_info, worker_shape_check,
@@ -375,7 +375,7 @@ def rtrl(system, truncation: int, num_workers: int = 1, sparse: bool | None = No
     when it needs no more jvps than the dense one needs vjps (``C <= N``)."""
     check_system(system)
     truncation = check_truncation(truncation, system.horizon)
-    num_workers = check_positive_int(num_workers, "num_workers")
+    num_workers = check_num_workers(num_workers)
     sparse = _check_sparse(sparse)
     return _influence_estimator(system, truncation, num_workers, None, sparse)
 
@@ -390,9 +390,12 @@ def snap(system, order: int, truncation: int, num_workers: int = 1, sparse: bool
     (diagonal recurrences); otherwise (e.g. SnAp-1 of a dense RNN, whose next step
     touches every unit) the influence is stored densely and masked."""
     check_system(system)
-    order = check_positive_int(order, "order", "SnAp's order is the number of steps of reach kept, >= 1.")
+    order = check_positive_int(
+        order, "order", "It is the number of steps of reach SnAp keeps: use an int >= 1, e.g. order=1 (order=2 on a "
+        "dense RNN keeps every entry, = rtrl)."
+    )
     truncation = check_truncation(truncation, system.horizon)
-    num_workers = check_positive_int(num_workers, "num_workers")
+    num_workers = check_num_workers(num_workers)
     sparse = _check_sparse(sparse)
     return _influence_estimator(system, truncation, num_workers, order, sparse)
 
@@ -400,7 +403,8 @@ def snap(system, order: int, truncation: int, num_workers: int = 1, sparse: bool
 def _check_sparse(sparse):
     if sparse is not None and not isinstance(sparse, (bool, np.bool_)):
         raise ValueError(
-            f"`sparse` must be True, False or None (pick automatically), got {sparse!r}."
+            f"`sparse` must be True, False or None, got {sparse!r}; pass sparse=None to pick the layout "
+            "automatically, True for the compressed one, False for the dense one."
         )
     return None if sparse is None else bool(sparse)
 
@@ -428,7 +432,10 @@ def uoro(system, truncation: int, num_workers: int = 1, epsilon: float = 1e-7) -
     """
     check_system(system)
     truncation = check_truncation(truncation, system.horizon)
-    num_workers = check_positive_int(num_workers, "num_workers")
+    num_workers = check_num_workers(num_workers)
+    epsilon = check_positive_float(
+        epsilon, "epsilon", "it keeps UORO's rescaling rho0, rho1 finite when a factor is zero: try epsilon=1e-7."
+    )
 
     def start(theta, key, noise_key, _):
         def init(theta):
@@ -436,8 +443,7 @@ def uoro(system, truncation: int, num_workers: int = 1, epsilon: float = 1e-7) -
             return inexact_leaves(state), state
 
         leaves, pullback, state = jax.vjp(init, theta, has_aux=True)
-        if any(jnp.iscomplexobj(x) for x in leaves):
-            raise TypeError("`uoro` needs a real state; this system's state has complex leaves: use rtrl instead.")
+        check_real_state("uoro", leaves)
         noise_key, sub = jax.random.split(noise_key)
         nu = _rademacher_like(sub, leaves)
         (theta_factor,) = pullback(nu)
@@ -489,8 +495,11 @@ def forward_gradient(system, truncation: int, num_directions: int = 1, num_worke
     directional derivative carried online through the whole episode (no truncation bias)."""
     check_system(system)
     truncation = check_truncation(truncation, system.horizon)
-    num_directions = check_positive_int(num_directions, "num_directions")
-    num_workers = check_positive_int(num_workers, "num_workers")
+    num_directions = check_positive_int(
+        num_directions, "num_directions",
+        "It counts the random directions v drawn per worker: use an int >= 1 (more directions, lower variance).",
+    )
+    num_workers = check_num_workers(num_workers)
     shape = (num_workers, num_directions)
 
     def start(theta, key, noise_key, _):

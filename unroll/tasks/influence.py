@@ -36,7 +36,10 @@ def influence_balancing(horizon: int = 1000, num_units: int = 23, num_positive: 
     horizon = check_positive_int(horizon, "horizon")
     num_units = check_positive_int(num_units, "num_units")
     if not 0 <= num_positive <= num_units:
-        raise ValueError(f"`num_positive`={num_positive} must lie in [0, num_units={num_units}].")
+        raise ValueError(
+            f"`num_positive`={num_positive} must lie in [0, num_units={num_units}]; it counts the units with a "
+            "positive self-weight, e.g. num_positive=10 of num_units=23."
+        )
     a_np, b_np = _matrices(num_units, num_positive)
 
     def init(theta, key):

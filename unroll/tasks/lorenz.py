@@ -56,7 +56,10 @@ def lorenz(horizon: int = 200, dt: float = 0.01, num_observed: int = 5000, initi
     horizon = check_positive_int(horizon, "horizon")
     num_observed = check_positive_int(num_observed, "num_observed")
     if num_observed <= horizon:
-        raise ValueError(f"`num_observed`={num_observed} must exceed `horizon`={horizon}: episodes start at random offsets.")
+        raise ValueError(
+            f"`num_observed`={num_observed} must exceed `horizon`={horizon}: episodes start at random offsets "
+            f"into the observed trajectory; pass num_observed > {horizon} (e.g. {25 * horizon}) or a shorter horizon."
+        )
     observed = lorenz_trajectory(num_observed, dt)
 
     def init(theta, key):

@@ -267,7 +267,10 @@ def flip_flop(num_bits: int = 3, horizon: int = 100, pulse_probability: float = 
     horizon = check_positive_int(horizon, "horizon")
     hidden = check_positive_int(hidden, "hidden")
     if not 0.0 < pulse_probability <= 1.0:
-        raise ValueError(f"`pulse_probability`={pulse_probability!r} must lie in (0, 1].")
+        raise ValueError(
+            f"`pulse_probability`={pulse_probability!r} must lie in (0, 1]; it is the chance of a pulse per "
+            "channel and step, e.g. pulse_probability=0.05."
+        )
     net = get_cell(cell)
 
     def data_init(key):
@@ -323,7 +326,10 @@ def python_docs_corpus(validation_fraction: float = 0.1) -> Corpus:
     from pydoc_data.topics import topics
 
     if not 0.0 < validation_fraction < 1.0:
-        raise ValueError(f"`validation_fraction`={validation_fraction!r} must lie in (0, 1).")
+        raise ValueError(
+            f"`validation_fraction`={validation_fraction!r} must lie in (0, 1); it is the share of the text held "
+            "out, e.g. validation_fraction=0.1."
+        )
     text = "\n".join(topics[name] for name in sorted(topics))
     chars = "".join(sorted(c for c in set(text) if c == "\n" or (c.isascii() and c.isprintable())))
     corpus = Corpus(text, chars, np.zeros(0, np.int32), np.zeros(0, np.int32))
