@@ -42,14 +42,14 @@ def command_line(script: str, args: argparse.Namespace, keys=("seeds", "steps"))
 
 
 def run_compare(study: str, task: str, args: argparse.Namespace, command: str, **kwargs) -> dict:
-    """``compare(task, ...)``; copies summary.json, metrics.csv, times.csv and curves.png to the study's folder
+    """``compare(task, ...)``; copies summary.json, metrics.csv and curves.png to the study's folder
     (with ``--table-only``, reads the saved summary.json instead)."""
     if args.table_only:
         with open(os.path.join(results_dir(study), "summary.json")) as f:
             return json.load(f)
     out_dir, summary = compare(task, seeds=args.seeds, steps=args.steps, command=command,
                                progress=not args.no_progress, **kwargs)
-    for name in ("summary.json", "metrics.csv", "times.csv", "curves.png"):
+    for name in ("summary.json", "metrics.csv", "curves.png"):
         shutil.copy(os.path.join(out_dir, name), os.path.join(results_dir(study), name))
     return summary
 

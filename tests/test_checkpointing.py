@@ -245,3 +245,14 @@ def test_compiled_memory_below_full_bptt():
     state_bytes = 64 * 8
     assert full > 1000 * state_bytes  # sanity: full BPTT keeps every state
     assert ckpt < full / 10, (ckpt, full)
+
+
+@pytest.mark.parametrize("memory_budget", [1, 2, 3])
+def test_horizon_one(memory_budget):
+    """One step: no forward chain to replay (found by tests/test_properties.py)."""
+    system = unroll.System(lambda theta, key: jnp.zeros(()), lambda theta, s, t: (s + theta, (s + theta) ** 2), 1)
+    theta = jnp.asarray(0.7)
+    est = unroll.checkpointed_bptt(system, memory_budget=memory_budget)
+    grad, _, info = est.estimate(theta, est.init(theta, KEY), KEY)
+    np.testing.assert_allclose(grad, 2 * 0.7, rtol=1e-12)  # d/dtheta (0 + theta)^2
+    assert float(info["loss"]) == pytest.approx(0.49, rel=1e-12)

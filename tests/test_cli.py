@@ -66,9 +66,8 @@ def test_compare_from_a_config_file_on_a_network_task(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 2 * 3  # --steps 3 won over the file's 50
     assert {"recall_accuracy", "objective"} <= set(rows[0])
-    with open(out / "times.csv") as f:
-        times = list(csv.DictReader(f))
-    assert {t["estimator"] for t in times} == {"tbptt-4", "uoro-4"} and float(times[-1]["train_time_s"]) > 0
+    times = json.loads((out / "summary.json").read_text())["estimators"]["uoro-4"]
+    assert times["eval_steps"] == [0, 1, 2, 3] and times["eval_time_s"][-1] > 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["reference"]["cell"] == "lstm" and summary["reference"]["hidden"] == 8
     assert summary["reference"]["horizon"] == 14
@@ -104,7 +103,7 @@ def _csv_bytes(folder) -> bytes:
 
 
 def test_same_command_and_seed_give_identical_csvs(tmp_path, capsys):
-    """metrics.csv holds no wall-clock figures (those go to times.csv): the same command
+    """metrics.csv holds no wall-clock figures (those go to summary.json): the same command
     and seed write the same bytes; another --seed writes other numbers."""
     for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
         assert cli.main(SMALL + ["--steps", "6", "--seed", seed, "--out", str(tmp_path / name)]) == 0

@@ -84,6 +84,6 @@ def test_compare_soak_with_every_estimator_raises_no_warning(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Warning" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
-    for name in ("metrics.csv", "times.csv", "summary.json", "curves.png"):
+    for name in ("metrics.csv", "summary.json", "curves.png"):
         assert (out / name).stat().st_size > 0
     assert sorted(p.stem for p in (out / "checkpoints").glob("*.npz")) == sorted(families)

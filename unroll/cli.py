@@ -107,7 +107,7 @@ def _compare(args: argparse.Namespace) -> int:
         if stopped:
             where = ", ".join(f"seed {seed} at outer step {step}" for seed, step in stopped)
             print(f"{name:>12s}: a non-finite loss or gradient ({where}); its figures are those of the last finite theta")
-    print(f"\nwrote {out_dir}/metrics.csv, times.csv, summary.json, curves.png (checkpoints in {out_dir}/checkpoints)")
+    print(f"\nwrote {out_dir}/metrics.csv, summary.json, curves.png (checkpoints in {out_dir}/checkpoints)")
     return 0
 
 

@@ -7,10 +7,11 @@ compiled outer step). Written to the output folder:
 * ``metrics.csv``: one row per (estimator, seed, outer step): window loss, gradient
   norm, cumulative inner steps and, where evaluated, the task's objective and its
   other scalar metrics (theta itself when it is a scalar). It holds no wall-clock
-  figures, so the same command and seed write the same file, byte for byte;
-* ``times.csv``: per estimator and evaluated step, the training seconds so far;
+  figures (``summary.json`` has them), so the same command and seed write the same
+  file, byte for byte;
 * ``summary.json``: the command, versions, seeds, settings, the task's reference
-  answers and per estimator the final objective and metrics (mean, spread, per seed);
+  answers and per estimator the final objective and metrics (mean, spread, per seed),
+  training and compile seconds, and the training seconds at each evaluated step;
 * ``curves.png``: the objective against outer steps, inner steps and wall time
   (mean and min-max band over seeds);
 * ``checkpoints/<estimator>.npz``: each estimator's whole run (``unroll.train``'s
@@ -388,7 +389,6 @@ def compare(
         results[name] = (theta, history, family, truncation)
 
     _write_csv(os.path.join(out_dir, "metrics.csv"), results)
-    _write_times(os.path.join(out_dir, "times.csv"), results)
     summary = _summary(task, setup, results, seeds, steps, command, seed)
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -424,16 +424,6 @@ def _write_csv(path: str, results: dict) -> None:
                     ])
 
 
-def _write_times(path: str, results: dict) -> None:
-    """Training seconds (compile and evaluation excluded) at each evaluated step."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["estimator", "step", "train_time_s"])
-        for name, (_, history, _, _) in results.items():
-            for step, seconds in zip(history["eval_step"], history["eval_time_s"]):
-                writer.writerow([name, int(step), f"{seconds:.4f}"])
-
-
 def _summary(task, setup, results, seeds, steps, command, seed=0) -> dict:
     out = {
         "task": task,
@@ -455,6 +445,8 @@ def _summary(task, setup, results, seeds, steps, command, seed=0) -> dict:
             "final_window_loss": _spread(history["loss"][:, -1]),
             "train_time_s": round(float(history["train_time_s"]), 2),
             "compile_s": round(float(history["compile_s"]), 2),
+            "eval_steps": [int(x) for x in history["eval_step"]],
+            "eval_time_s": [round(float(x), 4) for x in history["eval_time_s"]],  # training seconds at each
             "first_nonfinite_step": np.atleast_1d(history["first_nonfinite"]).tolist(),
             "outer_steps_run": int(history["loss"].shape[-1]),
         }

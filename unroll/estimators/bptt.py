@@ -124,6 +124,8 @@ def _program(schedule, block: int = 4) -> _Program:
         chain_slot += chain
         back += backward
     as_int = lambda v: np.asarray(v, np.int32)
+    # horizon 1 has no forward chain; one never-read entry keeps the (traced) index valid
+    chain_slot = chain_slot or [0]
     return _Program(
         block, slots, tuple(as_int(c) for c in zip(*table)), as_int(chain_slot),
         as_int([s for s, _ in back]), as_int([t for _, t in back]),
