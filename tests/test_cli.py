@@ -124,7 +124,7 @@ def test_interrupted_compare_resumes_to_the_same_csv(tmp_path):
     import time
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    argv = SMALL + ["--steps", "300", "--checkpoint-every", "2"]
+    argv = SMALL + ["--steps", "60", "--checkpoint-every", "2"]
     env = dict(os.environ, PYTHONPATH=root)
 
     def command(out):

@@ -29,7 +29,7 @@ WORKER = os.path.join(ROOT, "tests", "resume_worker.py")
 TIMED = ("train_time_s", "compile_s", "eval_time_s")  # wall-clock figures: the only entries allowed to differ
 
 
-def worker(checkpoint: str, out: str, steps: int = 400) -> subprocess.Popen:
+def worker(checkpoint: str, out: str, steps: int = 150) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, WORKER, checkpoint, out, str(steps)], cwd=ROOT, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
@@ -81,7 +81,7 @@ def test_killed_run_resumes_bit_for_bit(sig, uninterrupted, tmp_path):
     assert not os.path.exists(out)
     with np.load(checkpoint) as saved:
         step = int(__import__("json").loads(str(saved["manifest"]))["meta"]["step"])
-    assert 0 < step < 400, step  # it really stopped in the middle
+    assert 0 < step < 150, step  # it really stopped in the middle
     code, err = finished(worker(checkpoint, out))
     assert code == 0, err
     assert_same_run(uninterrupted, out)
