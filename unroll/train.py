@@ -314,14 +314,11 @@ class _Log:
 
 
 def _finish(state: TrainState, log: _Log, on_nonfinite: str, name: str):
-    records = jax.device_get(log.records)
-    history = {k: np.stack([np.asarray(r[k]) for r in records], axis=-1) for k in records[0]}
-    evals = jax.device_get(log.evals)
-    for k in evals[0] if evals else ():
-        history[f"eval/{k}"] = np.stack([np.asarray(e[k]) for e in evals], axis=-1)
-    if evals:
-        history["eval_step"] = np.asarray(log.eval_steps)
-        history["eval_time_s"] = np.asarray(log.eval_times)
+    arrays = log.arrays()  # the same stacked arrays a checkpoint stores
+    history = {k[len("record/"):]: v for k, v in arrays.items() if k.startswith("record/")}
+    history.update({k: v for k, v in arrays.items() if k.startswith("eval/")})
+    if log.evals:
+        history["eval_step"], history["eval_time_s"] = arrays["eval_step"], arrays["eval_time_s"]
     history["train_time_s"] = np.asarray(log.elapsed)
     history["compile_s"] = np.asarray(log.compile_s)
     history["first_nonfinite"] = np.asarray(state.first_nonfinite)
