@@ -78,6 +78,7 @@ import jax
 import jax.numpy as jnp
 
 import unroll
+from benchmarks.cli import fill_defaults, positive_int
 from benchmarks.report import report
 
 PyTree = Any
@@ -397,12 +398,6 @@ def detail_table(rows: Sequence[Row], names: Sequence[str]) -> str:
 # --------------------------------------------------------------------------- CLI
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text}")
-    return value
-
 
 def positive_float(text: str) -> float:
     value = float(text)
@@ -434,9 +429,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="skip the diagonal recurrence's fast path vs general path table")
     parser.add_argument("--out", type=str, default=None, help="also write the tables (markdown) to this file")
     args = parser.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_defaults(args, FULL, QUICK)
     if BASELINE not in args.estimators:
         args.estimators = [BASELINE] + list(args.estimators)
     args.estimators = [n for n in ESTIMATORS if n in args.estimators]

@@ -72,6 +72,7 @@ import jax
 import jax.numpy as jnp
 
 import unroll
+from benchmarks.cli import fill_defaults, positive_int
 from benchmarks.report import report
 
 PyTree = Any
@@ -396,12 +397,6 @@ def windows_for(lay: Layout, windows: int, max_block_steps: int) -> int:
 # --------------------------------------------------------------------------- CLI
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text}")
-    return value
-
 
 FULL = {"particles": [16, 256, 2048], "repeats": 11, "windows": 100}
 QUICK = {"particles": [16, 256], "repeats": 3, "windows": 10}
@@ -422,9 +417,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     parser.add_argument("--out", type=str, default=None, help="also write the table (markdown) to this file")
     args = parser.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_defaults(args, FULL, QUICK)
     return args
 
 

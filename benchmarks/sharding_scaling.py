@@ -44,6 +44,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 import unroll
+from benchmarks.cli import fill_defaults, positive_int
 from benchmarks.pes_throughput import (
     HORIZON,
     SIGMA,
@@ -165,12 +166,6 @@ def header(args: argparse.Namespace) -> str:
     )
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text}")
-    return value
-
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The CLI; flags given explicitly win over ``--quick``'s settings."""
@@ -184,9 +179,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     parser.add_argument("--out", type=str, default=None, help="also write the table (markdown) to this file")
     args = parser.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_defaults(args, FULL, QUICK)
     bad = [d for d in args.devices if NUM_WORKERS % d]
     if bad:
         parser.error(f"--devices {bad}: each must divide the {NUM_WORKERS} workers (1, 2, 4 or 8).")
