@@ -19,7 +19,8 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 
@@ -40,37 +41,65 @@ def _met(ok: bool) -> str:
 def _pes_summary(rows) -> list[Line]:
     lines = []
     for r in rows:
-        lines.append((f"pes / forward floor, {r.layout.total} particles (staggered resets)", f"{r.ratio:.3f}",
-                      ">= 0.95", _met(r.ratio >= 0.95)))
+        lines.append(
+            (
+                f"pes / forward floor, {r.layout.total} particles (staggered resets)",
+                f"{r.ratio:.3f}",
+                ">= 0.95",
+                _met(r.ratio >= 0.95),
+            )
+        )
         if r.evosax_steps_per_s is None:
             lines.append((f"pes / evosax PES, {r.layout.total} particles", "evosax not installed", ">= 1", "-"))
         else:
             ratio = r.pes_steps_per_s / r.evosax_steps_per_s
-            lines.append((f"pes / evosax PES, {r.layout.total} particles (evosax / floor "
-                          f"{r.evosax_steps_per_s / r.floor_steps_per_s:.3f})", f"{ratio:.3f}", ">= 1", _met(ratio >= 1)))
+            lines.append(
+                (
+                    f"pes / evosax PES, {r.layout.total} particles (evosax / floor "
+                    f"{r.evosax_steps_per_s / r.floor_steps_per_s:.3f})",
+                    f"{ratio:.3f}",
+                    ">= 1",
+                    _met(ratio >= 1),
+                )
+            )
     return lines
 
 
 def _overhead_summary(rows) -> list[Line]:
     # (a negative overhead is timing noise: the two loops differ by less than it)
-    return [(f"unroll.train host overhead per outer step, {r.case}", f"{r.overhead_ms:.3f} ms", "< 1 ms",
-             _met(r.overhead_ms < 1)) for r in rows]
+    return [
+        (
+            f"unroll.train host overhead per outer step, {r.case}",
+            f"{r.overhead_ms:.3f} ms",
+            "< 1 ms",
+            _met(r.overhead_ms < 1),
+        )
+        for r in rows
+    ]
 
 
 def _checkpoint_summary(rows) -> list[Line]:
     base = rows[0]
     good = [r for r in rows[1:] if 1 - r.temp_bytes / base.temp_bytes >= 0.95 and r.seconds / base.seconds <= 1.25]
     best = min(good, key=lambda r: r.seconds) if good else None
-    return [("checkpointed_bptt (T = 1000): memory budgets saving >= 95% at <= 1.25x full_bptt's time",
-             (", ".join(str(r.budget) for r in good) or "none")
-             + (f" (fastest: {best.budget}, {best.seconds / base.seconds:.2f}x)" if best else ""),
-             "some budget", _met(bool(good)))]
+    return [
+        (
+            "checkpointed_bptt (T = 1000): memory budgets saving >= 95% at <= 1.25x full_bptt's time",
+            (", ".join(str(r.budget) for r in good) or "none")
+            + (f" (fastest: {best.budget}, {best.seconds / base.seconds:.2f}x)" if best else ""),
+            "some budget",
+            _met(bool(good)),
+        )
+    ]
 
 
 def _online_summary(rows) -> list[Line]:
     r = rows[-1]
-    return [(f"{name} / tbptt time per window, tanh RNN hidden {r.hidden}", f"{ratio:.2f}x", "(reported)", "-")
-            for name, ratio in r.ratio.items() if name != "tbptt"]
+    return [
+        (f"{name} / tbptt time per window, tanh RNN hidden {r.hidden}", f"{ratio:.2f}x", "(reported)", "-")
+        for name, ratio in r.ratio.items()
+        if name != "tbptt"
+    ]
 
 
 def _memory_summary(result) -> list[Line]:
@@ -81,13 +110,22 @@ def _memory_summary(result) -> list[Line]:
     for name in ONLINE:
         first, last = costs[name, horizons[0]], costs[name, horizons[-1]]
         same = last.temp_bytes + last.state_bytes <= 1.01 * (first.temp_bytes + first.state_bytes)
-        lines.append((f"{name}: memory (temp + state) at T = {horizons[0]:,} and {horizons[-1]:,}",
-                      f"{mb(first.temp_bytes + first.state_bytes)}, {mb(last.temp_bytes + last.state_bytes)}",
-                      "independent of T", _met(same)))
-    lines.append((f"char LM, {lm.length:,} characters: full_bptt / checkpointed_bptt ({lm.memory_budget}) memory",
-                  f"{mb(lm.full_temp_bytes)} / {mb(lm.checkpointed_temp_bytes)}",
-                  f"full over, checkpointed within {mb(lm.budget_bytes)}",
-                  _met(lm.full_temp_bytes > lm.budget_bytes >= lm.checkpointed_temp_bytes)))
+        lines.append(
+            (
+                f"{name}: memory (temp + state) at T = {horizons[0]:,} and {horizons[-1]:,}",
+                f"{mb(first.temp_bytes + first.state_bytes)}, {mb(last.temp_bytes + last.state_bytes)}",
+                "independent of T",
+                _met(same),
+            )
+        )
+    lines.append(
+        (
+            f"char LM, {lm.length:,} characters: full_bptt / checkpointed_bptt ({lm.memory_budget}) memory",
+            f"{mb(lm.full_temp_bytes)} / {mb(lm.checkpointed_temp_bytes)}",
+            f"full over, checkpointed within {mb(lm.budget_bytes)}",
+            _met(lm.full_temp_bytes > lm.budget_bytes >= lm.checkpointed_temp_bytes),
+        )
+    )
     return lines
 
 
@@ -97,8 +135,14 @@ def _sharding_summary(md_path: str) -> list[Line]:
     for row in open(md_path).read().splitlines():
         cells = [c.strip() for c in row.strip("|").split("|")]
         if cells and cells[0].isdigit() and cells[0] != "1":
-            lines.append((f"unroll.shard(pes), 256 trajectories on {cells[0]} devices: steps/s over 1 device",
-                          f"{cells[3]}x (ideal {cells[4]})", "(reported; equality with 1 device is tested)", "-"))
+            lines.append(
+                (
+                    f"unroll.shard(pes), 256 trajectories on {cells[0]} devices: steps/s over 1 device",
+                    f"{cells[3]}x (ideal {cells[4]})",
+                    "(reported; equality with 1 device is tested)",
+                    "-",
+                )
+            )
     return lines
 
 
@@ -118,14 +162,19 @@ def machine() -> str:
     from benchmarks.pes_throughput import evosax_version
 
     versions.append(f"evosax {evosax_version() or 'not installed'}")
-    return (f"{platform.node() or 'unknown host'}: {platform.platform()}, {os.cpu_count()} CPU cores, "
-            f"{len(jax.devices())} x {device.platform} ({device.device_kind}); " + ", ".join(versions))
+    return (
+        f"{platform.node() or 'unknown host'}: {platform.platform()}, {os.cpu_count()} CPU cores, "
+        f"{len(jax.devices())} x {device.platform} ({device.device_kind}); " + ", ".join(versions)
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", help="output folder (default: benchmarks/results, summary in benchmarks/RESULTS.md, "
-                        "RESULTS-<platform>.md off CPU)")
+    parser.add_argument(
+        "--out",
+        help="output folder (default: benchmarks/results, summary in benchmarks/RESULTS.md, "
+        "RESULTS-<platform>.md off CPU)",
+    )
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these")
     parser.add_argument("--quick", action="store_true", help="smoke run: each benchmark's --quick")
     args = parser.parse_args(argv)
@@ -155,21 +204,24 @@ def main(argv: list[str] | None = None) -> None:
         body = open(md).read().strip()
         picture = f"\n\n![{name}]({rel(png)})" if bench.png and os.path.exists(png) else ""
         shown = [os.path.relpath(a, os.path.dirname(here)) if os.path.isabs(a) else a for a in module_argv]
-        sections.append(f"## {bench.title}\n\n`python -m benchmarks.{name} {' '.join(shown)}` "
-                        f"({seconds:.0f} s)\n\n{body}{picture}")
+        sections.append(
+            f"## {bench.title}\n\n`python -m benchmarks.{name} {' '.join(shown)}` ({seconds:.0f} s)\n\n{body}{picture}"
+        )
     table = ["| benchmark figure | measured | goal | met? |", "|---|---:|---|:---:|"]
     table += [f"| {what} | {measured} | {goal} | {met} |" for what, measured, goal, met in summary]
-    text = "\n".join([
-        "# Benchmark results",
-        "",
-        f"Made by `{command.strip()}` on {datetime.date.today().isoformat()}.",
-        f"Machine: {machine()}.",
-        "",
-        "\n".join(table),
-        "",
-        "\n\n".join(sections),
-        "",
-    ])
+    text = "\n".join(
+        [
+            "# Benchmark results",
+            "",
+            f"Made by `{command.strip()}` on {datetime.date.today().isoformat()}.",
+            f"Machine: {machine()}.",
+            "",
+            "\n".join(table),
+            "",
+            "\n\n".join(sections),
+            "",
+        ]
+    )
     with open(summary_path, "w") as f:
         f.write(text)
     print(f"wrote {summary_path}")

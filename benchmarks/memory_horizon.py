@@ -25,7 +25,8 @@ from __future__ import annotations
 import argparse
 import math
 import platform
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -74,9 +75,12 @@ def rnn_system(horizon: int, hidden: int = HIDDEN) -> unroll.System:
 
 def rnn_theta(hidden: int = HIDDEN) -> dict:
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
-    return {"W": 0.9 * jax.random.normal(keys[0], (hidden, hidden)) / math.sqrt(hidden),
-            "U": jax.random.normal(keys[1], (hidden, 4)) / 2.0, "b": jnp.zeros(hidden),
-            "readout": jax.random.normal(keys[2], (hidden,)) / math.sqrt(hidden)}
+    return {
+        "W": 0.9 * jax.random.normal(keys[0], (hidden, hidden)) / math.sqrt(hidden),
+        "U": jax.random.normal(keys[1], (hidden, 4)) / 2.0,
+        "b": jnp.zeros(hidden),
+        "readout": jax.random.normal(keys[2], (hidden,)) / math.sqrt(hidden),
+    }
 
 
 def tree_bytes(tree) -> int:
@@ -131,9 +135,14 @@ def horizon_table(costs: dict[tuple[str, int], Cost], horizons: Sequence[int]) -
         row = [costs.get((name, h)) for h in horizons]
         done = [c for c in row if c is not None]
         grows = done[-1].temp_bytes + done[-1].state_bytes > 1.5 * (done[0].temp_bytes + done[0].state_bytes)
-        lines.append(f"| {name} | " + " | ".join("not planned (O(T^2 m) planner)" if c is None else
-                                                 f"{mb(c.temp_bytes)} / {mb(c.state_bytes)}" for c in row)
-                     + f" | {'yes' if grows else 'no'} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                "not planned (O(T^2 m) planner)" if c is None else f"{mb(c.temp_bytes)} / {mb(c.state_bytes)}"
+                for c in row
+            )
+            + f" | {'yes' if grows else 'no'} |"
+        )
     return "\n".join(lines)
 
 
@@ -182,34 +191,47 @@ def char_lm_run(length: int, budget_gib: float, memory_budget: int, steps: int) 
     loss_before = float(fixed_loss(theta))
     trained, history = unroll.train(estimator, optax.adam(3e-3), theta, jax.random.PRNGKey(0), steps, progress=False)
     plan = unroll.checkpointing.plan(length, memory_budget)
-    return LMResult(length, budget_gib * 2**30, full.temp_bytes, checkpointed.temp_bytes, memory_budget, steps,
-                    loss_before, float(fixed_loss(trained)), float(history["train_time_s"]) / steps,
-                    plan.forward_steps / length)
+    return LMResult(
+        length,
+        budget_gib * 2**30,
+        full.temp_bytes,
+        checkpointed.temp_bytes,
+        memory_budget,
+        steps,
+        loss_before,
+        float(fixed_loss(trained)),
+        float(history["train_time_s"]) / steps,
+        plan.forward_steps / length,
+    )
 
 
 def char_lm_table(r: LMResult) -> str:
     within = lambda b: "yes" if b <= r.budget_bytes else "no"
-    return "\n".join([
-        f"Character LM (LSTM hidden 128, python docs corpus), one sequence of {r.length:,} characters per outer step; "
-        f"memory budget {mb(r.budget_bytes)}.",
-        "",
-        "| estimator | compiled temp memory | within the budget? | ran |",
-        "|---|---:|:---:|---|",
-        f"| full_bptt | {mb(r.full_temp_bytes)} | {within(r.full_temp_bytes)} | no (compiled only) |",
-        f"| checkpointed_bptt ({r.memory_budget} states) | {mb(r.checkpointed_temp_bytes)} | "
-        f"{within(r.checkpointed_temp_bytes)} | {r.steps} outer steps of adam(3e-3): loss on a fixed sequence "
-        f"{r.loss_before:.3f} -> {r.loss_after:.3f} nats, {r.seconds_per_step:.1f} s per step "
-        f"({r.forward_steps_per_char:.2f} forward steps per character) |",
-    ])
+    return "\n".join(
+        [
+            f"Character LM (LSTM hidden 128, python docs corpus), one sequence of {r.length:,} characters per outer step; "
+            f"memory budget {mb(r.budget_bytes)}.",
+            "",
+            "| estimator | compiled temp memory | within the budget? | ran |",
+            "|---|---:|:---:|---|",
+            f"| full_bptt | {mb(r.full_temp_bytes)} | {within(r.full_temp_bytes)} | no (compiled only) |",
+            f"| checkpointed_bptt ({r.memory_budget} states) | {mb(r.checkpointed_temp_bytes)} | "
+            f"{within(r.checkpointed_temp_bytes)} | {r.steps} outer steps of adam(3e-3): loss on a fixed sequence "
+            f"{r.loss_before:.3f} -> {r.loss_after:.3f} nats, {r.seconds_per_step:.1f} s per step "
+            f"({r.forward_steps_per_char:.2f} forward steps per character) |",
+        ]
+    )
 
 
 def header() -> str:
     device = jax.devices()[0]
-    return (f"Memory against the horizon; jax {jax.__version__}, {device.platform} ({device.device_kind}), "
-            f"python {platform.python_version()}, float32.\n"
-            "temp = XLA's compiled temporary memory of one `estimate` call; state = the estimator state carried "
-            f"between calls. Online estimators: truncation {TRUNCATION}, {WORKERS} workers (PES/NRES "
-            f"{PARTICLES} particles each), tanh RNN hidden {HIDDEN}.")
+    return (
+        f"Memory against the horizon; jax {jax.__version__}, {device.platform} ({device.device_kind}), "
+        f"python {platform.python_version()}, float32.\n"
+        "temp = XLA's compiled temporary memory of one `estimate` call; state = the estimator state carried "
+        f"between calls. Online estimators: truncation {TRUNCATION}, {WORKERS} workers (PES/NRES "
+        f"{PARTICLES} particles each), tanh RNN hidden {HIDDEN}."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

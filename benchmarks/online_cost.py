@@ -72,7 +72,8 @@ import math
 import platform
 import statistics
 import time
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -185,8 +186,9 @@ class Task(NamedTuple):
 
 TASKS = {
     "rnn": Task(rnn_system, initial_theta, num_params, lambda n: n, ("tbptt", "rtrl", "snap", "uoro", "dni")),
-    "diagonal": Task(diagonal_system, diagonal_theta, diagonal_params, lambda n: 2 * n,
-                     ("tbptt", "rtrl-fast", "rtrl-general")),
+    "diagonal": Task(
+        diagonal_system, diagonal_theta, diagonal_params, lambda n: 2 * n, ("tbptt", "rtrl-fast", "rtrl-general")
+    ),
 }
 
 
@@ -293,7 +295,9 @@ def quartiles(values: Sequence[float]) -> tuple[float, float]:
     return q1, q3
 
 
-def measure(hidden: int, args: argparse.Namespace, task: Task = TASKS["rnn"], names: Sequence[str] | None = None) -> Row:
+def measure(
+    hidden: int, args: argparse.Namespace, task: Task = TASKS["rnn"], names: Sequence[str] | None = None
+) -> Row:
     system, theta = task.system(hidden), task.theta(hidden)
     skipped, runners = {}, []
     for name in args.estimators if names is None else names:
@@ -306,8 +310,11 @@ def measure(hidden: int, args: argparse.Namespace, task: Task = TASKS["rnn"], na
         runner.run(2)  # warm-up
         warm = min(runner.run(1) for _ in range(3))
         runner.windows = max(1, min(args.max_windows, round(args.block_s / max(warm, 1e-9))))
-        print(f"    {name:12s} compile {runner.compile_s:.2f} s, warm window {1e3 * warm:.2f} ms, "
-              f"{runner.windows} windows per block", flush=True)
+        print(
+            f"    {name:12s} compile {runner.compile_s:.2f} s, warm window {1e3 * warm:.2f} ms, "
+            f"{runner.windows} windows per block",
+            flush=True,
+        )
         runners.append(runner)
     for repeat in range(args.repeats):
         for runner in runners if repeat % 2 == 0 else runners[::-1]:
@@ -320,8 +327,9 @@ def measure(hidden: int, args: argparse.Namespace, task: Task = TASKS["rnn"], na
         for r in runners:
             ratio[r.name] = r.ms_per_window / base.ms_per_window
             iqr[r.name] = quartiles([a / b for a, b in zip(r.block_s, base.block_s)])
-    return Row(hidden, ms, ratio, iqr, {r.name: r.compile_s for r in runners},
-               {r.name: r.windows for r in runners}, skipped)
+    return Row(
+        hidden, ms, ratio, iqr, {r.name: r.compile_s for r in runners}, {r.name: r.windows for r in runners}, skipped
+    )
 
 
 # ------------------------------------------------------------------------ output
@@ -359,7 +367,8 @@ def markdown_table(rows: Sequence[Row], names: Sequence[str]) -> str:
     steps = NUM_WORKERS * TRUNCATION
     lines = [
         "| hidden n | params p | tbptt ms/window | tbptt us/step | "
-        + " | ".join(f"{n} / tbptt [block IQR]" for n in others) + " |",
+        + " | ".join(f"{n} / tbptt [block IQR]" for n in others)
+        + " |",
         "|---:|---:|---:|---:|" + "---:|" * len(others),
     ]
     for row in rows:
@@ -398,7 +407,6 @@ def detail_table(rows: Sequence[Row], names: Sequence[str]) -> str:
 # --------------------------------------------------------------------------- CLI
 
 
-
 def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -414,19 +422,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The CLI; flags given explicitly win over ``--quick``'s settings."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=positive_int, nargs="+", help=f"hidden sizes (default: {FULL['sizes']})")
-    parser.add_argument("--estimators", nargs="+", choices=ESTIMATORS, default=list(ESTIMATORS),
-                        help=f"estimators to time (default: all; ratios need {BASELINE})")
+    parser.add_argument(
+        "--estimators",
+        nargs="+",
+        choices=ESTIMATORS,
+        default=list(ESTIMATORS),
+        help=f"estimators to time (default: all; ratios need {BASELINE})",
+    )
     parser.add_argument("--repeats", type=positive_int, help=f"timed blocks per estimator (default: {FULL['repeats']})")
-    parser.add_argument("--block-s", type=positive_float,
-                        help=f"target seconds per timed block, sets windows per block (default: {FULL['block_s']})")
+    parser.add_argument(
+        "--block-s",
+        type=positive_float,
+        help=f"target seconds per timed block, sets windows per block (default: {FULL['block_s']})",
+    )
     parser.add_argument("--max-windows", type=positive_int, default=100, help="cap on windows per block (default: 100)")
-    parser.add_argument("--max-gb", type=positive_float, default=2.0,
-                        help="skip an (estimator, size) whose estimated memory exceeds this (default: 2 GB)")
-    parser.add_argument("--max-window-s", type=positive_float, default=5.0,
-                        help="skip an (estimator, size) whose estimated time per window exceeds this (default: 5 s)")
+    parser.add_argument(
+        "--max-gb",
+        type=positive_float,
+        default=2.0,
+        help="skip an (estimator, size) whose estimated memory exceeds this (default: 2 GB)",
+    )
+    parser.add_argument(
+        "--max-window-s",
+        type=positive_float,
+        default=5.0,
+        help="skip an (estimator, size) whose estimated time per window exceeds this (default: 5 s)",
+    )
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
-    parser.add_argument("--no-diagonal", action="store_true",
-                        help="skip the diagonal recurrence's fast path vs general path table")
+    parser.add_argument(
+        "--no-diagonal", action="store_true", help="skip the diagonal recurrence's fast path vs general path table"
+    )
     parser.add_argument("--out", type=str, default=None, help="also write the tables (markdown) to this file")
     args = parser.parse_args(argv)
     fill_defaults(args, FULL, QUICK)
@@ -456,8 +481,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     for hidden in args.sizes:
         print(f"  hidden {hidden} (p = {num_params(hidden):,})", flush=True)
         rows.append(measure(hidden, args))
-    text = (markdown_table(rows, args.estimators) + "\n\n" + NOTE + "\n\n"
-            + detail_table(rows, args.estimators))
+    text = markdown_table(rows, args.estimators) + "\n\n" + NOTE + "\n\n" + detail_table(rows, args.estimators)
     if not args.no_diagonal:
         print("diagonal recurrence (LRU-style, complex): rtrl fast path vs general path", flush=True)
         diagonal_rows = []

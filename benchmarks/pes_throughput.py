@@ -66,7 +66,8 @@ import math
 import platform
 import statistics
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -272,8 +273,12 @@ def evosax_loop(system: unroll.System, theta: PyTree, lay: Layout, windows: int,
         from evosax.algorithms import PersistentES
     except ImportError:
         return None
-    strategy = PersistentES(population_size=lay.total, solution=theta, optimizer=optax.sgd(1e-3),
-                            std_schedule=optax.constant_schedule(SIGMA))
+    strategy = PersistentES(
+        population_size=lay.total,
+        solution=theta,
+        optimizer=optax.sgd(1e-3),
+        std_schedule=optax.constant_schedule(SIGMA),
+    )
     params = strategy.default_params.replace(T=system.horizon, K=TRUNCATION)
     init_key, episode_key, window_key = jax.random.split(key, 3)
     es_state = strategy.init(init_key, theta, params)
@@ -294,8 +299,9 @@ def evosax_loop(system: unroll.System, theta: PyTree, lay: Layout, windows: int,
         es_state, inner, t = carry
         ask_key, tell_key, reset_key = jax.random.split(key, 3)
         population, es_state = strategy.ask(ask_key, es_state, params)
-        inner = jax.lax.cond(t == 0, lambda: jax.vmap(system.init, in_axes=(0, None))(population, reset_key),
-                             lambda: inner)
+        inner = jax.lax.cond(
+            t == 0, lambda: jax.vmap(system.init, in_axes=(0, None))(population, reset_key), lambda: inner
+        )
         inner, fitness = jax.vmap(unroll_window, in_axes=(0, 0, None))(population, inner, t)
         es_state, _ = strategy.tell(tell_key, population, fitness, es_state, params)
         return (es_state, inner, (t + TRUNCATION) % system.horizon), None
@@ -350,8 +356,15 @@ def measure(lay: Layout, windows: int, repeats: int, seed: int = 0) -> Row:
     rate = lambda loop: steps / statistics.median(times[loop])
     paired = [f / p for p, f in zip(pes_s, floor_s)]
     return Row(
-        lay, windows, rate(pes), rate(floor), rate(pes) / rate(floor), quartiles(paired), compile_s,
-        rate(per_call) / rate(floor), rate(evosax) if evosax is not None else None,
+        lay,
+        windows,
+        rate(pes),
+        rate(floor),
+        rate(pes) / rate(floor),
+        quartiles(paired),
+        compile_s,
+        rate(per_call) / rate(floor),
+        rate(evosax) if evosax is not None else None,
     )
 
 
@@ -397,7 +410,6 @@ def windows_for(lay: Layout, windows: int, max_block_steps: int) -> int:
 # --------------------------------------------------------------------------- CLI
 
 
-
 FULL = {"particles": [16, 256, 2048], "repeats": 11, "windows": 100}
 QUICK = {"particles": [16, 256], "repeats": 3, "windows": 10}
 
@@ -405,15 +417,27 @@ QUICK = {"particles": [16, 256], "repeats": 3, "windows": 10}
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The CLI; flags given explicitly win over ``--quick``'s settings."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--particles", type=positive_int, nargs="+",
-                        help=f"total trajectories, num_workers x num_particles (default: {FULL['particles']})")
-    parser.add_argument("--repeats", type=positive_int,
-                        help=f"timed blocks per method, interleaved (default: {FULL['repeats']})")
-    parser.add_argument("--windows", type=positive_int,
-                        help=f"pes windows per timed block; the floor runs as many steps (default: {FULL['windows']}, "
-                        "lowered where a block would exceed --max-block-steps)")
-    parser.add_argument("--max-block-steps", type=positive_int, default=1_000_000,
-                        help="cap on steps x particles per timed block (default: 1e6)")
+    parser.add_argument(
+        "--particles",
+        type=positive_int,
+        nargs="+",
+        help=f"total trajectories, num_workers x num_particles (default: {FULL['particles']})",
+    )
+    parser.add_argument(
+        "--repeats", type=positive_int, help=f"timed blocks per method, interleaved (default: {FULL['repeats']})"
+    )
+    parser.add_argument(
+        "--windows",
+        type=positive_int,
+        help=f"pes windows per timed block; the floor runs as many steps (default: {FULL['windows']}, "
+        "lowered where a block would exceed --max-block-steps)",
+    )
+    parser.add_argument(
+        "--max-block-steps",
+        type=positive_int,
+        default=1_000_000,
+        help="cap on steps x particles per timed block (default: 1e6)",
+    )
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     parser.add_argument("--out", type=str, default=None, help="also write the table (markdown) to this file")
     args = parser.parse_args(argv)
@@ -440,7 +464,9 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     for total in args.particles:
         lay = layout(total)
         windows = windows_for(lay, args.windows, args.max_block_steps)
-        print(f"  {total} particles = {lay.workers} workers x {lay.per_worker}, {windows} windows per block", flush=True)
+        print(
+            f"  {total} particles = {lay.workers} workers x {lay.per_worker}, {windows} windows per block", flush=True
+        )
         rows.append(measure(lay, windows, args.repeats))
     table = markdown_table(rows)
     report(table, args.out, header(args))

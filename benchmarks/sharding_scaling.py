@@ -118,7 +118,9 @@ def measure(device_counts: Sequence[int], trajectories: int, windows: int, repea
     for devices in configs:
         per_round = [b / t for b, t in zip(base, times[devices])]
         rate = steps / statistics.median(times[devices])
-        rows.append(Row(devices, rate, rate * statistics.median(base) / steps, quartiles(per_round), compile_s[devices]))
+        rows.append(
+            Row(devices, rate, rate * statistics.median(base) / steps, quartiles(per_round), compile_s[devices])
+        )
     return rows
 
 
@@ -135,8 +137,14 @@ def markdown_table(rows: Sequence[Row], trajectories: int) -> str:
     smallest mesh's, the ideal ratio, efficiency, the per-round ratio quartiles, compile s."""
     base = min(r.devices for r in rows if r.devices is not None)
     columns = (
-        "devices", "trajectories per device", "pes steps/s", f"ratio to {base} device{'s' if base > 1 else ''}",
-        "ideal", "efficiency", "per-round ratio IQR", "compile s",
+        "devices",
+        "trajectories per device",
+        "pes steps/s",
+        f"ratio to {base} device{'s' if base > 1 else ''}",
+        "ideal",
+        "efficiency",
+        "per-round ratio IQR",
+        "compile s",
     )
     lines = ["| " + " | ".join(columns) + " |", "|---|---:|---:|---:|---:|---:|:---:|---:|"]
     for r in rows:
@@ -166,14 +174,20 @@ def header(args: argparse.Namespace) -> str:
     )
 
 
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The CLI; flags given explicitly win over ``--quick``'s settings."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--devices", type=positive_int, nargs="+",
-                        help=f"mesh sizes, each dividing {NUM_WORKERS} (default: {FULL['devices']})")
-    parser.add_argument("--trajectories", type=positive_int,
-                        help=f"total trajectories, a multiple of {2 * NUM_WORKERS} (default: {FULL['trajectories']})")
+    parser.add_argument(
+        "--devices",
+        type=positive_int,
+        nargs="+",
+        help=f"mesh sizes, each dividing {NUM_WORKERS} (default: {FULL['devices']})",
+    )
+    parser.add_argument(
+        "--trajectories",
+        type=positive_int,
+        help=f"total trajectories, a multiple of {2 * NUM_WORKERS} (default: {FULL['trajectories']})",
+    )
     parser.add_argument("--windows", type=positive_int, help=f"windows per timed block (default: {FULL['windows']})")
     parser.add_argument("--repeats", type=positive_int, help=f"timed rounds (default: {FULL['repeats']})")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
@@ -184,8 +198,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if bad:
         parser.error(f"--devices {bad}: each must divide the {NUM_WORKERS} workers (1, 2, 4 or 8).")
     if args.trajectories % (2 * NUM_WORKERS):
-        parser.error(f"--trajectories {args.trajectories}: use a multiple of {2 * NUM_WORKERS} "
-                     f"({NUM_WORKERS} workers x an even number of antithetic particles).")
+        parser.error(
+            f"--trajectories {args.trajectories}: use a multiple of {2 * NUM_WORKERS} "
+            f"({NUM_WORKERS} workers x an even number of antithetic particles)."
+        )
     return args
 
 

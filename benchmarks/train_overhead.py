@@ -32,7 +32,8 @@ import argparse
 import platform
 import statistics
 import time
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -107,27 +108,40 @@ def measure(case: str, num_steps: int, repeats: int) -> Row:
                 scan()
                 scan_s.append(time.perf_counter() - start)
     train_med, scan_med = statistics.median(train_s), statistics.median(scan_s)
-    return Row(case, num_steps / train_med, num_steps / scan_med, 1e3 * (train_med - scan_med) / num_steps,
-               statistics.median(compile_s), statistics.median(setup_s))
+    return Row(
+        case,
+        num_steps / train_med,
+        num_steps / scan_med,
+        1e3 * (train_med - scan_med) / num_steps,
+        statistics.median(compile_s),
+        statistics.median(setup_s),
+    )
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
-    lines = ["| case | unroll.train outer steps/s | one compiled scan steps/s | train / scan | host overhead per step "
-             f"| goal < {GOAL_MS:g} ms met? | train compile s | train setup s (per call) |", "|---|---:|---:|---:|---:|:---:|---:|---:|"]
+    lines = [
+        "| case | unroll.train outer steps/s | one compiled scan steps/s | train / scan | host overhead per step "
+        f"| goal < {GOAL_MS:g} ms met? | train compile s | train setup s (per call) |",
+        "|---|---:|---:|---:|---:|:---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r.case} | {r.train_steps_per_s:,.0f} | {r.scan_steps_per_s:,.0f} | "
-                     f"{r.train_steps_per_s / r.scan_steps_per_s:.3f} | {r.overhead_ms:.3f} ms | "
-                     f"{'yes' if r.overhead_ms < GOAL_MS else 'no'} | {r.compile_s:.2f} | {r.setup_s:.2f} |")
+        lines.append(
+            f"| {r.case} | {r.train_steps_per_s:,.0f} | {r.scan_steps_per_s:,.0f} | "
+            f"{r.train_steps_per_s / r.scan_steps_per_s:.3f} | {r.overhead_ms:.3f} ms | "
+            f"{'yes' if r.overhead_ms < GOAL_MS else 'no'} | {r.compile_s:.2f} | {r.setup_s:.2f} |"
+        )
     return "\n".join(lines)
 
 
 def header(num_steps: int, repeats: int) -> str:
     device = jax.devices()[0]
-    return (f"unroll.train host overhead: {num_steps} outer steps (adam) per run, {repeats} interleaved repeats, "
-            f"task of benchmarks/pes_throughput.py (horizon 1000, truncation {TRUNCATION})\n"
-            f"jax {jax.__version__}, {device.platform} ({device.device_kind}), python {platform.python_version()}\n"
-            "overhead per step = (train's own time in outer steps, history['train_time_s'], - scan seconds) / steps, "
-            "medians; setup = the rest of the call (trace, compile, history), paid once per call")
+    return (
+        f"unroll.train host overhead: {num_steps} outer steps (adam) per run, {repeats} interleaved repeats, "
+        f"task of benchmarks/pes_throughput.py (horizon 1000, truncation {TRUNCATION})\n"
+        f"jax {jax.__version__}, {device.platform} ({device.device_kind}), python {platform.python_version()}\n"
+        "overhead per step = (train's own time in outer steps, history['train_time_s'], - scan seconds) / steps, "
+        "medians; setup = the rest of the call (trace, compile, history), paid once per call"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> list[Row]:

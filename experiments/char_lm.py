@@ -29,15 +29,22 @@ def table(summary: dict) -> str:
         f"uniform prediction = {ref['uniform_bits_per_char']:.2f} bits/char; {summary['outer_steps']} outer steps "
         f"of {summary['optimizer']}; {len(summary['seeds'])} seeds.",
         "",
-        summary_table(summary, [
-            ("inner steps / outer step", lambda e: str(e["inner_steps_per_outer_step"])),
-            ("validation bits/char (mean ± std)", lambda e: mean_std(e, "final_bits_per_char", ".3f")),
-            ("training time (s)", lambda e: f"{e['train_time_s']:.0f}"),
-        ]),
+        summary_table(
+            summary,
+            [
+                ("inner steps / outer step", lambda e: str(e["inner_steps_per_outer_step"])),
+                ("validation bits/char (mean ± std)", lambda e: mean_std(e, "final_bits_per_char", ".3f")),
+                ("training time (s)", lambda e: f"{e['train_time_s']:.0f}"),
+            ],
+        ),
     ]
     best = min(summary["estimators"].items(), key=lambda kv: kv[1]["final_bits_per_char"]["mean"])
-    lines += ["", f"Lowest validation bits/char: {best[0]} ({best[1]['final_bits_per_char']['mean']:.3f}).", "",
-              footer(summary)]
+    lines += [
+        "",
+        f"Lowest validation bits/char: {best[0]} ({best[1]['final_bits_per_char']['mean']:.3f}).",
+        "",
+        footer(summary),
+    ]
     return "\n".join(lines)
 
 

@@ -30,8 +30,11 @@ def parse_args(doc: str, extra=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite README.md")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--table-only", action="store_true",
-                        help="rebuild the table (and README section) from the saved summary.json, without running")
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="rebuild the table (and README section) from the saved summary.json, without running",
+    )
     if extra is not None:
         extra(parser)
     return parser.parse_args()
@@ -47,8 +50,9 @@ def run_compare(study: str, task: str, args: argparse.Namespace, command: str, *
     if args.table_only:
         with open(os.path.join(results_dir(study), "summary.json")) as f:
             return json.load(f)
-    out_dir, summary = compare(task, seeds=args.seeds, steps=args.steps, command=command,
-                               progress=not args.no_progress, **kwargs)
+    out_dir, summary = compare(
+        task, seeds=args.seeds, steps=args.steps, command=command, progress=not args.no_progress, **kwargs
+    )
     for name in ("summary.json", "metrics.csv", "curves.png"):
         shutil.copy(os.path.join(out_dir, name), os.path.join(results_dir(study), name))
     return summary

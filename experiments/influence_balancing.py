@@ -18,8 +18,15 @@ from common import command_line, footer, parse_args, publish, run_compare
 
 STUDY = "influence-balancing"
 EXPECTED = {
-    "tbptt-1": "far from theta*", "tbptt-10": "far from theta*", "tbptt-100": "short of theta*",
-    "tes": "far from theta*", "pes": "theta*", "nres": "theta*", "forward": "theta*", "rtrl": "theta*", "full-bptt": "theta*",
+    "tbptt-1": "far from theta*",
+    "tbptt-10": "far from theta*",
+    "tbptt-100": "short of theta*",
+    "tes": "far from theta*",
+    "pes": "theta*",
+    "nres": "theta*",
+    "forward": "theta*",
+    "rtrl": "theta*",
+    "full-bptt": "theta*",
 }
 
 

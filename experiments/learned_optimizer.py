@@ -30,14 +30,17 @@ def table(summary: dict) -> str:
         f"(log10 lr {ref['adam_best_log10_learning_rate']:.2f}, validation accuracy {adam['validation_accuracy']:.3f}); "
         f"{summary['outer_steps']} outer steps of {summary['optimizer']}; {len(summary['seeds'])} seeds.",
         "",
-        summary_table(summary, [
-            ("inner steps / outer step", lambda e: str(e["inner_steps_per_outer_step"])),
-            ("held-out meta-objective", lambda e: mean_std(e, "final_objective")),
-            ("vs tuned Adam", lambda e: f"{100 * (e['final_objective']['mean'] / adam['objective'] - 1):+.1f}%"),
-            ("validation accuracy", lambda e: mean_std(e, "final_validation_accuracy", ".3f")),
-            ("beats tuned Adam (every seed)", lambda e: "yes" if e.get("reached") else "no"),
-            ("training time (s)", lambda e: f"{e['train_time_s']:.0f}"),
-        ]),
+        summary_table(
+            summary,
+            [
+                ("inner steps / outer step", lambda e: str(e["inner_steps_per_outer_step"])),
+                ("held-out meta-objective", lambda e: mean_std(e, "final_objective")),
+                ("vs tuned Adam", lambda e: f"{100 * (e['final_objective']['mean'] / adam['objective'] - 1):+.1f}%"),
+                ("validation accuracy", lambda e: mean_std(e, "final_validation_accuracy", ".3f")),
+                ("beats tuned Adam (every seed)", lambda e: "yes" if e.get("reached") else "no"),
+                ("training time (s)", lambda e: f"{e['train_time_s']:.0f}"),
+            ],
+        ),
         "",
         footer(summary),
     ]
@@ -46,8 +49,7 @@ def table(summary: dict) -> str:
 
 def main() -> None:
     args = parse_args(__doc__)
-    summary = run_compare(STUDY, "lopt-digits", args, command_line("learned_optimizer.py", args),
-                          estimators=ESTIMATORS)
+    summary = run_compare(STUDY, "lopt-digits", args, command_line("learned_optimizer.py", args), estimators=ESTIMATORS)
     publish(STUDY, table(summary), args)
 
 

@@ -24,9 +24,9 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import parse_args, publish, results_dir
 
 import unroll
-from common import parse_args, publish, results_dir
 from unroll import tasks
 from unroll.diagnostics import gradient_vs_horizon
 
@@ -38,14 +38,33 @@ NUM_EPISODES = 16
 def measure(theta: jax.Array) -> list[dict]:
     """``unroll.diagnostics.gradient_vs_horizon`` at ``theta``: BPTT per episode, ES samples."""
     make_system = lambda h: tasks.lorenz(horizon=h, num_observed=max(5000, 2 * h), dtype=jnp.float64)[0]
-    result = gradient_vs_horizon(make_system, theta, jax.random.key(0), HORIZONS, num_episodes=NUM_EPISODES,
-                                 make_estimator=lambda system: unroll.es(system, sigma=0.3, num_particles=200),
-                                 num_samples=NUM_EPISODES)
-    return [{"horizon": int(h), "loss": float(loss), "bptt_median": float(med), "bptt_max": float(mx),
-             "es_median": float(es_med), "es_std": float(np.sqrt(es_var))}
-            for h, loss, med, mx, es_med, es_var in zip(result.horizons, result.loss, result.exact_norm_median,
-                                                        result.exact_norm_max, result.estimator_norm_median,
-                                                        result.estimator_variance)]
+    result = gradient_vs_horizon(
+        make_system,
+        theta,
+        jax.random.key(0),
+        HORIZONS,
+        num_episodes=NUM_EPISODES,
+        make_estimator=lambda system: unroll.es(system, sigma=0.3, num_particles=200),
+        num_samples=NUM_EPISODES,
+    )
+    return [
+        {
+            "horizon": int(h),
+            "loss": float(loss),
+            "bptt_median": float(med),
+            "bptt_max": float(mx),
+            "es_median": float(es_med),
+            "es_std": float(np.sqrt(es_var)),
+        }
+        for h, loss, med, mx, es_med, es_var in zip(
+            result.horizons,
+            result.loss,
+            result.exact_norm_median,
+            result.exact_norm_max,
+            result.estimator_norm_median,
+            result.estimator_variance,
+        )
+    ]
 
 
 def plot(rows: dict, path: str) -> None:
@@ -76,8 +95,7 @@ def plot(rows: dict, path: str) -> None:
 def main() -> None:
     jax.config.update("jax_enable_x64", True)
     args = parse_args(__doc__)
-    points = {"theta_0 = (8, 25, 2)": jnp.asarray([8.0, 25.0, 2.0]),
-              "true + 0.1": jnp.asarray(tasks.TRUE_PARAMS) + 0.1}
+    points = {"theta_0 = (8, 25, 2)": jnp.asarray([8.0, 25.0, 2.0]), "true + 0.1": jnp.asarray(tasks.TRUE_PARAMS) + 0.1}
     rows = {label: measure(theta) for label, theta in points.items()}
     out = results_dir(STUDY)
     with open(os.path.join(out, "summary.json"), "w") as f:
@@ -93,14 +111,20 @@ def main() -> None:
     ]
     for label, data in rows.items():
         for r in data:
-            lines.append(f"| {label} | {r['horizon']} | {r['loss']:.3g} | {r['bptt_median']:.3g} / {r['bptt_max']:.3g} "
-                         f"| {r['es_median']:.3g}; {r['es_std']:.3g} |")
+            lines.append(
+                f"| {label} | {r['horizon']} | {r['loss']:.3g} | {r['bptt_median']:.3g} / {r['bptt_max']:.3g} "
+                f"| {r['es_median']:.3g}; {r['es_std']:.3g} |"
+            )
     growth = rows["true + 0.1"][-1]["bptt_median"] / rows["true + 0.1"][0]["bptt_median"]
-    lines += ["", f"BPTT's gradient norm grows {growth:.3g}x from horizon {HORIZONS[0]} to {HORIZONS[-1]} "
-              f"near the true parameters; ES's stays within "
-              f"{min(r['es_median'] for d in rows.values() for r in d):.3g} to "
-              f"{max(r['es_median'] for d in rows.values() for r in d):.3g}.",
-              "", "Command: `python experiments/lorenz.py`, jax " + jax.__version__ + "."]
+    lines += [
+        "",
+        f"BPTT's gradient norm grows {growth:.3g}x from horizon {HORIZONS[0]} to {HORIZONS[-1]} "
+        f"near the true parameters; ES's stays within "
+        f"{min(r['es_median'] for d in rows.values() for r in d):.3g} to "
+        f"{max(r['es_median'] for d in rows.values() for r in d):.3g}.",
+        "",
+        "Command: `python experiments/lorenz.py`, jax " + jax.__version__ + ".",
+    ]
     publish(STUDY, "\n".join(lines), args)
 
 

@@ -22,8 +22,14 @@ from __future__ import annotations
 from common import command_line, footer, parse_args, publish, run_compare
 
 STUDY = "lr-schedule"
-EXPECTED = {"tbptt-10": "biased (> 2%)", "tes": "biased (> 2%)", "pes": "within 2%", "nres": "within 2%",
-            "es": "within 2%", "full-bptt": "within 2%"}
+EXPECTED = {
+    "tbptt-10": "biased (> 2%)",
+    "tes": "biased (> 2%)",
+    "pes": "within 2%",
+    "nres": "within 2%",
+    "es": "within 2%",
+    "full-bptt": "within 2%",
+}
 
 
 def table(summary: dict) -> str:

@@ -26,9 +26,17 @@ def main(checkpoint: str, out: str, steps: int) -> int:
     estimator = unroll.pes(system, truncation=3, sigma=0.1, num_particles=4, num_workers=3)
     try:
         theta, history = unroll.train(
-            estimator, optax.adam(1e-2), jnp.asarray(THETA), jax.random.key(0), steps, num_seeds=2,
-            eval_fn=lambda th: {"norm": jnp.sum(th**2)}, eval_every=7, progress=False,
-            checkpoint=checkpoint, checkpoint_every=3,
+            estimator,
+            optax.adam(1e-2),
+            jnp.asarray(THETA),
+            jax.random.key(0),
+            steps,
+            num_seeds=2,
+            eval_fn=lambda th: {"norm": jnp.sum(th**2)},
+            eval_every=7,
+            progress=False,
+            checkpoint=checkpoint,
+            checkpoint_every=3,
         )
     except unroll.TrainingInterrupted as err:
         print(err, file=sys.stderr)

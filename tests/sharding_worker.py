@@ -142,13 +142,21 @@ def single() -> dict:
     cases = {
         "pes": (unroll.pes(lq, truncation=3, sigma=0.1, num_particles=2, num_workers=8), lq_theta, None),
         "nres": (unroll.nres(lq, truncation=3, sigma=0.1, num_particles=2, num_workers=8), lq_theta, None),
-        "truncated_es": (unroll.truncated_es(lq, truncation=3, sigma=0.1, num_particles=2, num_workers=8), lq_theta, None),
+        "truncated_es": (
+            unroll.truncated_es(lq, truncation=3, sigma=0.1, num_particles=2, num_workers=8),
+            lq_theta,
+            None,
+        ),
         "es": (unroll.es(lq, sigma=0.1, num_particles=2, num_workers=8), lq_theta, None),
         "truncated_bptt": (unroll.truncated_bptt(rnn, truncation=4, num_workers=8), rnn_params, None),
         "full_bptt": (unroll.full_bptt(rnn, num_workers=8), rnn_params, None),
         "rtrl": (unroll.rtrl(rnn, truncation=4, num_workers=8), rnn_params, None),
         "uoro": (unroll.uoro(rnn, truncation=4, num_workers=8), rnn_params, None),
-        "forward_gradient": (unroll.forward_gradient(rnn, truncation=4, num_directions=2, num_workers=8), rnn_params, None),
+        "forward_gradient": (
+            unroll.forward_gradient(rnn, truncation=4, num_directions=2, num_workers=8),
+            rnn_params,
+            None,
+        ),
         "dni": (unroll.dni(rnn, truncation=4, num_workers=8), rnn_params, None),
         "pes_particles": (unroll.pes(lq, truncation=3, sigma=0.1, num_particles=16), lq_theta, P(None, "d")),
     }
@@ -159,9 +167,7 @@ def single() -> dict:
     results["pes_2d_mesh"] = compare(pes_2d, lq_theta, key, mesh_2d, P("w", "p"))
 
     est = unroll.pes(lq, truncation=3, sigma=0.1, num_particles=2, num_workers=8)
-    runs = [
-        unroll.train(e, optax.sgd(0.01), lq_theta, key, 4, progress=False) for e in (est, shard(est, mesh))
-    ]
+    runs = [unroll.train(e, optax.sgd(0.01), lq_theta, key, 4, progress=False) for e in (est, shard(est, mesh))]
     (theta, history), (s_theta, s_history) = runs
     results["train"] = {
         "theta_rel_diff": max_rel_diff([s_theta], [theta]),
@@ -184,7 +190,9 @@ def multihost_estimator():
 
 def multihost(process_id: int, num_processes: int, port: int) -> dict:
     jax.distributed.initialize(
-        coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes, process_id=process_id,
+        coordinator_address=f"127.0.0.1:{port}",
+        num_processes=num_processes,
+        process_id=process_id,
         initialization_timeout=120,
     )
     mesh = jax.make_mesh((jax.device_count(),), ("d",))

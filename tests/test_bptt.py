@@ -18,7 +18,12 @@ from jax.flatten_util import ravel_pytree
 
 import unroll
 from tests.systems import (
-    linear_exact_gradient, linear_system, rnn_system, rnn_theta, scalar_lq_closed_form_D, scalar_lq_system,
+    linear_exact_gradient,
+    linear_system,
+    rnn_system,
+    rnn_theta,
+    scalar_lq_closed_form_D,
+    scalar_lq_system,
     scalar_lq_windows,
 )
 
@@ -202,7 +207,7 @@ def test_truncated_bptt_is_not_full_bptt_when_k_lt_t():
     init, estimate = jitted(est)
     state = init(theta, KEY)
     grads = []
-    for i in range(T):  # 7 windows of 3 = 3 episodes, every window phase once
+    for _ in range(T):  # 7 windows of 3 = 3 episodes, every window phase once
         g, state, _ = estimate(theta, state, KEY)
         grads.append(float(g))
     exact = float(unroll.exact_gradient(system, theta, KEY))

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 import unroll
+from tests.systems import noisy_rnn_system, rnn_system, rnn_theta
 from unroll.checkpointing import plan
 from unroll.estimators.bptt import _checkpointed_episode, _program
-from tests.systems import noisy_rnn_system, rnn_system, rnn_theta
 
 KEY = jax.random.PRNGKey(0)
 
@@ -139,7 +139,7 @@ def noisy_problem(horizon=7):
 PROBLEMS = {"rnn": rnn_problem, "rnn_learned_h0": learned_h0_problem, "noisy_rnn": noisy_problem}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def full_bptt_run(problem, num_calls=2):
     """``full_bptt``'s initial state and its first ``num_calls`` estimates (compiled once
     per problem, shared by the budgets)."""

@@ -11,10 +11,24 @@ from unroll import cli
 
 def test_compare_writes_csv_json_and_png(tmp_path, capsys):
     out = tmp_path / "run"
-    code = cli.main([
-        "compare", "influence-balancing", "--estimators", "pes,tbptt-1", "full-bptt", "--seeds", "2",
-        "--steps", "5", "--horizon", "40", "--out", str(out), "--no-progress",
-    ])
+    code = cli.main(
+        [
+            "compare",
+            "influence-balancing",
+            "--estimators",
+            "pes,tbptt-1",
+            "full-bptt",
+            "--seeds",
+            "2",
+            "--steps",
+            "5",
+            "--horizon",
+            "40",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -94,8 +108,18 @@ def test_bad_config_is_one_line_and_exit_2(text, needle, tmp_path, capsys):
     assert needle in err and "\n" not in err and "Traceback" not in err
 
 
-SMALL = ["compare", "influence-balancing", "--estimators", "pes", "tbptt-10", "--seeds", "2", "--horizon", "40",
-         "--no-progress"]
+SMALL = [
+    "compare",
+    "influence-balancing",
+    "--estimators",
+    "pes",
+    "tbptt-10",
+    "--seeds",
+    "2",
+    "--horizon",
+    "40",
+    "--no-progress",
+]
 
 
 def _csv_bytes(folder) -> bytes:
@@ -132,8 +156,9 @@ def test_interrupted_compare_resumes_to_the_same_csv(tmp_path):
 
     reference = subprocess.run(command(tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=600)
     assert reference.returncode == 0, reference.stderr
-    proc = subprocess.Popen(command(tmp_path / "run"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        command(tmp_path / "run"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     checkpoint = tmp_path / "run" / "checkpoints" / "pes.npz"
     deadline = time.monotonic() + 300
     while not checkpoint.exists():
@@ -148,8 +173,9 @@ def test_interrupted_compare_resumes_to_the_same_csv(tmp_path):
     assert not (tmp_path / "run" / "metrics.csv").exists()
     again = last.split("resume with: ")[1].split()
     assert again[0] == "unroll" and again[1:] == [*argv, "--out", str(tmp_path / "run")]
-    resumed = subprocess.run([sys.executable, "-m", "unroll.cli", *again[1:]], env=env, capture_output=True,
-                             text=True, timeout=600, cwd=root)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "unroll.cli", *again[1:]], env=env, capture_output=True, text=True, timeout=600, cwd=root
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert _csv_bytes(tmp_path / "run") == _csv_bytes(tmp_path / "ref")
 
@@ -181,13 +207,20 @@ def test_a_diverging_estimator_is_recorded_and_the_others_go_on(tmp_path, capsys
     def setup():
         system = unroll.System(lambda theta, key: jnp.zeros(()), step, 2)
         return compare.TaskSetup(
-            system=system, theta=jnp.asarray(0.55), evaluate=lambda th: {"objective": -th, "theta": th},
+            system=system,
+            theta=jnp.asarray(0.55),
+            evaluate=lambda th: {"objective": -th, "theta": th},
             reference={"objective": "-theta", "horizon": 2},
-            estimators={"full-bptt": compare.standard_estimators()["full-bptt"],
-                        # tbptt runs on a system that stays finite: it goes on to the last step
-                        "tbptt": compare.EstimatorSpec(lambda s, k: unroll.truncated_bptt(finite, k), 1, "tbptt")},
-            default_estimators=["full-bptt", "tbptt-1"], optimizer=lambda steps: optax.sgd(0.2),
-            optimizer_description="sgd 0.2", default_steps=40, default_seeds=2,
+            estimators={
+                "full-bptt": compare.standard_estimators()["full-bptt"],
+                # tbptt runs on a system that stays finite: it goes on to the last step
+                "tbptt": compare.EstimatorSpec(lambda s, k: unroll.truncated_bptt(finite, k), 1, "tbptt"),
+            },
+            default_estimators=["full-bptt", "tbptt-1"],
+            optimizer=lambda steps: optax.sgd(0.2),
+            optimizer_description="sgd 0.2",
+            default_steps=40,
+            default_seeds=2,
         )
 
     monkeypatch.setitem(compare.TASKS, "nan-test", setup)

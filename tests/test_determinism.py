@@ -24,8 +24,10 @@ def problem(name):
 
 
 def leaves(tree):
-    return [np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
-            for x in jax.tree_util.tree_leaves(tree)]
+    return [
+        np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+        for x in jax.tree_util.tree_leaves(tree)
+    ]
 
 
 def assert_bitwise_equal(a, b, what):

@@ -14,7 +14,9 @@ KEY = jax.random.key(0)
 
 def map_system(f, state0, horizon=1):
     """A map ``s -> f(s)`` as a System (loss 0): the dynamics alone."""
-    return unroll.System(lambda theta, key: jnp.asarray(state0), lambda theta, s, t: (f(theta, s), 0.0 * jnp.sum(s)), horizon)
+    return unroll.System(
+        lambda theta, key: jnp.asarray(state0), lambda theta, s, t: (f(theta, s), 0.0 * jnp.sum(s)), horizon
+    )
 
 
 def test_logistic_map_exponent_is_ln2():
@@ -50,7 +52,9 @@ def test_chaotic_tanh_rnn_has_the_large_n_exponent(gain, expected):
     (g = 2) and 0.31 (g = 3); finite N and time leave a few hundredths."""
     n = 2000
     w = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)) / np.sqrt(n), jnp.float32)
-    system = map_system(lambda theta, x: jnp.tanh(gain * w @ x), np.random.default_rng(1).normal(size=n).astype(np.float32))
+    system = map_system(
+        lambda theta, x: jnp.tanh(gain * w @ x), np.random.default_rng(1).normal(size=n).astype(np.float32)
+    )
     result = jax.jit(lambda: lyapunov_spectrum(system, None, KEY, num_steps=2000, k=1, warmup=300))()
     assert float(result.exponents[0]) == pytest.approx(expected, abs=0.04)
 
@@ -79,7 +83,9 @@ def test_jacobian_spectrum_of_a_linear_map_is_the_svd_of_its_powers():
     a = np.array([[0.5, 3.0, 0.0], [0.0, 1.1, 0.2], [0.4, 0.0, 0.9]])
     system = map_system(lambda theta, x: jnp.asarray(a) @ x, np.ones(3))
     result = jacobian_spectrum(system, None, KEY, num_steps=30)
-    np.testing.assert_allclose(np.asarray(result.step), np.tile(np.linalg.svd(a, compute_uv=False), (30, 1)), rtol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(result.step), np.tile(np.linalg.svd(a, compute_uv=False), (30, 1)), rtol=1e-12
+    )
     for t in (0, 9, 29):
         expected = np.log(np.linalg.svd(np.linalg.matrix_power(a, t + 1), compute_uv=False))
         # the small singular values of A^t are known only to ~eps * cond(A^t) (both sides)
@@ -115,11 +121,18 @@ def test_gradient_quality_shows_truncation_bias_and_pes_unbiasedness():
 
     system = linear_quadratic(horizon=6, target_noise=0.5)
     reference = exact(6)
-    tbptt = gradient_quality(unroll.truncated_bptt(system, truncation=1, num_workers=6), THETA, KEY, 400,
-                             reference, windows_per_sample=6)
+    tbptt = gradient_quality(
+        unroll.truncated_bptt(system, truncation=1, num_workers=6), THETA, KEY, 400, reference, windows_per_sample=6
+    )
     assert tbptt.bias_z > 10 and tbptt.bias_norm > 0.1 * float(jnp.linalg.norm(reference))
-    pes = gradient_quality(unroll.pes(system, truncation=2, sigma=0.1, num_particles=4, num_workers=3), THETA, KEY,
-                           2000, reference, windows_per_sample=3)
+    pes = gradient_quality(
+        unroll.pes(system, truncation=2, sigma=0.1, num_particles=4, num_workers=3),
+        THETA,
+        KEY,
+        2000,
+        reference,
+        windows_per_sample=3,
+    )
     assert pes.bias_z < 4 and np.isfinite(pes.snr) and pes.variance > 0
     table = quality_table({"tbptt-1": tbptt, "pes": pes}).splitlines()
     assert len(table) == 4 and table[2].startswith("| tbptt-1 | ") and f"{pes.snr:.3g}" in table[3]
@@ -139,12 +152,21 @@ def test_gradient_vs_horizon_follows_the_closed_form():
     from unroll.diagnostics import gradient_vs_horizon
 
     lam, theta, horizons = 1.1, jnp.asarray(0.7), [1, 5, 20, 50]
-    result = gradient_vs_horizon(lambda h: geometric_system(lam, h), theta, KEY, horizons, num_episodes=3,
-                                 make_estimator=unroll.full_bptt, num_samples=2)
+    result = gradient_vs_horizon(
+        lambda h: geometric_system(lam, h),
+        theta,
+        KEY,
+        horizons,
+        num_episodes=3,
+        make_estimator=unroll.full_bptt,
+        num_samples=2,
+    )
     expected = [2 * geometric_constant(lam, h) * 0.7 for h in horizons]
     np.testing.assert_allclose(np.asarray(result.exact_norm_median), expected, rtol=1e-10)
     np.testing.assert_allclose(np.asarray(result.estimator_norm_median), expected, rtol=1e-10)
-    np.testing.assert_allclose(np.asarray(result.loss), [geometric_constant(lam, h) * 0.49 for h in horizons], rtol=1e-10)
+    np.testing.assert_allclose(
+        np.asarray(result.loss), [geometric_constant(lam, h) * 0.49 for h in horizons], rtol=1e-10
+    )
     assert float(jnp.max(result.exact_variance)) < 1e-20 and float(jnp.max(result.estimator_variance)) < 1e-20
 
 
@@ -154,8 +176,17 @@ def test_loss_along_and_its_smoothed_version():
     from unroll.diagnostics import loss_along
 
     lam, horizons, offsets = 0.9, [3, 10], np.linspace(-1, 1, 5)
-    losses, smoothed = loss_along(lambda h: geometric_system(lam, h), jnp.asarray(0.2), jnp.asarray(1.0), KEY,
-                                  horizons, offsets, num_episodes=2, sigma=0.3, num_perturbations=64)
+    losses, smoothed = loss_along(
+        lambda h: geometric_system(lam, h),
+        jnp.asarray(0.2),
+        jnp.asarray(1.0),
+        KEY,
+        horizons,
+        offsets,
+        num_episodes=2,
+        sigma=0.3,
+        num_perturbations=64,
+    )
     for i, h in enumerate(horizons):
         c = geometric_constant(lam, h)
         np.testing.assert_allclose(np.asarray(losses[i]), c * (0.2 + offsets) ** 2, rtol=1e-10)

@@ -19,12 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 import unroll
+from tests.systems import ES_FAMILY, ESTIMATOR_NAMES, WINDOWED, build_estimator, rnn_system, rnn_theta
 from unroll import cli, diagnostics, tasks
 from unroll.diagnostics import lyapunov_spectrum
-from tests.systems import ES_FAMILY, ESTIMATOR_NAMES, WINDOWED, build_estimator, rnn_system, rnn_theta
 
 KEY = jax.random.PRNGKey(0)
 HORIZON = 4
@@ -94,7 +95,9 @@ def test_truncation_bounds_are_inclusive(name, truncation):
 @pytest.mark.parametrize("truncation", [0, -2])
 def test_truncation_not_positive(name, truncation):
     message = raises(
-        lambda: build_estimator(name, good_system(), truncation=truncation), "`truncation`", "1 <= truncation <= horizon"
+        lambda: build_estimator(name, good_system(), truncation=truncation),
+        "`truncation`",
+        "1 <= truncation <= horizon",
     )
     assert str(truncation) in message
 
@@ -103,7 +106,8 @@ def test_truncation_not_positive(name, truncation):
 def test_truncation_longer_than_horizon(name):
     raises(
         lambda: build_estimator(name, good_system(), truncation=HORIZON + 1),
-        f"`truncation`={HORIZON + 1}", f"use truncation <= {HORIZON}, or full_bptt / es",
+        f"`truncation`={HORIZON + 1}",
+        f"use truncation <= {HORIZON}, or full_bptt / es",
     )
 
 
@@ -118,7 +122,8 @@ def test_truncation_not_int(name, truncation):
 def test_odd_particles_with_antithetic(name, num_particles):
     raises(
         lambda: build_estimator(name, good_system(), num_particles=num_particles, antithetic=True),
-        f"`num_particles`={num_particles} is odd", f"such as {num_particles + 1}, or antithetic=False",
+        f"`num_particles`={num_particles} is odd",
+        f"such as {num_particles + 1}, or antithetic=False",
     )
 
 
@@ -127,7 +132,8 @@ def test_odd_particles_with_antithetic(name, num_particles):
 def test_particles_not_positive(name, num_particles):
     raises(
         lambda: build_estimator(name, good_system(), num_particles=num_particles),
-        f"`num_particles` must be a positive int, got {num_particles!r}", "use an even int >= 2, e.g. num_particles=64",
+        f"`num_particles` must be a positive int, got {num_particles!r}",
+        "use an even int >= 2, e.g. num_particles=64",
     )
 
 
@@ -136,7 +142,9 @@ def test_particles_not_positive(name, num_particles):
 def test_antithetic_not_bool(name, antithetic):
     raises(
         lambda: build_estimator(name, good_system(), antithetic=antithetic),
-        f"`antithetic` must be True or False, got {antithetic!r}", "pairs (+eps, -eps)", TypeError,
+        f"`antithetic` must be True or False, got {antithetic!r}",
+        "pairs (+eps, -eps)",
+        TypeError,
     )
 
 
@@ -156,7 +164,8 @@ def test_sigma_accepts_real_numbers(sigma):
 def test_num_workers_not_positive(name, num_workers):
     raises(
         lambda: build_estimator(name, good_system(), num_workers=num_workers),
-        f"`num_workers` must be a positive int, got {num_workers!r}", "use 1 or more, e.g. num_workers=8",
+        f"`num_workers` must be a positive int, got {num_workers!r}",
+        "use 1 or more, e.g. num_workers=8",
     )
 
 
@@ -164,7 +173,8 @@ def test_num_workers_not_positive(name, num_workers):
 def test_forward_gradient_num_directions_not_positive(num_directions):
     raises(
         lambda: build_estimator("forward_gradient", good_system(), num_directions=num_directions),
-        f"`num_directions` must be a positive int, got {num_directions!r}", "use an int >= 1",
+        f"`num_directions` must be a positive int, got {num_directions!r}",
+        "use an int >= 1",
     )
 
 
@@ -172,7 +182,8 @@ def test_forward_gradient_num_directions_not_positive(num_directions):
 def test_snap_order_not_positive(order):
     raises(
         lambda: build_estimator("snap", good_system(), order=order),
-        f"`order` must be a positive int, got {order!r}", "e.g. order=1",
+        f"`order` must be a positive int, got {order!r}",
+        "e.g. order=1",
     )
 
 
@@ -181,7 +192,8 @@ def test_snap_order_not_positive(order):
 def test_sparse_not_bool_or_none(name, sparse):
     raises(
         lambda: build_estimator(name, good_system(), sparse=sparse),
-        f"`sparse` must be True, False or None, got {sparse!r}", "pass sparse=None to pick the layout automatically",
+        f"`sparse` must be True, False or None, got {sparse!r}",
+        "pass sparse=None to pick the layout automatically",
     )
 
 
@@ -189,14 +201,17 @@ def test_sparse_not_bool_or_none(name, sparse):
 def test_uoro_epsilon_not_positive(epsilon):
     raises(
         lambda: build_estimator("uoro", good_system(), epsilon=epsilon),
-        "`epsilon` must be a positive", "try epsilon=1e-7",
+        "`epsilon` must be a positive",
+        "try epsilon=1e-7",
     )
 
 
 @pytest.mark.parametrize("hidden", [0, -4, 8.0])
 def test_dni_mlp_synthesizer_hidden_not_positive(hidden):
     raises(
-        lambda: unroll.mlp_synthesizer(hidden=hidden), f"`hidden` must be a positive int, got {hidden!r}", "e.g. hidden=64"
+        lambda: unroll.mlp_synthesizer(hidden=hidden),
+        f"`hidden` must be a positive int, got {hidden!r}",
+        "e.g. hidden=64",
     )
 
 
@@ -204,7 +219,8 @@ def test_dni_mlp_synthesizer_hidden_not_positive(hidden):
 def test_memory_budget_below_the_feasible_minimum(budget):
     raises(
         lambda: unroll.checkpointed_bptt(good_system(), memory_budget=budget),
-        f"`memory_budget` must be a positive int, got {budget!r}", "the feasible minimum is 1 (e.g. memory_budget=10)",
+        f"`memory_budget` must be a positive int, got {budget!r}",
+        "the feasible minimum is 1 (e.g. memory_budget=10)",
     )
 
 
@@ -212,7 +228,8 @@ def test_memory_budget_below_the_feasible_minimum(budget):
 def test_exact_gradient_num_episodes(num_episodes):
     raises(
         lambda: unroll.exact_gradient(good_system(), theta(), KEY, num_episodes=num_episodes),
-        f"`num_episodes` must be a positive int, got {num_episodes!r}", "e.g. num_episodes=1",
+        f"`num_episodes` must be a positive int, got {num_episodes!r}",
+        "e.g. num_episodes=1",
     )
 
 
@@ -223,7 +240,8 @@ def test_state_of_another_estimator_fails_at_trace_time(name):
     est = build_estimator(name, good_system())
     raises(
         lambda: jax.eval_shape(est.estimate, theta(), other, KEY),
-        "`state` holds workers of shape (2,", "pass the state returned by this estimator's own init",
+        "`state` holds workers of shape (2,",
+        "pass the state returned by this estimator's own init",
     )
 
 
@@ -276,15 +294,31 @@ BAD_STEPS = {  # step_fn(state, loss) -> what the bad step returns; the words it
     "non_scalar_loss": (lambda state, loss: (state, state[0]), "float scalar loss, got float64[3]", LOSS_FIX),
     "shape_1_loss": (lambda state, loss: (state, jnp.reshape(loss, (1,))), "float scalar loss", LOSS_FIX),
     # an integer loss: a jnp int scalar and a Python int; a bool; a complex loss
-    "int_loss": (lambda state, loss: (state, jnp.round(loss).astype(jnp.int32)), "float scalar loss, got int32[]", FLOAT_FIX),
+    "int_loss": (
+        lambda state, loss: (state, jnp.round(loss).astype(jnp.int32)),
+        "float scalar loss, got int32[]",
+        FLOAT_FIX,
+    ),
     "python_int_loss": (lambda state, loss: (state, 3), "float scalar loss", FLOAT_FIX),
     "bool_loss": (lambda state, loss: (state, loss > 0), "float scalar loss, got bool[]", FLOAT_FIX),
     "complex_loss": (lambda state, loss: (state, loss + 1j), "float scalar loss, got complex128[]", "jnp.abs(z) ** 2"),
     # the state changes shape (concatenation), dtype or structure; step returns no pair
-    "state_shape": (lambda state, loss: ((jnp.concatenate([state[0], state[0]]),), loss), "changed state[0]", STATE_FIX),
+    "state_shape": (
+        lambda state, loss: ((jnp.concatenate([state[0], state[0]]),), loss),
+        "changed state[0]",
+        STATE_FIX,
+    ),
     "state_dtype": (lambda state, loss: ((state[0].astype(jnp.float32),), loss), "changed state[0]", STATE_FIX),
-    "state_structure": (lambda state, loss: ((state[0], state[0]), loss), "pytree structure", "return the same structure"),
-    "not_a_pair": (lambda state, loss: (state, loss, loss), "must return a pair (state, loss)", "return `new_state, loss`"),
+    "state_structure": (
+        lambda state, loss: ((state[0], state[0]), loss),
+        "pytree structure",
+        "return the same structure",
+    ),
+    "not_a_pair": (
+        lambda state, loss: (state, loss, loss),
+        "must return a pair (state, loss)",
+        "return `new_state, loss`",
+    ),
 }
 
 
@@ -312,12 +346,14 @@ def with_init(init_fn, horizon=HORIZON):
 BAD_INITS = {
     # init's state does not fit step (a hidden state of the wrong size): step cannot run on it
     "state_step_cannot_take": (
-        lambda state: (jnp.zeros(5),), "`system.step(theta, state, t)` failed on the state from `system.init`",
+        lambda state: (jnp.zeros(5),),
+        "`system.step(theta, state, t)` failed on the state from `system.init`",
         "step must accept the state init returns (same pytree, shapes and dtypes)",
     ),
     # init returns something that is not an array
     "not_an_array": (
-        lambda state: ("h",), "`system.init(theta, key)` cannot be traced",
+        lambda state: ("h",),
+        "`system.init(theta, key)` cannot be traced",
         "it must return a pytree of arrays computed with jax from theta and key",
     ),
 }
@@ -375,7 +411,9 @@ def test_empty_theta(empty):
 def test_python_float_and_float_array_leaves_are_fine():
     theta_leaves = theta_with(0.1 * np.ones(3))  # numpy float64 array
     jax.eval_shape(build_estimator("pes", good_system()).init, theta_leaves, KEY)
-    scalar = unroll.System(init=lambda th, key: th["a"] * jnp.ones(()), step=lambda th, s, t: (s, s * th["a"]), horizon=2)
+    scalar = unroll.System(
+        init=lambda th, key: th["a"] * jnp.ones(()), step=lambda th, s, t: (s, s * th["a"]), horizon=2
+    )
     jax.eval_shape(unroll.full_bptt(scalar).init, {"a": 0.5}, KEY)  # a Python float leaf
 
 
@@ -392,13 +430,20 @@ def duplicate_mesh(num_devices):
     "num_workers, num_particles, spec, words, fix",
     [
         (3, 4, None, "splits the workers axis of the estimator state (size 3", "make num_workers a multiple of 2"),
-        (1, 6, P(None, "d"), "splits the particles axis of the estimator state (size 6",
-         "make num_particles a multiple of 4"),
+        (
+            1,
+            6,
+            P(None, "d"),
+            "splits the particles axis of the estimator state (size 6",
+            "make num_particles a multiple of 4",
+        ),
     ],
 )
 def test_mesh_not_dividing_workers_or_particles_fails_at_trace_time(num_workers, num_particles, spec, words, fix):
     mesh = duplicate_mesh(2 if spec is None else 4)
-    est = unroll.shard(build_estimator("pes", good_system(), num_workers=num_workers, num_particles=num_particles), mesh, spec)
+    est = unroll.shard(
+        build_estimator("pes", good_system(), num_workers=num_workers, num_particles=num_particles), mesh, spec
+    )
     message = raises(lambda: jax.eval_shape(est.init, theta(), KEY), words, fix, ValueError)
     assert "`spec`=" in message and "or shard the other axis" in message
 
@@ -423,8 +468,11 @@ def train_with(**overrides):
         ({"eval_every": -1, "eval_fn": lambda th: {}}, "`eval_every` must be a positive int, got -1", "Pass 0"),
         ({"eval_every": 2.5, "eval_fn": lambda th: {}}, "`eval_every` must be a positive int, got 2.5", "Pass 0"),
         ({"checkpoint_every": 3}, "`checkpoint_every`=3 is set but `checkpoint` is None", "pass checkpoint='run.npz'"),
-        ({"checkpoint": "run.npz", "checkpoint_every": -1}, "`checkpoint_every` must be a positive int, got -1",
-         "Pass an int >= 1"),
+        (
+            {"checkpoint": "run.npz", "checkpoint_every": -1},
+            "`checkpoint_every` must be a positive int, got -1",
+            "Pass an int >= 1",
+        ),
     ],
 )
 def test_bad_train_arguments(overrides, words, fix):
@@ -432,8 +480,12 @@ def test_bad_train_arguments(overrides, words, fix):
 
 
 def test_eval_fn_not_callable():
-    raises(train_with(eval_fn={"norm": 1.0}, eval_every=1), "`eval_fn` must be a function theta -> dict",
-           "pass e.g. eval_fn=lambda theta:", TypeError)
+    raises(
+        train_with(eval_fn={"norm": 1.0}, eval_every=1),
+        "`eval_fn` must be a function theta -> dict",
+        "pass e.g. eval_fn=lambda theta:",
+        TypeError,
+    )
 
 
 # --------------------------------------------------------------------------- diagnostics and tasks
@@ -442,20 +494,43 @@ def test_eval_fn_not_callable():
 @pytest.mark.parametrize(
     "call, words, fix",
     [
-        (lambda: lyapunov_spectrum(good_system(), theta(), KEY, num_steps=10, warmup=-1),
-         "`warmup` must be an int >= 0, got -1", "e.g. warmup=1000"),
-        (lambda: lyapunov_spectrum(good_system(), theta(), KEY, num_steps=0), "`num_steps` must be a positive int, got 0",
-         "e.g. 10_000"),
-        (lambda: lyapunov_spectrum(good_system(), theta(), KEY, num_steps=10, k=4),
-         "`k`=4 exceeds the state's real dimension N=3", "pass k <= 3"),
-        (lambda: diagnostics.jacobian_spectrum(good_system(), theta(), KEY, num_steps=0),
-         "`num_steps` must be a positive int, got 0", "e.g. 100"),
-        (lambda: diagnostics.estimate_samples(build_estimator("pes", good_system()), theta(), KEY, num_samples=0),
-         "`num_samples` must be a positive int, got 0", "e.g. 1000"),
-        (lambda: diagnostics.estimate_samples(build_estimator("pes", good_system()), theta(), KEY, 4, windows_per_sample=0),
-         "`windows_per_sample` must be a positive int, got 0", "Pass an int >= 1"),
-        (lambda: diagnostics.gradient_vs_horizon(good_system, theta(), KEY, [2, 4], num_episodes=0),
-         "`num_episodes` must be a positive int, got 0", "Pass an int >= 1"),
+        (
+            lambda: lyapunov_spectrum(good_system(), theta(), KEY, num_steps=10, warmup=-1),
+            "`warmup` must be an int >= 0, got -1",
+            "e.g. warmup=1000",
+        ),
+        (
+            lambda: lyapunov_spectrum(good_system(), theta(), KEY, num_steps=0),
+            "`num_steps` must be a positive int, got 0",
+            "e.g. 10_000",
+        ),
+        (
+            lambda: lyapunov_spectrum(good_system(), theta(), KEY, num_steps=10, k=4),
+            "`k`=4 exceeds the state's real dimension N=3",
+            "pass k <= 3",
+        ),
+        (
+            lambda: diagnostics.jacobian_spectrum(good_system(), theta(), KEY, num_steps=0),
+            "`num_steps` must be a positive int, got 0",
+            "e.g. 100",
+        ),
+        (
+            lambda: diagnostics.estimate_samples(build_estimator("pes", good_system()), theta(), KEY, num_samples=0),
+            "`num_samples` must be a positive int, got 0",
+            "e.g. 1000",
+        ),
+        (
+            lambda: diagnostics.estimate_samples(
+                build_estimator("pes", good_system()), theta(), KEY, 4, windows_per_sample=0
+            ),
+            "`windows_per_sample` must be a positive int, got 0",
+            "Pass an int >= 1",
+        ),
+        (
+            lambda: diagnostics.gradient_vs_horizon(good_system, theta(), KEY, [2, 4], num_episodes=0),
+            "`num_episodes` must be a positive int, got 0",
+            "Pass an int >= 1",
+        ),
     ],
 )
 def test_bad_diagnostics_arguments(call, words, fix):
@@ -465,18 +540,36 @@ def test_bad_diagnostics_arguments(call, words, fix):
 @pytest.mark.parametrize(
     "make, words, fix",
     [
-        (lambda: tasks.influence_balancing(num_positive=30), "`num_positive`=30 must lie in [0, num_units=23]",
-         "e.g. num_positive=10"),
-        (lambda: tasks.flip_flop(pulse_probability=0.0), "`pulse_probability`=0.0 must lie in (0, 1]",
-         "e.g. pulse_probability=0.05"),
-        (lambda: tasks.python_docs_corpus(validation_fraction=1.0), "`validation_fraction`=1.0 must lie in (0, 1)",
-         "e.g. validation_fraction=0.1"),
-        (lambda: tasks.lorenz(horizon=100, num_observed=50), "`num_observed`=50 must exceed `horizon`=100",
-         "pass num_observed > 100"),
-        (lambda: tasks.copy_task(cell="transformer"), "`cell`='transformer' is not a known cell",
-         "choose one of tanh, gru, lstm, lru"),
-        (lambda: tasks.learned_optimizer("imagenet"), "`problem`='imagenet' is not a known inner problem",
-         "choose one of"),
+        (
+            lambda: tasks.influence_balancing(num_positive=30),
+            "`num_positive`=30 must lie in [0, num_units=23]",
+            "e.g. num_positive=10",
+        ),
+        (
+            lambda: tasks.flip_flop(pulse_probability=0.0),
+            "`pulse_probability`=0.0 must lie in (0, 1]",
+            "e.g. pulse_probability=0.05",
+        ),
+        (
+            lambda: tasks.python_docs_corpus(validation_fraction=1.0),
+            "`validation_fraction`=1.0 must lie in (0, 1)",
+            "e.g. validation_fraction=0.1",
+        ),
+        (
+            lambda: tasks.lorenz(horizon=100, num_observed=50),
+            "`num_observed`=50 must exceed `horizon`=100",
+            "pass num_observed > 100",
+        ),
+        (
+            lambda: tasks.copy_task(cell="transformer"),
+            "`cell`='transformer' is not a known cell",
+            "choose one of tanh, gru, lstm, lru",
+        ),
+        (
+            lambda: tasks.learned_optimizer("imagenet"),
+            "`problem`='imagenet' is not a known inner problem",
+            "choose one of",
+        ),
         (lambda: tasks.copy_task(hidden=0), "`hidden` must be a positive int, got 0", "Pass an int >= 1"),
     ],
 )
@@ -499,13 +592,24 @@ def run_cli(argv, capsys):
 @pytest.mark.parametrize(
     "argv, words, fix",
     [
-        (["compare", "influence-balancing", "--seeds", "0"], "`seeds` must be a positive int, got 0", "Pass an int >= 1"),
-        (["compare", "influence-balancing", "--horizon", "0"], "`horizon` must be a positive int, got 0", "Pass an int >= 1"),
+        (
+            ["compare", "influence-balancing", "--seeds", "0"],
+            "`seeds` must be a positive int, got 0",
+            "Pass an int >= 1",
+        ),
+        (
+            ["compare", "influence-balancing", "--horizon", "0"],
+            "`horizon` must be a positive int, got 0",
+            "Pass an int >= 1",
+        ),
         (["compare", "copy", "--horizon", "5"], "`horizon`=5 must exceed 2 * length = 10", "copy task"),
         (["compare", "--no-progress"], "no task given", "set `task` in the --config file"),
         (["compare", "influence-balancing", "--seed", "-1"], "`seed`=-1 must be a non-negative int", "e.g. --seed 0"),
-        (["compare", "influence-balancing", "--checkpoint-every", "0"], "`checkpoint_every` must be a positive int",
-         "Pass an int >= 1"),
+        (
+            ["compare", "influence-balancing", "--checkpoint-every", "0"],
+            "`checkpoint_every` must be a positive int",
+            "Pass an int >= 1",
+        ),
     ],
 )
 def test_cli_bad_arguments_are_one_line_and_exit_2(argv, words, fix, capsys, tmp_path):
@@ -520,8 +624,11 @@ def test_cli_bad_arguments_are_one_line_and_exit_2(argv, words, fix, capsys, tmp
         (None, "cannot read it", "--config"),
         ('task = "copy"\ntask_options = 3\n', "`task_options` must be a table", "e.g. [task_options] hidden = 32"),
         ('task = "copy"\nseeds = "two"\n', "`seeds` must be a positive int, got 'two'", "Pass an int >= 1"),
-        ('task = "copy"\n[task_options]\ncell = "transformer"\n', "`cell`='transformer' is not a known cell",
-         "choose one of"),
+        (
+            'task = "copy"\n[task_options]\ncell = "transformer"\n',
+            "`cell`='transformer' is not a known cell",
+            "choose one of",
+        ),
     ],
 )
 def test_cli_bad_config_is_one_line_and_exit_2(text, words, fix, capsys, tmp_path):

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import unroll
+from tests.stochastic import THETA, exact, linear_quadratic, stream_averages, z_scores
 from unroll.estimators.evolution import PESState, perturbations, perturbed_rule
 from unroll.window import Estimator, Rule, run_windows, tree_add, tree_scale
-from tests.stochastic import THETA, exact, linear_quadratic, stream_averages, z_scores
 
 HORIZON, TRUNCATION, WORKERS, PARTICLES, SIGMA = 7, 3, 3, 4, 0.3
 NUM_WINDOWS = 7  # 21 steps: each worker covers every time index exactly 3 times

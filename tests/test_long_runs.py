@@ -64,8 +64,9 @@ def test_online_estimator_runs_1e5_steps_at_constant_memory(name):
     assert growth < 16 * 2**20, f"{name}: the process grew by {growth / 2**20:.1f} MiB over 800 windows"
     assert np.all(np.isfinite(np.stack([np.asarray(g) for g in grads])))
 
-    _, history = unroll.train(estimator, optax.adam(1e-2), theta, jax.random.key(2), HORIZON // TRUNCATION,
-                              progress=False)
+    _, history = unroll.train(
+        estimator, optax.adam(1e-2), theta, jax.random.key(2), HORIZON // TRUNCATION, progress=False
+    )
     assert int(np.sum(history["steps"])) == 2 * (4 if name == "pes" else 1) * HORIZON
     assert np.all(np.isfinite(history["loss"])) and history["loss"][-100:].mean() < history["loss"][:100].mean()
 
@@ -74,13 +75,47 @@ def test_online_estimator_runs_1e5_steps_at_constant_memory(name):
 def test_compare_soak_with_every_estimator_raises_no_warning(tmp_path):
     """`unroll compare` runs every estimator family on a small task under `python -W error`:
     any warning (ours, JAX's, matplotlib's) would end the run with a traceback."""
-    families = ["full-bptt", "checkpointed-bptt", "tbptt-10", "rtrl", "uoro", "snap", "dni", "forward", "es",
-                "tes", "pes", "nres"]
+    families = [
+        "full-bptt",
+        "checkpointed-bptt",
+        "tbptt-10",
+        "rtrl",
+        "uoro",
+        "snap",
+        "dni",
+        "forward",
+        "es",
+        "tes",
+        "pes",
+        "nres",
+    ]
     out = tmp_path / "soak"
     done = subprocess.run(
-        [sys.executable, "-W", "error", "-m", "unroll.cli", "compare", "influence-balancing", "--estimators",
-         *families, "--seeds", "2", "--steps", "10", "--horizon", "40", "--out", str(out), "--no-progress"],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=1200,
+        [
+            sys.executable,
+            "-W",
+            "error",
+            "-m",
+            "unroll.cli",
+            "compare",
+            "influence-balancing",
+            "--estimators",
+            *families,
+            "--seeds",
+            "2",
+            "--steps",
+            "10",
+            "--horizon",
+            "40",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Warning" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]

@@ -287,11 +287,13 @@ def test_truncated_bptt_whole_episode_window_is_full_bptt(spec, num_windows):
     worker key chain, so window ``i`` is episode ``i``'s gradient (any init, keys, noise)."""
     system, points = make_problem(spec)
     T = system.horizon
-    run = jax.jit(lambda theta, key: (  # the estimators and the references: one compile
-        windows(unroll.truncated_bptt(system, truncation=T), num_windows)(theta, key),
-        windows(unroll.full_bptt(system), num_windows)(theta, key),
-        reference_gradients(system, theta, episode_keys(key, 1, 0, num_windows)),
-    ))
+    run = jax.jit(
+        lambda theta, key: (  # the estimators and the references: one compile
+            windows(unroll.truncated_bptt(system, truncation=T), num_windows)(theta, key),
+            windows(unroll.full_bptt(system), num_windows)(theta, key),
+            reference_gradients(system, theta, episode_keys(key, 1, 0, num_windows)),
+        )
+    )
     for p, (theta, key) in enumerate(points):
         (trunc, trunc_info, trunc_state), (full, full_info, full_state), by_hand = run(theta, key)
         for i in range(num_windows):
@@ -323,6 +325,7 @@ def test_staggered_whole_episode_window_is_full_bptt_minus_the_cut(spec, num_wor
     suffix's theta for the cut)."""
     system, points = make_problem(spec)
     T, W = system.horizon, num_workers
+
     def cut(theta, key, o):
         state = system.init(theta, key)
         for t in range(o):
@@ -383,6 +386,7 @@ def test_rtrl_windows_average_to_full_bptt(case):
     system, points = make_problem(spec)
     T = system.horizon
     n = math.lcm(T, K) // K
+
     def check(theta, key):  # the estimator and the reference: one compile
         data_keys = episode_keys(key, 1, 0, n * K // T) if W == 1 else key[None]
         mean = lambda tree: jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), tree)
@@ -419,10 +423,12 @@ def test_checkpointed_bptt_is_full_bptt(case):
     same order, from the same cotangents, plus ``init``'s vjp."""
     spec, budget = case
     system, points = make_problem(spec)
-    run = jax.jit(lambda theta, key: (
-        windows(unroll.checkpointed_bptt(system, memory_budget=budget), 2)(theta, key),
-        windows(unroll.full_bptt(system), 2)(theta, key),
-    ))
+    run = jax.jit(
+        lambda theta, key: (
+            windows(unroll.checkpointed_bptt(system, memory_budget=budget), 2)(theta, key),
+            windows(unroll.full_bptt(system), 2)(theta, key),
+        )
+    )
     for p, (theta, key) in enumerate(points):
         (ckpt, ckpt_info, ckpt_state), (full, full_info, full_state) = run(theta, key)
         assert_trees_close(ckpt, full, f"point {p}: gradients ")
@@ -490,9 +496,7 @@ def test_window_losses_are_a_plain_unroll(case):
         for w, o in enumerate(offsets(T, W)):
             end = o + num_windows * K
             streams.append(np.asarray(losses[w]).ravel()[o:end])
-            np.testing.assert_array_equal(
-                np.asarray(t)[w], (end - 1) % T + 1, err_msg=f"point {p}: worker {w}'s t"
-            )
+            np.testing.assert_array_equal(np.asarray(t)[w], (end - 1) % T + 1, err_msg=f"point {p}: worker {w}'s t")
         for i in range(num_windows):
             want = np.mean([stream[i * K : (i + 1) * K] for stream in streams])
             np.testing.assert_allclose(

@@ -21,8 +21,8 @@ import optax
 import pytest
 
 import unroll
-from unroll.resume import CheckpointError
 from tests.stochastic import THETA, linear_quadratic
+from unroll.resume import CheckpointError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "resume_worker.py")
@@ -31,8 +31,11 @@ TIMED = ("train_time_s", "compile_s", "eval_time_s")  # wall-clock figures: the 
 
 def worker(checkpoint: str, out: str, steps: int = 150) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, WORKER, checkpoint, out, str(steps)], cwd=ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        [sys.executable, WORKER, checkpoint, out, str(steps)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -91,8 +94,14 @@ def small_run(tmp_path, steps=4, theta=THETA, num_workers=2, **kwargs):
     system = linear_quadratic(5)
     est = unroll.pes(system, truncation=2, sigma=0.1, num_particles=2, num_workers=num_workers)
     return unroll.train(
-        est, optax.sgd(1e-2), jnp.asarray(theta), jax.random.key(0), steps, progress=False,
-        checkpoint=str(tmp_path / "run.npz"), **kwargs,
+        est,
+        optax.sgd(1e-2),
+        jnp.asarray(theta),
+        jax.random.key(0),
+        steps,
+        progress=False,
+        checkpoint=str(tmp_path / "run.npz"),
+        **kwargs,
     )
 
 
@@ -155,8 +164,9 @@ def test_bad_checkpoint_arguments():
     with pytest.raises(ValueError, match="`checkpoint_every`=3 is set but `checkpoint` is None"):
         unroll.train(est, optax.sgd(0.1), jnp.asarray(THETA), jax.random.key(0), 4, checkpoint_every=3)
     with pytest.raises(ValueError, match="`checkpoint_every` must be a positive int"):
-        unroll.train(est, optax.sgd(0.1), jnp.asarray(THETA), jax.random.key(0), 4, checkpoint="x.npz",
-                     checkpoint_every=-1)
+        unroll.train(
+            est, optax.sgd(0.1), jnp.asarray(THETA), jax.random.key(0), 4, checkpoint="x.npz", checkpoint_every=-1
+        )
 
 
 def test_keys_and_integer_leaves_round_trip(tmp_path):

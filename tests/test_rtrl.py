@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import unroll
-from unroll.estimators.forward import influence_pattern
 from tests.systems import rnn_system, rnn_theta, tree_mean, window_estimates
 from tests.test_forward import _first_episode_key, _noisy_counter_system
+from unroll.estimators.forward import influence_pattern
 
 KEY = jax.random.key(0)
 
@@ -73,7 +73,9 @@ PROBLEMS = {
 
 
 def _max_diff(a, b):
-    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    return max(
+        float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    )
 
 
 @pytest.mark.parametrize("problem", PROBLEMS)

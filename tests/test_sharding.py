@@ -49,13 +49,18 @@ def parse(stdout: str, stderr: str, returncode: int) -> dict:
     lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
     if returncode != 0 or not lines:
         pytest.fail(f"sharding worker failed (exit {returncode}):\n{stdout[-3000:]}\n--- stderr ---\n{stderr[-6000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def run_worker(*args: str, num_devices: int) -> dict:
     done = subprocess.run(
-        [sys.executable, str(WORKER), *args], env=worker_env(num_devices), cwd=ROOT,
-        capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
+        [sys.executable, str(WORKER), *args],
+        env=worker_env(num_devices),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
     )
     return parse(done.stdout, done.stderr, done.returncode)
 
@@ -68,8 +73,16 @@ def single():
 
 # name -> the per-device block of the [W, P] trajectories
 SHARD_SHAPES = {
-    "pes": [1, 2], "nres": [1, 2], "truncated_es": [1, 1], "es": [1, 2], "truncated_bptt": [1, 1],
-    "full_bptt": [1, 1], "rtrl": [1, 1], "uoro": [1, 1], "forward_gradient": [1, 2], "dni": [1, 1],
+    "pes": [1, 2],
+    "nres": [1, 2],
+    "truncated_es": [1, 1],
+    "es": [1, 2],
+    "truncated_bptt": [1, 1],
+    "full_bptt": [1, 1],
+    "rtrl": [1, 1],
+    "uoro": [1, 1],
+    "forward_gradient": [1, 2],
+    "dni": [1, 1],
     "pes_particles": [1, 2],  # num_workers=1, num_particles=16, spec P(None, "d")
     "pes_2d_mesh": [1, 2],  # 4 x 4 trajectories on a ("w": 4, "p": 2) mesh, spec P("w", "p")
 }
@@ -127,8 +140,12 @@ def test_two_processes_equal_one():
     port = free_port()
     procs = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), "multihost", str(i), "2", str(port)], env=worker_env(4), cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, str(WORKER), "multihost", str(i), "2", str(port)],
+            env=worker_env(4),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i in range(2)
     ]

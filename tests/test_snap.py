@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import unroll
-from unroll.estimators.forward import influence_pattern
 from tests.systems import tree_mean, window_estimates
 from tests.test_rtrl import PROBLEMS, _max_diff
+from unroll.estimators.forward import influence_pattern
 
 KEY = jax.random.key(0)
 
@@ -48,7 +48,9 @@ def test_snap1_pattern_of_a_dense_rnn():
     """tanh(W h + U x + b): W[a, b], U[a, c] and b[a] move unit a only (one step); the
     readout moves none. So SnAp-1 keeps exactly one unit for each of those parameters."""
     system, theta = PROBLEMS["tanh_rnn"]()  # n = 3, m = 2
-    per_parameter = influence_pattern(system, theta, KEY, order=1).mask.sum(axis=0)  # [N, p]: units reached per parameter
+    per_parameter = influence_pattern(system, theta, KEY, order=1).mask.sum(
+        axis=0
+    )  # [N, p]: units reached per parameter
     flat_names = sorted(theta)  # ravel_pytree order: sorted dict keys
     sizes = {name: np.size(theta[name]) for name in flat_names}
     offset = 0

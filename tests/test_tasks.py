@@ -22,7 +22,9 @@ def test_closed_form_loss_equals_unrolled_episode(theta):
     unrolled = unroll.episode_loss(system, jnp.asarray(theta, jnp.float64), jax.random.key(0))
     assert float(unrolled) == pytest.approx(float(tasks.influence_loss(theta, 200)), rel=1e-12)
     gap = tasks.influence_gap_fn(200, xp=np)(theta)
-    assert gap == pytest.approx(tasks.influence_loss(theta, 200) - tasks.influence_loss(tasks.influence_optimum(200), 200), abs=1e-12)
+    assert gap == pytest.approx(
+        tasks.influence_loss(theta, 200) - tasks.influence_loss(tasks.influence_optimum(200), 200), abs=1e-12
+    )
 
 
 def test_exact_gradient_vanishes_at_the_optimum():

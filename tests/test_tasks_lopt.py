@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import unroll
-from unroll import tasks
 from tests.systems import step_losses
+from unroll import tasks
 from unroll.tasks import inner, lopt
 
 KEY = jax.random.key(0)
@@ -53,7 +53,9 @@ def test_learned_optimizer_meta_gradient_matches_finite_differences():
     plus = jax.tree_util.tree_map(lambda x, d: x + eps * d, theta, direction)
     minus = jax.tree_util.tree_map(lambda x, d: x - eps * d, theta, direction)
     fd = (f(plus) - f(minus)) / (2 * eps)
-    analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(direction)))
+    analytic = sum(
+        jnp.vdot(g, d) for g, d in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(direction))
+    )
     assert float(analytic) == pytest.approx(float(fd), rel=1e-6)
 
 

@@ -41,7 +41,7 @@ def test_lr_schedule_loss_at_a_grid_point_equals_a_direct_computation():
     for t in range(horizon):  # numpy SGD on the same minibatches
         idx = np.asarray(jax.random.choice(jax.random.fold_in(KEY, t), x.shape[0], (batch,), replace=False))
         grad = x[idx].T @ (x[idx] @ w - y[idx]) / batch
-        w = w - 10.0 ** -1.0 / (1 + 10.0 ** -0.5 * t) * grad
+        w = w - 10.0**-1.0 / (1 + 10.0**-0.5 * t) * grad
         losses.append(0.5 * np.mean((x @ w - y) ** 2))
     _, got = step_losses(system, theta, KEY, horizon)
     np.testing.assert_allclose(got, losses, rtol=1e-10)

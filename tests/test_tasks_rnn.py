@@ -37,8 +37,10 @@ def test_copy_memoryless_and_perfect_predictors():
     ys = np.asarray([tasks.copy_sequence(KEY, t, length, delay, symbols)[1] for t in range(horizon)])
     big = 1e4
     memoryless = [
-        jnp.where(jnp.arange(symbols + 1) == 0, -big, 0.0) if t >= length + delay
-        else jnp.where(jnp.arange(symbols + 1) == 0, 0.0, -big) for t in range(horizon)
+        jnp.where(jnp.arange(symbols + 1) == 0, -big, 0.0)
+        if t >= length + delay
+        else jnp.where(jnp.arange(symbols + 1) == 0, 0.0, -big)
+        for t in range(horizon)
     ]
     loss = np.mean([float(cross_entropy(lg, y)) for lg, y in zip(memoryless, ys)])
     assert loss == pytest.approx(tasks.copy_memoryless_loss(length, delay, symbols), rel=1e-6)
@@ -51,8 +53,9 @@ def test_copy_memoryless_and_perfect_predictors():
 def test_zero_readout_predicts_uniformly(cell):
     """With the readout zeroed every step predicts the uniform distribution: the episode
     loss is ln(number of classes) exactly, through the whole system, for every cell."""
-    system, theta, evaluate = tasks.copy_task(length=3, delay=4, num_symbols=5, cell=cell, hidden=8,
-                                              num_eval_episodes=4)
+    system, theta, evaluate = tasks.copy_task(
+        length=3, delay=4, num_symbols=5, cell=cell, hidden=8, num_eval_episodes=4
+    )
     loss = unroll.episode_loss(system, zero_readout(theta), KEY)
     assert float(loss) == pytest.approx(np.log(6), rel=1e-6)
     metrics = jax.jit(evaluate)(zero_readout(theta))
@@ -84,7 +87,7 @@ def test_python_docs_corpus_split_and_vocabulary():
     assert len(corpus.text) > 300_000
     assert len(corpus.train) + len(corpus.validation) == len(corpus.text)
     assert len(corpus.validation) == pytest.approx(0.1 * len(corpus.text), abs=1)
-    np.testing.assert_array_equal(corpus.validation, corpus.encode(corpus.text[len(corpus.train):]))
+    np.testing.assert_array_equal(corpus.validation, corpus.encode(corpus.text[len(corpus.train) :]))
     assert set("abcxyzABC0189 \n()[]{}.,:;'\"") <= set(corpus.chars)
     assert corpus.vocab_size == len(corpus.chars) + 1 <= 97
     sample = corpus.text[:2000]
@@ -96,8 +99,9 @@ def test_python_docs_corpus_split_and_vocabulary():
 def test_char_lm_reads_consecutive_characters():
     """Zero readout: loss ln(vocab) per step; the episode's data state is an offset into the
     training split and stays fixed while t advances."""
-    system, theta, evaluate = tasks.char_lm(horizon=16, cell="gru", hidden=8, embedding=4, num_eval_sequences=2,
-                                            eval_length=8)
+    system, theta, evaluate = tasks.char_lm(
+        horizon=16, cell="gru", hidden=8, embedding=4, num_eval_sequences=2, eval_length=8
+    )
     corpus = tasks.python_docs_corpus()
     assert float(unroll.episode_loss(system, zero_readout(theta), KEY)) == pytest.approx(np.log(corpus.vocab_size))
     metrics = jax.jit(evaluate)(zero_readout(theta))

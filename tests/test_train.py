@@ -72,8 +72,14 @@ def test_nonfinite_loss_stops_and_keeps_the_last_finite_theta(mode):
 def test_eval_fn_history():
     system = linear_quadratic(5, target_noise=0.0)
     theta, history = unroll.train(
-        unroll.full_bptt(system), optax.sgd(0.05), jnp.asarray(THETA), jax.random.key(0), 4,
-        eval_fn=lambda th: {"norm": jnp.sum(th**2)}, eval_every=2, progress=False,
+        unroll.full_bptt(system),
+        optax.sgd(0.05),
+        jnp.asarray(THETA),
+        jax.random.key(0),
+        4,
+        eval_fn=lambda th: {"norm": jnp.sum(th**2)},
+        eval_every=2,
+        progress=False,
     )
     assert history["eval_step"].tolist() == [0, 2, 4]
     assert history["eval/norm"][-1] == pytest.approx(float(jnp.sum(theta**2)), rel=1e-12)
@@ -88,12 +94,21 @@ def test_a_stopped_run_ends_early_with_the_history_so_far():
 
     system, theta0 = _exploding_system(), jnp.asarray([0.55])
     with pytest.warns(RuntimeWarning, match=r"exploding: a non-finite loss.*stopped at outer step\(s\) \[3\]"):
-        theta, history = unroll.train(unroll.full_bptt(system), optax.sgd(0.2), theta0, jax.random.key(0), 1000,
-                                      num_seeds=2, progress=False, name="exploding")
+        theta, history = unroll.train(
+            unroll.full_bptt(system),
+            optax.sgd(0.2),
+            theta0,
+            jax.random.key(0),
+            1000,
+            num_seeds=2,
+            progress=False,
+            name="exploding",
+        )
     assert history["loss"].shape == (2, STOP_CHECK_EVERY)
     assert not history["accepted"][:, 3:].any() and history["accepted"][:, :3].all()
     np.testing.assert_allclose(np.asarray(theta), [[1.15], [1.15]], rtol=1e-12)
     with pytest.warns(RuntimeWarning, match="skipped steps from outer step"):
-        _, skipped = unroll.train(unroll.full_bptt(system), optax.sgd(0.2), theta0, jax.random.key(0), 40,
-                                  progress=False, on_nonfinite="skip")
+        _, skipped = unroll.train(
+            unroll.full_bptt(system), optax.sgd(0.2), theta0, jax.random.key(0), 40, progress=False, on_nonfinite="skip"
+        )
     assert skipped["loss"].shape == (40,)

@@ -14,7 +14,9 @@ def test_unbiased_with_staggered_workers_and_straddling_windows():
     """T = 7, K = 3, 3 staggered workers; init depends on theta (the rank-one start
     nu, nu^T d s_0 / d theta carries it); 4000 stream averages of 7 windows."""
     system = linear_quadratic(7)
-    samples = stream_averages(unroll.uoro(system, truncation=3, num_workers=3), jnp.asarray(THETA), jax.random.key(0), 4000, 7)
+    samples = stream_averages(
+        unroll.uoro(system, truncation=3, num_workers=3), jnp.asarray(THETA), jax.random.key(0), 4000, 7
+    )
     z = z_scores(samples, exact(7))
     relative_variance = samples.var(axis=0).sum() / np.sum(exact(7) ** 2)
     print(f"uoro z-scores {np.round(z, 2)}; variance / |grad|^2 = {relative_variance:.2f}")

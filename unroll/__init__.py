@@ -1,5 +1,6 @@
 """unroll: gradient estimators for long unrolled computations, behind one interface."""
 
+from unroll import checkpointing, diagnostics, resume, sharding, tasks
 from unroll.estimators.bptt import checkpointed_bptt, full_bptt, truncated_bptt
 from unroll.estimators.dni import Synthesizer, dni, linear_synthesizer, mlp_synthesizer
 from unroll.estimators.evolution import es, nres, pes, truncated_es
@@ -9,7 +10,6 @@ from unroll.sharding import shard
 from unroll.system import System
 from unroll.train import TrainingInterrupted, train
 from unroll.window import Estimator
-from unroll import checkpointing, diagnostics, resume, sharding, tasks
 
 __version__ = "0.1.0"
 

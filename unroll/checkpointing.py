@@ -54,8 +54,8 @@ class Segment(NamedTuple):
     length: int
     slots: int
     split: int
-    left: "Segment | None"
-    right: "Segment | None"
+    left: Segment | None
+    right: Segment | None
 
 
 class Action(NamedTuple):

@@ -46,11 +46,13 @@ def load_config(path: str) -> dict:
         raise ValueError(f"--config {path!r} is not valid TOML: {err}.") from None
     unknown = sorted(set(config) - CONFIG_KEYS)
     if unknown:
-        raise ValueError(f"--config {path!r}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(CONFIG_KEYS))}.")
+        raise ValueError(
+            f"--config {path!r}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(CONFIG_KEYS))}."
+        )
     if "estimators" in config and not (
         isinstance(config["estimators"], list) and all(isinstance(e, str) for e in config["estimators"])
     ):
-        raise ValueError(f"--config {path!r}: `estimators` must be a list of names, e.g. [\"pes\", \"tbptt-10\"].")
+        raise ValueError(f'--config {path!r}: `estimators` must be a list of names, e.g. ["pes", "tbptt-10"].')
     if not isinstance(config.get("task_options", {}), dict):
         raise ValueError(f"--config {path!r}: `task_options` must be a table, e.g. [task_options] hidden = 32.")
     return config
@@ -70,6 +72,7 @@ def _compare(args: argparse.Namespace) -> int:
     horizon = args.horizon if args.horizon is not None else config.get("horizon")
     if horizon is not None:
         task_kwargs["horizon"] = horizon
+
     def setting(name):
         value = getattr(args, name)
         return value if value is not None else config.get(name)
@@ -78,26 +81,39 @@ def _compare(args: argparse.Namespace) -> int:
     _check_task_options(task, task_kwargs)
     try:
         out_dir, summary = compare(
-            task, estimators, setting("seeds"), setting("steps"), out,
-            progress=not args.no_progress, task_kwargs=task_kwargs or None, command=shlex.join(["unroll"] + args.argv),
-            seed=setting("seed") if setting("seed") is not None else 0, checkpoint_every=setting("checkpoint_every"),
+            task,
+            estimators,
+            setting("seeds"),
+            setting("steps"),
+            out,
+            progress=not args.no_progress,
+            task_kwargs=task_kwargs or None,
+            command=shlex.join(["unroll"] + args.argv),
+            seed=setting("seed") if setting("seed") is not None else 0,
+            checkpoint_every=setting("checkpoint_every"),
         )
     except TrainingInterrupted as err:
         folder = os.path.dirname(os.path.dirname(err.checkpoint))
         again = shlex.join(["unroll"] + args.argv + ([] if out else ["--out", folder]))
-        print(f"\nunroll compare: interrupted ({err.signal_name}) after outer step {err.step}; saved to "
-              f"{err.checkpoint}; resume with: {again}", file=sys.stderr)
+        print(
+            f"\nunroll compare: interrupted ({err.signal_name}) after outer step {err.step}; saved to "
+            f"{err.checkpoint}; resume with: {again}",
+            file=sys.stderr,
+        )
         return INTERRUPTED[err.signal_name]
     reference = summary["reference"]
     known = {k: v for k, v in reference.items() if isinstance(v, (int, float)) and k != "horizon"}
     print(f"\n{task} (horizon {reference.get('horizon')}): objective = {reference.get('objective', 'objective')}")
     if known:
         print("  reference: " + ", ".join(f"{k} = {v:.5g}" for k, v in known.items()))
-    print(f"{'estimator':>12s} {'final objective (mean ± std)':>30s}  other metrics (mean){'  reached' if any('reached' in e for e in summary['estimators'].values()) else ''}")
+    print(
+        f"{'estimator':>12s} {'final objective (mean ± std)':>30s}  other metrics (mean){'  reached' if any('reached' in e for e in summary['estimators'].values()) else ''}"
+    )
     for name, entry in summary["estimators"].items():
         objective = entry["final_objective"]
         others = ", ".join(
-            f"{k[6:]}={v['mean']:.4g}" for k, v in entry.items()
+            f"{k[6:]}={v['mean']:.4g}"
+            for k, v in entry.items()
             if k.startswith("final_") and k not in ("final_objective", "final_window_loss") and isinstance(v, dict)
         )
         reached = "" if "reached" not in entry else ("  yes" if entry["reached"] else "  no")
@@ -106,7 +122,9 @@ def _compare(args: argparse.Namespace) -> int:
         stopped = [(seed, step) for seed, step in enumerate(entry["first_nonfinite_step"]) if step >= 0]
         if stopped:
             where = ", ".join(f"seed {seed} at outer step {step}" for seed, step in stopped)
-            print(f"{name:>12s}: a non-finite loss or gradient ({where}); its figures are those of the last finite theta")
+            print(
+                f"{name:>12s}: a non-finite loss or gradient ({where}); its figures are those of the last finite theta"
+            )
     print(f"\nwrote {out_dir}/metrics.csv, summary.json, curves.png (checkpoints in {out_dir}/checkpoints)")
     return 0
 
@@ -143,14 +161,22 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", type=int, help="number of seeds (default: the task's)")
     compare.add_argument("--steps", type=int, help="outer steps per estimator (default: the task's)")
     compare.add_argument("--horizon", type=int, help="episode length of the task (default: the task's)")
-    compare.add_argument("--out", help="output folder (default: runs/TASK-TIME); a folder holding this comparison's "
-                         "checkpoints resumes it")
+    compare.add_argument(
+        "--out",
+        help="output folder (default: runs/TASK-TIME); a folder holding this comparison's checkpoints resumes it",
+    )
     compare.add_argument("--seed", type=int, help="base seed: the seeds' keys are split(key(SEED), SEEDS) (default: 0)")
-    compare.add_argument("--checkpoint-every", type=int, dest="checkpoint_every",
-                         help="outer steps between checkpoints of each estimator's run (default: a tenth of --steps)")
+    compare.add_argument(
+        "--checkpoint-every",
+        type=int,
+        dest="checkpoint_every",
+        help="outer steps between checkpoints of each estimator's run (default: a tenth of --steps)",
+    )
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
-    compare.add_argument("--config", help="TOML file with the same settings (flags given here win) and a "
-                         "[task_options] table of task arguments")
+    compare.add_argument(
+        "--config",
+        help="TOML file with the same settings (flags given here win) and a [task_options] table of task arguments",
+    )
     compare.set_defaults(run=_compare)
     return parser
 

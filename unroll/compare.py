@@ -30,7 +30,8 @@ import platform
 import re
 import sys
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -83,34 +84,51 @@ DEFAULT_ESTIMATORS: dict[str, list[str]] = {
 
 
 def standard_estimators(
-    workers: int = 10, particles: int = 100, sigma: float = 0.1, truncation: int = 10, directions: int = 10,
+    workers: int = 10,
+    particles: int = 100,
+    sigma: float = 0.1,
+    truncation: int = 10,
+    directions: int = 10,
     memory_budget: int = 10,
 ) -> dict[str, EstimatorSpec]:
     """Every estimator family, with the given workers, particles, sigma and default truncation."""
     k = truncation
     return {
         "full-bptt": EstimatorSpec(lambda s, _: unroll.full_bptt(s), None, "exact gradient of whole episodes"),
-        "tbptt": EstimatorSpec(lambda s, k: unroll.truncated_bptt(s, k, num_workers=workers), k,
-                               "truncated BPTT (biased)"),
-        "tes": EstimatorSpec(lambda s, k: unroll.truncated_es(s, k, sigma, particles, num_workers=workers), k,
-                             "truncated ES (biased)"),
-        "pes": EstimatorSpec(lambda s, k: unroll.pes(s, k, sigma, particles, num_workers=workers), k,
-                             "persistent ES (unbiased)"),
-        "nres": EstimatorSpec(lambda s, k: unroll.nres(s, k, sigma, particles, num_workers=workers), k,
-                              "noise-reuse ES (unbiased)"),
+        "tbptt": EstimatorSpec(
+            lambda s, k: unroll.truncated_bptt(s, k, num_workers=workers), k, "truncated BPTT (biased)"
+        ),
+        "tes": EstimatorSpec(
+            lambda s, k: unroll.truncated_es(s, k, sigma, particles, num_workers=workers), k, "truncated ES (biased)"
+        ),
+        "pes": EstimatorSpec(
+            lambda s, k: unroll.pes(s, k, sigma, particles, num_workers=workers), k, "persistent ES (unbiased)"
+        ),
+        "nres": EstimatorSpec(
+            lambda s, k: unroll.nres(s, k, sigma, particles, num_workers=workers), k, "noise-reuse ES (unbiased)"
+        ),
         "forward": EstimatorSpec(
-            lambda s, k: unroll.forward_gradient(s, k, num_directions=directions, num_workers=workers), k,
-            "forward gradient (unbiased)"),
-        "rtrl": EstimatorSpec(lambda s, k: unroll.rtrl(s, k, num_workers=workers), k,
-                              "real-time recurrent learning (exact, online)"),
-        "uoro": EstimatorSpec(lambda s, k: unroll.uoro(s, k, num_workers=workers), k,
-                              "unbiased rank-one RTRL (high variance)"),
-        "snap": EstimatorSpec(lambda s, k: unroll.snap(s, 1, k, num_workers=workers), k,
-                              "SnAp-1 (sparse RTRL, order 1)"),
-        "dni": EstimatorSpec(lambda s, k: unroll.dni(s, k, num_workers=workers), k,
-                             "truncated BPTT + learned synthetic gradient"),
-        "checkpointed-bptt": EstimatorSpec(lambda s, _: unroll.checkpointed_bptt(s, memory_budget=memory_budget),
-                                           None, f"full BPTT in {memory_budget} stored states"),
+            lambda s, k: unroll.forward_gradient(s, k, num_directions=directions, num_workers=workers),
+            k,
+            "forward gradient (unbiased)",
+        ),
+        "rtrl": EstimatorSpec(
+            lambda s, k: unroll.rtrl(s, k, num_workers=workers), k, "real-time recurrent learning (exact, online)"
+        ),
+        "uoro": EstimatorSpec(
+            lambda s, k: unroll.uoro(s, k, num_workers=workers), k, "unbiased rank-one RTRL (high variance)"
+        ),
+        "snap": EstimatorSpec(
+            lambda s, k: unroll.snap(s, 1, k, num_workers=workers), k, "SnAp-1 (sparse RTRL, order 1)"
+        ),
+        "dni": EstimatorSpec(
+            lambda s, k: unroll.dni(s, k, num_workers=workers), k, "truncated BPTT + learned synthetic gradient"
+        ),
+        "checkpointed-bptt": EstimatorSpec(
+            lambda s, _: unroll.checkpointed_bptt(s, memory_budget=memory_budget),
+            None,
+            f"full BPTT in {memory_budget} stored states",
+        ),
         "es": EstimatorSpec(lambda s, _: unroll.es(s, sigma, particles), None, "ES over whole episodes"),
     }
 
@@ -152,14 +170,30 @@ def influence_balancing_setup(horizon: int = 1000) -> TaskSetup:
     )
 
 
-def _network_setup(made, reference: dict, learning_rate: float, defaults: list[str], steps: int,
-                   truncation: int, sigma: float, particles: int, workers: int = 4) -> TaskSetup:
+def _network_setup(
+    made,
+    reference: dict,
+    learning_rate: float,
+    defaults: list[str],
+    steps: int,
+    truncation: int,
+    sigma: float,
+    particles: int,
+    workers: int = 4,
+) -> TaskSetup:
     system, theta, evaluate = made
     return TaskSetup(
-        system=system, theta=theta, evaluate=evaluate, reference=dict(reference, horizon=system.horizon),
-        estimators=standard_estimators(workers=workers, particles=particles, sigma=sigma, truncation=truncation,
-                                       directions=4),
-        default_estimators=defaults, **_adam_cosine(learning_rate), default_steps=steps, default_seeds=2,
+        system=system,
+        theta=theta,
+        evaluate=evaluate,
+        reference=dict(reference, horizon=system.horizon),
+        estimators=standard_estimators(
+            workers=workers, particles=particles, sigma=sigma, truncation=truncation, directions=4
+        ),
+        default_estimators=defaults,
+        **_adam_cosine(learning_rate),
+        default_steps=steps,
+        default_seeds=2,
     )
 
 
@@ -169,41 +203,62 @@ def copy_setup(horizon: int | None = None, length: int = 5, cell: str = "gru", h
     if delay < 1:
         raise ValueError(f"`horizon`={horizon} must exceed 2 * length = {2 * length} for the copy task.")
     made = tasks.copy_task(length=length, delay=delay, num_symbols=4, cell=cell, hidden=hidden)
-    reference = {"objective": "mean step cross-entropy (nats) on 64 held-out sequences",
-                 "memoryless_loss": tasks.copy_memoryless_loss(length, delay, 4), "cell": cell, "hidden": hidden}
-    return _network_setup(made, reference, 3e-3, DEFAULT_ESTIMATORS["copy"], 300,
-                          truncation=5, sigma=0.01, particles=16)
+    reference = {
+        "objective": "mean step cross-entropy (nats) on 64 held-out sequences",
+        "memoryless_loss": tasks.copy_memoryless_loss(length, delay, 4),
+        "cell": cell,
+        "hidden": hidden,
+    }
+    return _network_setup(
+        made, reference, 3e-3, DEFAULT_ESTIMATORS["copy"], 300, truncation=5, sigma=0.01, particles=16
+    )
 
 
 def flip_flop_setup(horizon: int = 100, cell: str = "gru", hidden: int = 32) -> TaskSetup:
     """3-bit flip-flop: hold the sign of each channel's last pulse."""
     made = tasks.flip_flop(num_bits=3, horizon=horizon, pulse_probability=0.05, cell=cell, hidden=hidden)
-    reference = {"objective": "mean step binary cross-entropy (nats, summed over 3 bits) on 64 held-out sequences",
-                 "chance_loss": 3 * float(np.log(2)), "cell": cell, "hidden": hidden}
-    return _network_setup(made, reference, 3e-3, DEFAULT_ESTIMATORS["flip-flop"], 300,
-                          truncation=10, sigma=0.01, particles=16)
+    reference = {
+        "objective": "mean step binary cross-entropy (nats, summed over 3 bits) on 64 held-out sequences",
+        "chance_loss": 3 * float(np.log(2)),
+        "cell": cell,
+        "hidden": hidden,
+    }
+    return _network_setup(
+        made, reference, 3e-3, DEFAULT_ESTIMATORS["flip-flop"], 300, truncation=10, sigma=0.01, particles=16
+    )
 
 
 def char_lm_setup(horizon: int = 64, cell: str = "lstm", hidden: int = 64) -> TaskSetup:
     """Character LM on Python's bundled help text (pydoc_data.topics)."""
     made = tasks.char_lm(horizon=horizon, cell=cell, hidden=hidden, embedding=16)
-    reference = {"objective": "validation cross-entropy (nats per character); bits_per_char = objective / ln 2",
-                 "uniform_bits_per_char": float(np.log2(tasks.python_docs_corpus().vocab_size)), "cell": cell,
-                 "hidden": hidden}
-    return _network_setup(made, reference, 3e-3, DEFAULT_ESTIMATORS["char-lm"], 3000,
-                          truncation=16, sigma=0.01, particles=16)
+    reference = {
+        "objective": "validation cross-entropy (nats per character); bits_per_char = objective / ln 2",
+        "uniform_bits_per_char": float(np.log2(tasks.python_docs_corpus().vocab_size)),
+        "cell": cell,
+        "hidden": hidden,
+    }
+    return _network_setup(
+        made, reference, 3e-3, DEFAULT_ESTIMATORS["char-lm"], 3000, truncation=16, sigma=0.01, particles=16
+    )
 
 
 def lorenz_setup(horizon: int = 200) -> TaskSetup:
     """Lorenz-63 parameter estimation (sigma, rho, beta) from an observed trajectory (chaotic)."""
     system, theta, evaluate = tasks.lorenz(horizon=horizon)
     return TaskSetup(
-        system=system, theta=theta, evaluate=evaluate,
-        reference={"objective": "mean squared state error over 32 fixed episodes", "theta_true": list(tasks.TRUE_PARAMS),
-                   "horizon": horizon},
+        system=system,
+        theta=theta,
+        evaluate=evaluate,
+        reference={
+            "objective": "mean squared state error over 32 fixed episodes",
+            "theta_true": list(tasks.TRUE_PARAMS),
+            "horizon": horizon,
+        },
         estimators=standard_estimators(workers=4, particles=50, sigma=0.3, truncation=10),
         default_estimators=DEFAULT_ESTIMATORS["lorenz"],
-        **_adam_cosine(0.1), default_steps=300, default_seeds=2,
+        **_adam_cosine(0.1),
+        default_steps=300,
+        default_seeds=2,
         reached=lambda theta, metrics: float(metrics["param_error"]) < 0.5,
     )
 
@@ -217,14 +272,21 @@ def lr_schedule_setup(horizon: int = 200) -> TaskSetup:
         return {**evaluate(theta), "log10_lr0": theta[0], "log10_decay": theta[1]}
 
     return TaskSetup(
-        system=system, theta=theta, evaluate=metrics,
-        reference={"objective": "mean full-batch training loss over the run (32 fixed minibatch streams)",
-                   "grid_best_theta": best.tolist(), "grid_best_objective": best_loss,
-                   "grid": "log10 lr0 in linspace(-3, 0.5, 36) x log10 decay in linspace(-4, 0, 21)",
-                   "horizon": horizon},
+        system=system,
+        theta=theta,
+        evaluate=metrics,
+        reference={
+            "objective": "mean full-batch training loss over the run (32 fixed minibatch streams)",
+            "grid_best_theta": best.tolist(),
+            "grid_best_objective": best_loss,
+            "grid": "log10 lr0 in linspace(-3, 0.5, 36) x log10 decay in linspace(-4, 0, 21)",
+            "horizon": horizon,
+        },
         estimators=standard_estimators(workers=4, particles=50, sigma=0.1, truncation=10),
         default_estimators=DEFAULT_ESTIMATORS["lr-schedule"],
-        **_adam_cosine(5e-2), default_steps=1000, default_seeds=2,
+        **_adam_cosine(5e-2),
+        default_steps=1000,
+        default_seeds=2,
         reached=lambda theta, m: float(m["objective"]) <= 1.02 * best_loss,
     )
 
@@ -233,12 +295,19 @@ def mlp_hyper_setup(horizon: int = 200) -> TaskSetup:
     """Tune SGD's learning rate, momentum and weight decay training an MLP on digits."""
     system, theta, evaluate = tasks.mlp_hyperparameters(horizon=horizon)
     return TaskSetup(
-        system=system, theta=theta, evaluate=evaluate,
-        reference={"objective": "mean validation loss over the run (16 fixed inits and minibatch streams)",
-                   "horizon": horizon, "theta": "[log10 lr, logit momentum, log10 weight decay]"},
+        system=system,
+        theta=theta,
+        evaluate=evaluate,
+        reference={
+            "objective": "mean validation loss over the run (16 fixed inits and minibatch streams)",
+            "horizon": horizon,
+            "theta": "[log10 lr, logit momentum, log10 weight decay]",
+        },
         estimators=standard_estimators(workers=4, particles=32, sigma=0.1, truncation=10),
         default_estimators=DEFAULT_ESTIMATORS["mlp-hyper"],
-        **_adam_cosine(3e-2), default_steps=200, default_seeds=2,
+        **_adam_cosine(3e-2),
+        default_steps=200,
+        default_seeds=2,
     )
 
 
@@ -247,14 +316,22 @@ def _lopt_setup(problem: str, horizon: int) -> TaskSetup:
     adam = tasks.adam_baseline(problem, horizon=horizon)
     best = adam["best"]["objective"]
     return TaskSetup(
-        system=system, theta=theta, evaluate=evaluate,
-        reference={"objective": "mean inner training loss over the run on 16 held-out inner tasks",
-                   "horizon": horizon, "sgd_objective": float(evaluate(theta)["objective"]),
-                   "adam_tuned_objective": best, "adam_best_log10_learning_rate": adam["best_log10_learning_rate"],
-                   "adam_tuned": adam["best"]},
+        system=system,
+        theta=theta,
+        evaluate=evaluate,
+        reference={
+            "objective": "mean inner training loss over the run on 16 held-out inner tasks",
+            "horizon": horizon,
+            "sgd_objective": float(evaluate(theta)["objective"]),
+            "adam_tuned_objective": best,
+            "adam_best_log10_learning_rate": adam["best_log10_learning_rate"],
+            "adam_tuned": adam["best"],
+        },
         estimators=standard_estimators(workers=4, particles=16, sigma=0.01, truncation=10),
         default_estimators=DEFAULT_ESTIMATORS[f"lopt-{problem}"],
-        **_adam_cosine(3e-3), default_steps=300, default_seeds=2,
+        **_adam_cosine(3e-3),
+        default_steps=300,
+        default_seeds=2,
         reached=lambda theta, metrics: float(metrics["objective"]) <= best,
     )
 
@@ -403,8 +480,10 @@ def _metric_names(history: dict) -> list[str]:
 
 
 def _write_csv(path: str, results: dict) -> None:
-    metrics = sorted({m for _, history, _, _ in results.values() for m in _metric_names(history)},
-                     key=lambda n: (n != "objective", n))
+    metrics = sorted(
+        {m for _, history, _, _ in results.values() for m in _metric_names(history)},
+        key=lambda n: (n != "objective", n),
+    )
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["estimator", "seed", "step", "window_loss", "grad_norm", "inner_steps"] + metrics)
@@ -416,12 +495,21 @@ def _write_csv(path: str, results: dict) -> None:
                 for step in range(num_steps):
                     # metrics after `step + 1` updates, where evaluated
                     i = evaluated.get(step + 1)
-                    values = ["" if i is None or f"eval/{m}" not in history else f"{history[f'eval/{m}'][seed, i]:.8g}"
-                              for m in metrics]
-                    writer.writerow([
-                        name, seed, step + 1, f"{history['loss'][seed, step]:.8g}",
-                        f"{history['grad_norm'][seed, step]:.6g}", int(inner[seed, step]), *values,
-                    ])
+                    values = [
+                        "" if i is None or f"eval/{m}" not in history else f"{history[f'eval/{m}'][seed, i]:.8g}"
+                        for m in metrics
+                    ]
+                    writer.writerow(
+                        [
+                            name,
+                            seed,
+                            step + 1,
+                            f"{history['loss'][seed, step]:.8g}",
+                            f"{history['grad_norm'][seed, step]:.6g}",
+                            int(inner[seed, step]),
+                            *values,
+                        ]
+                    )
 
 
 def _summary(task, setup, results, seeds, steps, command, seed=0) -> dict:

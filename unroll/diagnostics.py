@@ -19,7 +19,19 @@ import jax.numpy as jnp
 
 from unroll.system import check_positive_int, check_system, real_view
 
-__all__ = ["GradientQuality", "JacobianSpectrum", "HorizonGradients", "LyapunovSpectrum", "estimate_samples", "gradient_quality", "gradient_vs_horizon", "jacobian_spectrum", "loss_along", "lyapunov_spectrum", "quality_table"]
+__all__ = [
+    "GradientQuality",
+    "JacobianSpectrum",
+    "HorizonGradients",
+    "LyapunovSpectrum",
+    "estimate_samples",
+    "gradient_quality",
+    "gradient_vs_horizon",
+    "jacobian_spectrum",
+    "loss_along",
+    "lyapunov_spectrum",
+    "quality_table",
+]
 
 
 class LyapunovSpectrum(NamedTuple):
@@ -32,8 +44,9 @@ class LyapunovSpectrum(NamedTuple):
     final_state: object
 
 
-def lyapunov_spectrum(system, theta, key, num_steps: int, k: int | None = None, warmup: int = 100,
-                      state=None) -> LyapunovSpectrum:
+def lyapunov_spectrum(
+    system, theta, key, num_steps: int, k: int | None = None, warmup: int = 100, state=None
+) -> LyapunovSpectrum:
     """The ``k`` leading Lyapunov exponents (per step) of ``system``'s state dynamics at
     ``theta``, from ``state`` (default ``system.init(theta, key)``) after ``warmup`` steps
     that bring the state onto its attractor and align ``Q`` (started at a random
@@ -207,8 +220,16 @@ class HorizonGradients(NamedTuple):
     estimator_variance: jax.Array | None
 
 
-def gradient_vs_horizon(make_system, theta, key, horizons, num_episodes: int = 16, make_estimator=None,
-                        num_samples: int = 16, windows_per_sample: int = 1) -> HorizonGradients:
+def gradient_vs_horizon(
+    make_system,
+    theta,
+    key,
+    horizons,
+    num_episodes: int = 16,
+    make_estimator=None,
+    num_samples: int = 16,
+    windows_per_sample: int = 1,
+) -> HorizonGradients:
     """The exact gradient (full BPTT of each episode, ``num_episodes`` keys) and optionally an
     estimator's (``make_estimator(system)``, ``num_samples`` samples of
     ``estimate_samples``) as the horizon grows: ``make_system(horizon) -> System``. One
@@ -226,22 +247,38 @@ def gradient_vs_horizon(make_system, theta, key, horizons, num_episodes: int = 1
         losses, grads = jax.jit(loss_grad)(theta, keys)
         flat = jax.vmap(lambda g: ravel_pytree(g)[0])(grads)
         norms = jnp.linalg.norm(flat, axis=1)
-        row = [jnp.mean(losses), jnp.median(norms), jnp.max(norms),
-               jnp.mean(jnp.sum((flat - flat.mean(axis=0)) ** 2, axis=1))]
+        row = [
+            jnp.mean(losses),
+            jnp.median(norms),
+            jnp.max(norms),
+            jnp.mean(jnp.sum((flat - flat.mean(axis=0)) ** 2, axis=1)),
+        ]
         if make_estimator is not None:
-            samples = estimate_samples(make_estimator(system), theta, jax.random.fold_in(key, 1), num_samples,
-                                       windows_per_sample)
+            samples = estimate_samples(
+                make_estimator(system), theta, jax.random.fold_in(key, 1), num_samples, windows_per_sample
+            )
             flat = jax.vmap(lambda g: ravel_pytree(g)[0])(samples)
-            row += [jnp.median(jnp.linalg.norm(flat, axis=1)),
-                    jnp.mean(jnp.sum((flat - flat.mean(axis=0)) ** 2, axis=1))]
+            row += [
+                jnp.median(jnp.linalg.norm(flat, axis=1)),
+                jnp.mean(jnp.sum((flat - flat.mean(axis=0)) ** 2, axis=1)),
+            ]
         rows.append(row)
     columns = [jnp.stack(c) for c in zip(*rows)]
     extra = columns[4:] if make_estimator is not None else [None, None]
     return HorizonGradients(jnp.asarray(horizons), *columns[:4], *extra)
 
 
-def loss_along(make_system, theta, direction, key, horizons, offsets, num_episodes: int = 8,
-               sigma: float | None = None, num_perturbations: int = 64):
+def loss_along(
+    make_system,
+    theta,
+    direction,
+    key,
+    horizons,
+    offsets,
+    num_episodes: int = 8,
+    sigma: float | None = None,
+    num_perturbations: int = 64,
+):
     """The mean episode loss at ``theta + a * direction`` for every ``a`` in ``offsets`` and
     every horizon (``[len(horizons), len(offsets)]``; the rugged landscapes of Metz et al.
     2021), and with ``sigma`` the ES-smoothed loss ``E_eps L(theta + a d + sigma eps)``
@@ -272,9 +309,13 @@ def loss_along(make_system, theta, direction, key, horizons, offsets, num_episod
 def quality_table(qualities: dict) -> str:
     """A markdown table of ``{estimator name: GradientQuality}``: bias norm, bias in standard
     errors, variance, cosines and SNR, one row per estimator."""
-    lines = ["| estimator | bias norm | bias (max z) | variance | mean cosine | cosine of mean | SNR |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| estimator | bias norm | bias (max z) | variance | mean cosine | cosine of mean | SNR |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, q in qualities.items():
-        lines.append(f"| {name} | {q.bias_norm:.3g} | {q.bias_z:.3g} | {q.variance:.3g} | {q.mean_cosine:.3f} | "
-                     f"{q.cosine_of_mean:.4f} | {q.snr:.3g} |")
+        lines.append(
+            f"| {name} | {q.bias_norm:.3g} | {q.bias_z:.3g} | {q.variance:.3g} | {q.mean_cosine:.3f} | "
+            f"{q.cosine_of_mean:.4f} | {q.snr:.3g} |"
+        )
     return "\n".join(lines)

@@ -23,7 +23,9 @@ def exact_gradient(system, theta, key, num_episodes: int = 1):
     ``num_episodes`` episodes with keys ``jax.random.split(key, num_episodes)``."""
     check_system(system)
     num_episodes = check_positive_int(
-        num_episodes, "num_episodes", "It counts the episodes averaged (keys split(key, num_episodes)), e.g. num_episodes=1."
+        num_episodes,
+        "num_episodes",
+        "It counts the episodes averaged (keys split(key, num_episodes)), e.g. num_episodes=1.",
     )
     check_against_theta(system, theta, key)
     keys = jax.random.split(key, num_episodes)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
-    return f"{seconds // 60:02d}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds // 60 % 60:02d}"
+    return (
+        f"{seconds // 60:02d}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds // 60 % 60:02d}"
+    )
 
 
 def progress(

@@ -87,8 +87,12 @@ def save(path: str, state: PyTree, arrays: dict[str, np.ndarray], fingerprint: d
         files[f"array/{name}"] = array
         manifest_arrays[name] = _entry(array, None)
     manifest = {
-        "format": FORMAT, "fingerprint": fingerprint, "treedef": str(treedef),
-        "leaves": manifest_leaves, "arrays": manifest_arrays, "meta": meta,
+        "format": FORMAT,
+        "fingerprint": fingerprint,
+        "treedef": str(treedef),
+        "leaves": manifest_leaves,
+        "arrays": manifest_arrays,
+        "meta": meta,
     }
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -125,8 +129,11 @@ def _read(path: str) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def _verified(path: str, name: str, array: np.ndarray, entry: dict) -> np.ndarray:
-    if (list(array.shape) != entry["shape"] or array.dtype.str != entry["dtype"]
-            or hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest() != entry["sha256"]):
+    if (
+        list(array.shape) != entry["shape"]
+        or array.dtype.str != entry["dtype"]
+        or hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest() != entry["sha256"]
+    ):
         raise CheckpointError(
             f"checkpoint {path!r} is corrupt: {name} does not match its checksum; delete it to start the run afresh."
         )
@@ -169,7 +176,11 @@ def load(path: str, like: PyTree, fingerprint: dict) -> tuple[PyTree, dict[str, 
         want_shape = np.shape(leaf)
         want_dtype = np.dtype(jax.random.key_data(leaf).dtype if _is_key(leaf) else _dtype_of(leaf))
         got_dtype = array.dtype
-        if tuple(np.shape(value)) != tuple(want_shape) or got_dtype != want_dtype or bool(entry["key_impl"]) != _is_key(leaf):
+        if (
+            tuple(np.shape(value)) != tuple(want_shape)
+            or got_dtype != want_dtype
+            or bool(entry["key_impl"]) != _is_key(leaf)
+        ):
             raise CheckpointError(
                 f"checkpoint {path!r}: state leaf {i} has shape {tuple(np.shape(value))} and dtype {got_dtype}, this "
                 f"run's has {tuple(want_shape)} and {want_dtype}; use another checkpoint path or delete it."

@@ -14,12 +14,13 @@ The objective is the mean per-step loss of an episode,
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
-from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 PyTree = Any
 
@@ -94,7 +95,8 @@ def check_truncation(truncation: Any, horizon: int) -> int:
 def check_num_workers(num_workers: Any) -> int:
     """The number of workers (independent, staggered trajectories) an estimator runs."""
     return check_positive_int(
-        num_workers, "num_workers",
+        num_workers,
+        "num_workers",
         "It counts the trajectories each window runs (staggered over the horizon): use 1 or more, e.g. num_workers=8.",
     )
 
@@ -108,11 +110,11 @@ def check_particles(num_particles: Any, antithetic: Any, name: str = "num_partic
     """A particle count; even when particles come in antithetic pairs."""
     if not isinstance(antithetic, (bool, np.bool_)):
         raise TypeError(
-            f"`antithetic` must be True or False, got {antithetic!r}; "
-            "True draws the particles in pairs (+eps, -eps)."
+            f"`antithetic` must be True or False, got {antithetic!r}; True draws the particles in pairs (+eps, -eps)."
         )
     num_particles = check_positive_int(
-        num_particles, name,
+        num_particles,
+        name,
         f"It counts the perturbed copies per worker: use an {'even ' if antithetic else ''}int"
         f" >= {2 if antithetic else 1}, e.g. {name}=64.",
     )

@@ -8,7 +8,8 @@ import signal
 import threading
 import time
 import warnings
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,8 +51,10 @@ def make_train_step(estimator: Estimator, optimizer: optax.GradientTransformatio
     last finite one), with ``"skip"`` training goes on with the next key.
     """
     if on_nonfinite not in ON_NONFINITE:
-        raise ValueError(f"`on_nonfinite`={on_nonfinite!r} must be one of {ON_NONFINITE}; pass on_nonfinite='stop' "
-                         "(end the run at its last finite theta) or 'skip' (drop that step and go on).")
+        raise ValueError(
+            f"`on_nonfinite`={on_nonfinite!r} must be one of {ON_NONFINITE}; pass on_nonfinite='stop' "
+            "(end the run at its last finite theta) or 'skip' (drop that step and go on)."
+        )
 
     def step(state: TrainState, key: jax.Array):
         grad, estimator_state, info = estimator.estimate(state.theta, state.estimator_state, key)
@@ -171,16 +174,22 @@ def train(
     """
     num_steps = check_positive_int(num_steps, "num_steps")
     if eval_fn is not None and not callable(eval_fn):
-        raise TypeError(f"`eval_fn` must be a function theta -> dict of scalars, got {type(eval_fn).__name__}; "
-                        "pass e.g. eval_fn=lambda theta: {'norm': jnp.sum(theta ** 2)}.")
+        raise TypeError(
+            f"`eval_fn` must be a function theta -> dict of scalars, got {type(eval_fn).__name__}; "
+            "pass e.g. eval_fn=lambda theta: {'norm': jnp.sum(theta ** 2)}."
+        )
     if eval_every:
-        eval_every = check_positive_int(eval_every, "eval_every", "Pass 0 (evaluate only after the last step) or an "
-                                        "int >= 1, the outer steps between evaluations.")
+        eval_every = check_positive_int(
+            eval_every,
+            "eval_every",
+            "Pass 0 (evaluate only after the last step) or an int >= 1, the outer steps between evaluations.",
+        )
     if eval_every and eval_fn is None:
         raise ValueError("`eval_every` is set but `eval_fn` is None; pass eval_fn=lambda theta: {...}.")
     if checkpoint_every and checkpoint is None:
-        raise ValueError(f"`checkpoint_every`={checkpoint_every} is set but `checkpoint` is None; pass "
-                         "checkpoint='run.npz'.")
+        raise ValueError(
+            f"`checkpoint_every`={checkpoint_every} is set but `checkpoint` is None; pass checkpoint='run.npz'."
+        )
     if checkpoint_every:
         checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
     step = make_train_step(estimator, optimizer, on_nonfinite)
@@ -207,8 +216,13 @@ def train(
     fingerprint = None
     if checkpoint is not None:
         fingerprint = {
-            "name": name.strip(), "num_steps": num_steps, "num_seeds": num_seeds, "on_nonfinite": on_nonfinite,
-            "eval_every": eval_every, "theta": fingerprint_hash(theta), "key": fingerprint_hash(key),
+            "name": name.strip(),
+            "num_steps": num_steps,
+            "num_seeds": num_seeds,
+            "on_nonfinite": on_nonfinite,
+            "eval_every": eval_every,
+            "theta": fingerprint_hash(theta),
+            "key": fingerprint_hash(key),
             **(run_info or {}),
         }
         if os.path.exists(checkpoint):
@@ -259,7 +273,11 @@ def train(
                 raise TrainingInterrupted(done, checkpoint, signal.Signals(received[0]).name)
             if checkpoint_every and done % checkpoint_every == 0 and done < num_steps:
                 save(done)
-            if on_nonfinite == "stop" and done % STOP_CHECK_EVERY == 0 and np.all(np.asarray(state.first_nonfinite) >= 0):
+            if (
+                on_nonfinite == "stop"
+                and done % STOP_CHECK_EVERY == 0
+                and np.all(np.asarray(state.first_nonfinite) >= 0)
+            ):
                 break  # every run has stopped: the rest would only repeat the last finite state
         if eval_one is not None:
             evaluate(done)
@@ -303,19 +321,23 @@ class _Log:
         state, arrays, meta = resume.load(path, like, fingerprint)
         log = _Log()
         done = int(meta["step"])
-        records = {k[len("record/"):]: v for k, v in arrays.items() if k.startswith("record/")}
+        records = {k[len("record/") :]: v for k, v in arrays.items() if k.startswith("record/")}
         log.records = [{k: v[..., j] for k, v in records.items()} for j in range(done)]
-        evals = {k[len("eval/"):]: v for k, v in arrays.items() if k.startswith("eval/")}
+        evals = {k[len("eval/") :]: v for k, v in arrays.items() if k.startswith("eval/")}
         log.eval_steps = [int(s) for s in arrays["eval_step"]]
         log.evals = [{k: v[..., j] for k, v in evals.items()} for j in range(len(log.eval_steps))]
         log.eval_times = [float(t) for t in arrays["eval_time_s"]]
-        log.elapsed, log.compile_s, log.complete = float(meta["elapsed"]), float(meta["compile_s"]), bool(meta["complete"])
+        log.elapsed, log.compile_s, log.complete = (
+            float(meta["elapsed"]),
+            float(meta["compile_s"]),
+            bool(meta["complete"]),
+        )
         return state, log
 
 
 def _finish(state: TrainState, log: _Log, on_nonfinite: str, name: str):
     arrays = log.arrays()  # the same stacked arrays a checkpoint stores
-    history = {k[len("record/"):]: v for k, v in arrays.items() if k.startswith("record/")}
+    history = {k[len("record/") :]: v for k, v in arrays.items() if k.startswith("record/")}
     history.update({k: v for k, v in arrays.items() if k.startswith("eval/")})
     if log.evals:
         history["eval_step"], history["eval_time_s"] = arrays["eval_step"], arrays["eval_time_s"]

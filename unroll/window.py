@@ -19,7 +19,8 @@ builds and staggers the workers.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -135,9 +136,7 @@ def run_windows(
         raise ValueError(f"a window of {num_steps} steps is longer than the horizon {horizon}.")
     num_workers, num_particles = workers.t.shape
     flat = lambda tree: jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
-    unflat = lambda tree: jax.tree_util.tree_map(
-        lambda x: x.reshape((num_workers, num_particles) + x.shape[1:]), tree
-    )
+    unflat = lambda tree: jax.tree_util.tree_map(lambda x: x.reshape((num_workers, num_particles) + x.shape[1:]), tree)
     workers, acc, noise = flat(workers), flat(acc), flat(noise)
     if num_active is not None:
         num_active = jnp.repeat(num_active, num_particles)

@@ -17,11 +17,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from unroll.system import (
-    check_against_theta, check_memory_budget, check_num_workers, check_system, check_truncation, inexact_leaves,
+    check_against_theta,
+    check_memory_budget,
+    check_num_workers,
+    check_system,
+    check_truncation,
+    inexact_leaves,
     with_inexact_leaves,
 )
 from unroll.window import (
-    Estimator, Worker, episode_start, plain_rule, run_windows, start_workers, window_info, worker_shape_check,
+    Estimator,
+    Worker,
+    episode_start,
+    plain_rule,
+    run_windows,
+    start_workers,
+    window_info,
+    worker_shape_check,
 )
 
 
@@ -127,8 +139,12 @@ def _program(schedule, block: int = 4) -> _Program:
     # horizon 1 has no forward chain; one never-read entry keeps the (traced) index valid
     chain_slot = chain_slot or [0]
     return _Program(
-        block, slots, tuple(as_int(c) for c in zip(*table)), as_int(chain_slot),
-        as_int([s for s, _ in back]), as_int([t for _, t in back]),
+        block,
+        slots,
+        tuple(as_int(c) for c in zip(*table)),
+        as_int(chain_slot),
+        as_int([s for s, _ in back]),
+        as_int([t for _, t in back]),
     )
 
 

@@ -16,7 +16,8 @@ per window (over trajectories whose incoming episode is not over).
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +25,14 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from unroll.system import (
-    check_against_theta, check_num_workers, check_positive_int, check_real_state, check_system, check_truncation,
-    inexact_leaves, with_inexact_leaves,
+    check_against_theta,
+    check_num_workers,
+    check_positive_int,
+    check_real_state,
+    check_system,
+    check_truncation,
+    inexact_leaves,
+    with_inexact_leaves,
 )
 from unroll.window import Estimator, Worker, plain_rule, run_windows, start_workers, window_info, worker_shape_check
 
@@ -53,7 +60,12 @@ def mlp_synthesizer(hidden: int = 64) -> Synthesizer:
 
     def init(key, size, dtype):
         w1 = jax.random.normal(key, (hidden, size), dtype) / jnp.sqrt(size)
-        return {"W1": w1, "b1": jnp.zeros(hidden, dtype), "W2": jnp.zeros((size, hidden), dtype), "b2": jnp.zeros(size, dtype)}
+        return {
+            "W1": w1,
+            "b1": jnp.zeros(hidden, dtype),
+            "W2": jnp.zeros((size, hidden), dtype),
+            "b2": jnp.zeros(size, dtype),
+        }
 
     def apply(phi, s, t):
         return phi["W2"] @ jnp.tanh(phi["W1"] @ s + phi["b1"]) + phi["b2"]

@@ -27,10 +27,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from unroll.system import (
-    check_against_theta, check_num_workers, check_particles, check_sigma, check_system, check_truncation,
+    check_against_theta,
+    check_num_workers,
+    check_particles,
+    check_sigma,
+    check_system,
+    check_truncation,
 )
 from unroll.window import (
-    Estimator, Rule, Worker, plain_rule, run_windows, start_workers, trajectory_sum, tree_add, tree_scale, window_info,
+    Estimator,
+    Rule,
+    Worker,
+    plain_rule,
+    run_windows,
+    start_workers,
+    trajectory_sum,
+    tree_add,
+    tree_scale,
+    window_info,
     worker_shape_check,
 )
 
@@ -57,9 +71,7 @@ def normal_like(key: jax.Array, tree, shape: tuple = (), scale: float = 1.0):
     dtype = jnp.result_type(*leaves)
     flat = scale * jax.random.normal(key, shape + (sum(sizes),), dtype)
     parts = jnp.split(flat, np.cumsum(sizes)[:-1], axis=-1) if len(leaves) > 1 else [flat]
-    noise = [
-        part.reshape(shape + jnp.shape(x)).astype(jnp.result_type(x)) for part, x in zip(parts, leaves)
-    ]
+    noise = [part.reshape(shape + jnp.shape(x)).astype(jnp.result_type(x)) for part, x in zip(parts, leaves)]
     return jax.tree_util.tree_unflatten(treedef, noise)
 
 
@@ -169,9 +181,7 @@ def truncated_es(
     def estimate(theta, state, key):
         worker_shape_check(state.workers, num_workers, 1)
         eps = perturbations(key, theta, *shape, sigma, antithetic)
-        branches = jax.tree_util.tree_map(
-            lambda x: jnp.broadcast_to(x, shape + x.shape[2:]), state.workers
-        )
+        branches = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, shape + x.shape[2:]), state.workers)
         _, _, total, losses = run_windows(system, rule, theta, branches, eps, eps, truncation)
         workers, _, _, _ = run_windows(system, central, theta, state.workers, (), None, truncation)
         grad = _es_gradient(total, sigma, num_workers * num_particles * truncation)

@@ -28,11 +28,28 @@ from jax.flatten_util import ravel_pytree
 
 from unroll.estimators.evolution import normal_like
 from unroll.system import (
-    check_against_theta, check_num_workers, check_positive_float, check_positive_int, check_real_state, check_system,
-    check_truncation, inexact_leaves, real_parts, real_view, with_inexact_leaves,
+    check_against_theta,
+    check_num_workers,
+    check_positive_float,
+    check_positive_int,
+    check_real_state,
+    check_system,
+    check_truncation,
+    inexact_leaves,
+    real_parts,
+    real_view,
+    with_inexact_leaves,
 )
 from unroll.window import (
-    Estimator, Rule, Worker, run_windows, start_workers, trajectory_sum, tree_scale, window_info, worker_shape_check,
+    Estimator,
+    Rule,
+    Worker,
+    run_windows,
+    start_workers,
+    trajectory_sum,
+    tree_scale,
+    window_info,
+    worker_shape_check,
 )
 
 
@@ -196,6 +213,7 @@ def influence_pattern(system, theta, key=None, order: int | None = None, num_tim
     Only shapes of ``theta`` are used, so it works under ``jit``; it returns ``None`` when
     ``step`` or ``init`` cannot run on concrete values (e.g. they close over traced arrays).
     """
+
     def jacobians(point):
         state, init_key = _random_state(system, point, key)
         times = jnp.linspace(0, system.horizon - 1, num_times).astype(jnp.int32)
@@ -212,7 +230,11 @@ def influence_pattern(system, theta, key=None, order: int | None = None, num_tim
         # compiled executable binds nothing); op-by-op evaluation would cost seconds
         state, d_state, d_theta, init_jacobian = traced.lower().compile()(point)
         d_state, d_theta, init_jacobian = (np.asarray(x) for x in (d_state, d_theta, init_jacobian))
-    except (jax.errors.ConcretizationTypeError, jax.errors.UnexpectedTracerError, jax.errors.TracerArrayConversionError):
+    except (
+        jax.errors.ConcretizationTypeError,
+        jax.errors.UnexpectedTracerError,
+        jax.errors.TracerArrayConversionError,
+    ):
         return None  # the system closes over traced values: no concrete pattern
     unit = _coordinate_units(inexact_leaves(state))
     num_units, p = int(unit.max(initial=-1)) + 1, d_theta.shape[-1]
@@ -290,6 +312,7 @@ def _compressed_influence_rule(system, pattern: InfluencePattern):
     def step(theta, state, t, influence, _):
         flat, unravel = ravel_pytree(theta)
         vector, f = real_view(system, state)
+
         def h(p, v):
             new_vector, loss, new_state = f(unravel(p), v, t)
             return (new_vector, loss), new_state
@@ -306,7 +329,9 @@ def _compressed_influence_rule(system, pattern: InfluencePattern):
     return Rule(start, step)
 
 
-def _influence_estimator(system, truncation: int, num_workers: int, order: int | None, sparse: bool | None) -> Estimator:
+def _influence_estimator(
+    system, truncation: int, num_workers: int, order: int | None, sparse: bool | None
+) -> Estimator:
     """RTRL, or SnAp-``order`` when ``order`` is given, on the dense or the compressed
     influence (``sparse``: ``None`` picks by ``influence_pattern(...).compressed``). The
     pattern and the rule are found once per theta structure, at trace time."""
@@ -330,7 +355,10 @@ def _influence_estimator(system, truncation: int, num_workers: int, order: int |
                 )
             compress = pattern is not None and (pattern.compressed if sparse is None else sparse)
             if compress:
-                rules[spec] = (_compressed_influence_rule(system, pattern), (pattern.num_colors, pattern.owner.shape[1]))
+                rules[spec] = (
+                    _compressed_influence_rule(system, pattern),
+                    (pattern.num_colors, pattern.owner.shape[1]),
+                )
             else:
                 mask = None if order is None else pattern.mask
                 rules[spec] = (_dense_influence_rule(system, mask), None)
@@ -353,7 +381,9 @@ def _influence_estimator(system, truncation: int, num_workers: int, order: int |
                 f"{', '.join(map(str, expected))}] for this {name} and theta; pass the state this "
                 "estimator's init returned."
             )
-        workers, influence, total, losses = run_windows(system, rule, theta, state.workers, state.influence, None, truncation)
+        workers, influence, total, losses = run_windows(
+            system, rule, theta, state.workers, state.influence, None, truncation
+        )
         steps = num_workers * truncation
         return trajectory_sum(total, 1.0 / steps), InfluenceState(workers, influence), window_info(losses, steps)
 
@@ -391,8 +421,10 @@ def snap(system, order: int, truncation: int, num_workers: int = 1, sparse: bool
     touches every unit) the influence is stored densely and masked."""
     check_system(system)
     order = check_positive_int(
-        order, "order", "It is the number of steps of reach SnAp keeps: use an int >= 1, e.g. order=1 (order=2 on a "
-        "dense RNN keeps every entry, = rtrl)."
+        order,
+        "order",
+        "It is the number of steps of reach SnAp keeps: use an int >= 1, e.g. order=1 (order=2 on a "
+        "dense RNN keeps every entry, = rtrl).",
     )
     truncation = check_truncation(truncation, system.horizon)
     num_workers = check_num_workers(num_workers)
@@ -496,7 +528,8 @@ def forward_gradient(system, truncation: int, num_directions: int = 1, num_worke
     check_system(system)
     truncation = check_truncation(truncation, system.horizon)
     num_directions = check_positive_int(
-        num_directions, "num_directions",
+        num_directions,
+        "num_directions",
         "It counts the random directions v drawn per worker: use an int >= 1 (more directions, lower variance).",
     )
     num_workers = check_num_workers(num_workers)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -12,12 +12,14 @@ from unroll.system import System
 
 def run_episode(system: System, theta, key):
     """One whole episode as a ``lax.scan``: ``(final state, losses [T])``."""
-    return jax.lax.scan(lambda state, t: system.step(theta, state, t), system.init(theta, key),
-                        jnp.arange(system.horizon))
+    return jax.lax.scan(
+        lambda state, t: system.step(theta, state, t), system.init(theta, key), jnp.arange(system.horizon)
+    )
 
 
-def episode_evaluator(system: System, key, num_episodes: int, final_metrics: Callable | None = None,
-                      extra: Callable | None = None) -> Callable:
+def episode_evaluator(
+    system: System, key, num_episodes: int, final_metrics: Callable | None = None, extra: Callable | None = None
+) -> Callable:
     """``theta -> {"objective": mean episode loss, **final_metrics(final state), **extra(theta)}``
     over ``num_episodes`` fixed episodes (``split(key, num_episodes)``), the metrics of the
     final states averaged over episodes; jit-able."""

@@ -21,8 +21,9 @@ from unroll.system import System, check_positive_int
 from unroll.tasks.evaluation import episode_evaluator
 
 
-def regression_data(num_examples: int = 64, dim: int = 16, noise: float = 1.0, seed: int = 0,
-                    condition: float = 1000.0):
+def regression_data(
+    num_examples: int = 64, dim: int = 16, noise: float = 1.0, seed: int = 0, condition: float = 1000.0
+):
     """``(X [n, d], y [n])``: ``X ~ N(0, 1)`` with column ``j`` scaled by
     ``condition ** (-j / (2 (d - 1)))`` (curvatures spread over ``condition``),
     ``y = X w* + noise N(0, 1)``, ``w* ~ N(0, 1)`` (numpy float64)."""
@@ -31,9 +32,19 @@ def regression_data(num_examples: int = 64, dim: int = 16, noise: float = 1.0, s
     return x, x @ rng.normal(size=dim) + noise * rng.normal(size=num_examples)
 
 
-def lr_schedule(horizon: int = 200, batch_size: int = 8, num_examples: int = 64, dim: int = 16, seed: int = 0,
-                initial=(-2.0, -1.0), loss_cap: float = 1e3, dtype=jnp.float32, num_eval_episodes: int = 32,
-                condition: float = 1000.0, noise: float = 1.0):
+def lr_schedule(
+    horizon: int = 200,
+    batch_size: int = 8,
+    num_examples: int = 64,
+    dim: int = 16,
+    seed: int = 0,
+    initial=(-2.0, -1.0),
+    loss_cap: float = 1e3,
+    dtype=jnp.float32,
+    num_eval_episodes: int = 32,
+    condition: float = 1000.0,
+    noise: float = 1.0,
+):
     """Returns ``(system, theta, evaluate)``; ``evaluate(theta)`` is the mean episode loss
     (``"objective"``) over fixed minibatch keys."""
     horizon = check_positive_int(horizon, "horizon")
@@ -69,8 +80,14 @@ def lr_schedule_grid(evaluate, log_lr0: np.ndarray, log_decay: np.ndarray):
     return losses, np.asarray([log_lr0[i], log_decay[j]]), float(losses[i, j])
 
 
-def mlp_hyperparameters(horizon: int = 200, batch_size: int = 64, initial=(-1.0, 0.0, -4.0), seed: int = 0,
-                        dtype=jnp.float32, num_eval_episodes: int = 16):
+def mlp_hyperparameters(
+    horizon: int = 200,
+    batch_size: int = 64,
+    initial=(-1.0, 0.0, -4.0),
+    seed: int = 0,
+    dtype=jnp.float32,
+    num_eval_episodes: int = 16,
+):
     """Learning rate, momentum and weight decay of SGD training a 64-32-10 tanh MLP on
     scikit-learn's digits: theta ``= [log10 lr, logit momentum, log10 weight decay]``;
     each step ``v <- mu v + g + wd w``, ``w <- w - lr v`` on a minibatch of ``batch_size``,
@@ -98,9 +115,14 @@ def mlp_hyperparameters(horizon: int = 200, batch_size: int = 64, initial=(-1.0,
 
     system = System(init, step, horizon)
     evaluate = episode_evaluator(
-        system, jax.random.key(seed + 10_000), num_eval_episodes,
+        system,
+        jax.random.key(seed + 10_000),
+        num_eval_episodes,
         final_metrics=lambda state: {"validation_accuracy": net.accuracy(state[0], xv, yv)},
-        extra=lambda theta: {"log10_lr": theta[0], "momentum": jax.nn.sigmoid(theta[1]),
-                             "log10_weight_decay": theta[2]},
+        extra=lambda theta: {
+            "log10_lr": theta[0],
+            "momentum": jax.nn.sigmoid(theta[1]),
+            "log10_weight_decay": theta[2],
+        },
     )
     return system, jnp.asarray(initial, dtype), evaluate

@@ -27,7 +27,9 @@ def digits(num_validation: int = 297, seed: int = 0) -> Digits:
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:  # pragma: no cover - scikit-learn is a dependency
-        raise ImportError("the digits tasks need scikit-learn (`pip install scikit-learn`): it ships the data.") from err
+        raise ImportError(
+            "the digits tasks need scikit-learn (`pip install scikit-learn`): it ships the data."
+        ) from err
     data = load_digits()
     order = np.random.default_rng(seed).permutation(len(data.target))
     x, y = (data.data[order] / 16.0).astype(np.float32), data.target[order].astype(np.int32)

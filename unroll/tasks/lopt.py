@@ -75,6 +75,7 @@ def inner_problem(problem: str, batch_size: int = 64, dim: int = 20, dtype=jnp.f
         metrics = lambda w: {"validation_accuracy": net.accuracy(w, xv, yv), "validation_loss": net.loss(w, xv, yv)}
         return lambda key: net.init(jax.random.fold_in(key, 0x7FFFFFFF), dtype), loss, net.num_params, metrics
     if problem == "quadratic":
+
         def loss(w, key, t):
             a, _ = _quadratic(key, dim, dtype)
             return 0.5 * w @ a @ w
@@ -83,8 +84,16 @@ def inner_problem(problem: str, batch_size: int = 64, dim: int = 20, dtype=jnp.f
     raise ValueError(f"`problem`={problem!r} is not a known inner problem; choose one of {', '.join(PROBLEMS)}.")
 
 
-def learned_optimizer(problem: str = "digits", horizon: int = 200, learning_rate: float = 0.1, hidden: int = 32,
-                      batch_size: int = 64, seed: int = 0, dtype=jnp.float32, num_eval_tasks: int = 16):
+def learned_optimizer(
+    problem: str = "digits",
+    horizon: int = 200,
+    learning_rate: float = 0.1,
+    hidden: int = 32,
+    batch_size: int = 64,
+    seed: int = 0,
+    dtype=jnp.float32,
+    num_eval_tasks: int = 16,
+):
     """Meta-training a learned optimizer on ``problem``: returns ``(system, theta,
     evaluate)``; theta starts at SGD with ``learning_rate`` (``sgd_theta``), the state is
     ``(inner params, momenta [3, P], episode key)``, ``evaluate`` gives the mean inner
@@ -106,8 +115,9 @@ def learned_optimizer(problem: str = "digits", horizon: int = 200, learning_rate
         return (w - learning_rate * learned_update(theta, features), momenta, key), value
 
     system = System(init, step, horizon)
-    evaluate = episode_evaluator(system, jax.random.key(seed + 10_000), num_eval_tasks,
-                                 final_metrics=lambda state: metrics(state[0]))
+    evaluate = episode_evaluator(
+        system, jax.random.key(seed + 10_000), num_eval_tasks, final_metrics=lambda state: metrics(state[0])
+    )
     return system, sgd_theta(hidden, 1.0, seed, dtype), evaluate
 
 
@@ -130,20 +140,30 @@ def adam_system(problem: str = "digits", horizon: int = 200, batch_size: int = 6
     return System(init, step, horizon)
 
 
-def adam_baseline(problem: str = "digits", horizon: int = 200, log10_learning_rates=np.linspace(-4, 0, 17),
-                  seed: int = 0, num_eval_tasks: int = 16, dtype=jnp.float32) -> dict:
+def adam_baseline(
+    problem: str = "digits",
+    horizon: int = 200,
+    log10_learning_rates=np.linspace(-4, 0, 17),  # noqa: B008 (read, never written)
+    seed: int = 0,
+    num_eval_tasks: int = 16,
+    dtype=jnp.float32,
+) -> dict:
     """Adam with its learning rate tuned by grid search on the evaluation tasks: the grid's
     objectives, the best ``log10`` learning rate and the metrics there (same held-out inner
     tasks as ``learned_optimizer(...)[2]``)."""
     system = adam_system(problem, horizon, dtype=dtype)
     metrics = inner_problem(problem, dtype=dtype)[3]
-    evaluate = episode_evaluator(system, jax.random.key(seed + 10_000), num_eval_tasks,
-                                 final_metrics=lambda state: metrics(state[0]))
+    evaluate = episode_evaluator(
+        system, jax.random.key(seed + 10_000), num_eval_tasks, final_metrics=lambda state: metrics(state[0])
+    )
     grid = jnp.asarray(log10_learning_rates, dtype)
     results = jax.jit(jax.vmap(evaluate))(grid)
     objective = np.asarray(results["objective"])
     objective = np.where(np.isfinite(objective), objective, np.inf)
     best = int(np.argmin(objective))
-    return {"log10_learning_rates": np.asarray(grid).tolist(), "objectives": objective.tolist(),
-            "best_log10_learning_rate": float(grid[best]),
-            "best": {k: float(v[best]) for k, v in results.items()}}
+    return {
+        "log10_learning_rates": np.asarray(grid).tolist(),
+        "objectives": objective.tolist(),
+        "best_log10_learning_rate": float(grid[best]),
+        "best": {k: float(v[best]) for k, v in results.items()},
+    }

@@ -48,8 +48,15 @@ def lorenz_trajectory(num_steps: int, dt: float = 0.01, params=TRUE_PARAMS, x0=(
     return np.stack(out)
 
 
-def lorenz(horizon: int = 200, dt: float = 0.01, num_observed: int = 5000, initial_params=(8.0, 25.0, 2.0),
-           dtype=jnp.float32, num_eval_episodes: int = 32, seed: int = 0):
+def lorenz(
+    horizon: int = 200,
+    dt: float = 0.01,
+    num_observed: int = 5000,
+    initial_params=(8.0, 25.0, 2.0),
+    dtype=jnp.float32,
+    num_eval_episodes: int = 32,
+    seed: int = 0,
+):
     """Returns ``(system, theta, evaluate)``: ``theta = initial_params`` as an array,
     ``evaluate(theta)`` the mean episode loss over fixed offsets (``"objective"``) and the
     distance ``|theta - true|`` (``"param_error"``)."""
@@ -74,6 +81,10 @@ def lorenz(horizon: int = 200, dt: float = 0.01, num_observed: int = 5000, initi
 
     system = System(init, step, horizon)
     true = jnp.asarray(TRUE_PARAMS, dtype)
-    evaluate = episode_evaluator(system, jax.random.key(seed + 10_000), num_eval_episodes,
-                                 extra=lambda theta: {"param_error": jnp.linalg.norm(theta - true.astype(theta.dtype))})
+    evaluate = episode_evaluator(
+        system,
+        jax.random.key(seed + 10_000),
+        num_eval_episodes,
+        extra=lambda theta: {"param_error": jnp.linalg.norm(theta - true.astype(theta.dtype))},
+    )
     return system, jnp.asarray(initial_params, dtype), evaluate

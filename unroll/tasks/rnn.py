@@ -15,7 +15,8 @@ jit-able dict of metrics on fixed held-out episodes (``"objective"`` first).
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,8 +52,11 @@ def _tanh_cell() -> Cell:
 
     def init(key, input_size, hidden, dtype):
         k1, k2 = jax.random.split(key)
-        return {"W": _glorot(k1, (hidden, hidden), dtype), "U": _glorot(k2, (hidden, input_size), dtype),
-                "b": jnp.zeros(hidden, dtype)}
+        return {
+            "W": _glorot(k1, (hidden, hidden), dtype),
+            "U": _glorot(k2, (hidden, input_size), dtype),
+            "b": jnp.zeros(hidden, dtype),
+        }
 
     def apply(p, h, x):
         return jnp.tanh(p["W"] @ h + p["U"] @ x + p["b"])
@@ -88,8 +92,11 @@ def _lstm_cell() -> Cell:
     def init(key, input_size, hidden, dtype):
         k1, k2 = jax.random.split(key)
         b = jnp.zeros(4 * hidden, dtype).at[hidden : 2 * hidden].set(1.0)
-        return {"W": _glorot(k1, (4 * hidden, hidden), dtype), "U": _glorot(k2, (4 * hidden, input_size), dtype),
-                "b": b}
+        return {
+            "W": _glorot(k1, (4 * hidden, hidden), dtype),
+            "U": _glorot(k2, (4 * hidden, input_size), dtype),
+            "b": b,
+        }
 
     def apply(p, state, x):
         h, c = state
@@ -109,8 +116,12 @@ def _lru_cell() -> Cell:
     def init(key, input_size, hidden, dtype):
         k1, k2, k3 = jax.random.split(key, 3)
         radius = jax.random.uniform(k1, (hidden,), dtype, 0.9, 0.999)
-        return {"nu": jnp.log(-jnp.log(radius)), "phase": jax.random.uniform(k2, (hidden,), dtype, 0.0, np.pi / 10),
-                "B_re": _glorot(k3, (hidden, input_size), dtype), "B_im": jnp.zeros((hidden, input_size), dtype)}
+        return {
+            "nu": jnp.log(-jnp.log(radius)),
+            "phase": jax.random.uniform(k2, (hidden,), dtype, 0.0, np.pi / 10),
+            "B_re": _glorot(k3, (hidden, input_size), dtype),
+            "B_im": jnp.zeros((hidden, input_size), dtype),
+        }
 
     def apply(p, h, x):
         lam = jnp.exp(jax.lax.complex(-jnp.exp(p["nu"]), p["phase"]))
@@ -136,8 +147,10 @@ def network_theta(cell: Cell, key, input_size: int, hidden: int, num_outputs: in
     """``{"cell": cell params, "readout": {"W": [outputs, F], "b": [outputs]}}``."""
     k1, k2 = jax.random.split(key)
     features = cell.num_features(hidden)
-    return {"cell": cell.init(k1, input_size, hidden, dtype),
-            "readout": {"W": 0.1 * _glorot(k2, (num_outputs, features), dtype), "b": jnp.zeros(num_outputs, dtype)}}
+    return {
+        "cell": cell.init(k1, input_size, hidden, dtype),
+        "readout": {"W": 0.1 * _glorot(k2, (num_outputs, features), dtype), "b": jnp.zeros(num_outputs, dtype)},
+    }
 
 
 def cross_entropy(logits: jax.Array, target: jax.Array) -> jax.Array:
@@ -216,8 +229,16 @@ def copy_memoryless_loss(length: int, delay: int, num_symbols: int) -> float:
     return length * float(np.log(num_symbols)) / (2 * length + delay)
 
 
-def copy_task(length: int = 10, delay: int = 20, num_symbols: int = 8, cell: str = "gru", hidden: int = 64,
-              seed: int = 0, dtype=jnp.float32, num_eval_episodes: int = 64):
+def copy_task(
+    length: int = 10,
+    delay: int = 20,
+    num_symbols: int = 8,
+    cell: str = "gru",
+    hidden: int = 64,
+    seed: int = 0,
+    dtype=jnp.float32,
+    num_eval_episodes: int = 64,
+):
     """The copy task: remember ``length`` symbols over ``delay`` steps, then recall them.
     Returns ``(system, theta, evaluate)``; ``evaluate`` gives the mean step loss
     (``"objective"``) and the recall accuracy (``copy_memoryless_loss`` is the loss to beat)."""
@@ -233,15 +254,28 @@ def copy_task(length: int = 10, delay: int = 20, num_symbols: int = 8, cell: str
         x, y = copy_sequence(key, t, length, delay, num_symbols)
         return x, y, key
 
-    network = _network(net, hidden, horizon, dtype, lambda key: key, data_step,
-                       lambda theta, x: jax.nn.one_hot(x, vocab, dtype=dtype), cross_entropy)
+    network = _network(
+        net,
+        hidden,
+        horizon,
+        dtype,
+        lambda key: key,
+        data_step,
+        lambda theta, x: jax.nn.one_hot(x, vocab, dtype=dtype),
+        cross_entropy,
+    )
     theta = network_theta(net, jax.random.key(seed), vocab, hidden, num_symbols + 1, dtype)
     eval_key = jax.random.key(seed + 10_000)
     # hits over the recall steps, per step of the whole episode: their mean * horizon / length
-    recall = _per_step_mean(network, eval_key, num_eval_episodes,
-                            lambda logits, y, t: (jnp.argmax(logits) == y) & (t >= length + delay))
-    evaluate = episode_evaluator(network.system, eval_key, num_eval_episodes,
-                                 extra=lambda theta: {"recall_accuracy": recall(theta) * horizon / length})
+    recall = _per_step_mean(
+        network, eval_key, num_eval_episodes, lambda logits, y, t: (jnp.argmax(logits) == y) & (t >= length + delay)
+    )
+    evaluate = episode_evaluator(
+        network.system,
+        eval_key,
+        num_eval_episodes,
+        extra=lambda theta: {"recall_accuracy": recall(theta) * horizon / length},
+    )
     return network.system, theta, evaluate
 
 
@@ -257,8 +291,16 @@ def flip_flop_inputs(key, t, num_bits: int, pulse_probability: float):
     return jnp.where(pulse, sign, 0).astype(jnp.int32)
 
 
-def flip_flop(num_bits: int = 3, horizon: int = 100, pulse_probability: float = 0.05, cell: str = "gru",
-              hidden: int = 64, seed: int = 0, dtype=jnp.float32, num_eval_episodes: int = 64):
+def flip_flop(
+    num_bits: int = 3,
+    horizon: int = 100,
+    pulse_probability: float = 0.05,
+    cell: str = "gru",
+    hidden: int = 64,
+    seed: int = 0,
+    dtype=jnp.float32,
+    num_eval_episodes: int = 64,
+):
     """The ``num_bits``-bit flip-flop (Sussillo & Barak 2013): each output must hold the
     sign of the last pulse on its channel (``+1`` before any). The step loss is the
     binary cross-entropy summed over channels (logit per channel). Returns
@@ -288,9 +330,12 @@ def flip_flop(num_bits: int = 3, horizon: int = 100, pulse_probability: float = 
     network = _network(net, hidden, horizon, dtype, data_init, data_step, lambda theta, x: x.astype(dtype), loss)
     theta = network_theta(net, jax.random.key(seed), num_bits, hidden, num_bits, dtype)
     eval_key = jax.random.key(seed + 10_000)
-    accuracy = _per_step_mean(network, eval_key, num_eval_episodes, lambda logits, y, t: jnp.mean(jnp.sign(logits) == y))
-    evaluate = episode_evaluator(network.system, eval_key, num_eval_episodes,
-                                 extra=lambda theta: {"bit_accuracy": accuracy(theta)})
+    accuracy = _per_step_mean(
+        network, eval_key, num_eval_episodes, lambda logits, y, t: jnp.mean(jnp.sign(logits) == y)
+    )
+    evaluate = episode_evaluator(
+        network.system, eval_key, num_eval_episodes, extra=lambda theta: {"bit_accuracy": accuracy(theta)}
+    )
     return network.system, theta, evaluate
 
 
@@ -338,8 +383,16 @@ def python_docs_corpus(validation_fraction: float = 0.1) -> Corpus:
     return corpus._replace(train=ids[:cut], validation=ids[cut:])
 
 
-def char_lm(horizon: int = 128, cell: str = "lstm", hidden: int = 128, embedding: int = 32, seed: int = 0,
-            dtype=jnp.float32, num_eval_sequences: int = 64, eval_length: int = 256):
+def char_lm(
+    horizon: int = 128,
+    cell: str = "lstm",
+    hidden: int = 128,
+    embedding: int = 32,
+    seed: int = 0,
+    dtype=jnp.float32,
+    num_eval_sequences: int = 64,
+    eval_length: int = 256,
+):
     """A character language model on ``python_docs_corpus()``: an episode reads
     ``horizon + 1`` consecutive training characters from a random offset and predicts
     each next one. Returns ``(system, theta, evaluate)``; ``evaluate`` gives the mean
