@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import unroll
+from unroll import registry
 
 
 def _dtype(theta):
@@ -192,28 +193,22 @@ def scalar_lq_closed_form_D(a: float, k: int) -> float:
 # --------------------------------------------------------------------------- estimators
 
 
-ESTIMATOR_DEFAULTS = {
-    "full_bptt": (unroll.full_bptt, {}),
-    "truncated_bptt": (unroll.truncated_bptt, {"truncation": 2}),
-    "es": (unroll.es, {"sigma": 0.1, "num_particles": 4}),
-    "truncated_es": (unroll.truncated_es, {"truncation": 2, "sigma": 0.1, "num_particles": 4}),
-    "pes": (unroll.pes, {"truncation": 2, "sigma": 0.1, "num_particles": 4}),
-    "nres": (unroll.nres, {"truncation": 2, "sigma": 0.1, "num_particles": 4}),
-    "forward_gradient": (unroll.forward_gradient, {"truncation": 2, "num_directions": 2}),
-    "rtrl": (unroll.rtrl, {"truncation": 2}),
-    "uoro": (unroll.uoro, {"truncation": 2}),
-    "snap": (unroll.snap, {"order": 1, "truncation": 2}),
-    "dni": (unroll.dni, {"truncation": 2}),
-}
-ESTIMATOR_NAMES = tuple(ESTIMATOR_DEFAULTS)
-WINDOWED = tuple(name for name, (_, kw) in ESTIMATOR_DEFAULTS.items() if "truncation" in kw)
-ES_FAMILY = ("es", "truncated_es", "pes", "nres")
+# the test-size settings every registered estimator is built with (each takes the ones
+# its constructor has; the registry's defaults give the rest, e.g. snap's order, gpes's reuse)
+SMALL_SETTINGS = {"truncation": 2, "sigma": 0.1, "num_particles": 4, "num_directions": 2, "memory_budget": 2}
+
+# the registry, keyed by constructor name (``unroll.<name>``): registering an estimator
+# once puts it in every test parametrized over these names
+REGISTERED = {entry.constructor.__name__: entry for entry in registry.ESTIMATORS.values()}
+ESTIMATOR_NAMES = tuple(REGISTERED)
+WINDOWED = tuple(name for name, entry in REGISTERED.items() if entry.windowed)
+ES_FAMILY = tuple(name for name, entry in REGISTERED.items() if entry.family == "es")
 
 
 def build_estimator(name: str, system, **overrides):
-    """``unroll.<name>(system, ...)`` with small default settings, ``overrides`` on top."""
-    constructor, defaults = ESTIMATOR_DEFAULTS[name]
-    return constructor(system, **{**defaults, **overrides})
+    """``unroll.<name>(system, ...)`` with small default settings, ``overrides`` on top
+    (each passed only where the constructor takes it)."""
+    return registry.build(REGISTERED[name].name, system, **{**SMALL_SETTINGS, **overrides})
 
 
 # --------------------------------------------------------------------------- running estimators

@@ -211,11 +211,9 @@ def test_a_diverging_estimator_is_recorded_and_the_others_go_on(tmp_path, capsys
             theta=jnp.asarray(0.55),
             evaluate=lambda th: {"objective": -th, "theta": th},
             reference={"objective": "-theta", "horizon": 2},
-            estimators={
-                "full-bptt": compare.standard_estimators()["full-bptt"],
-                # tbptt runs on a system that stays finite: it goes on to the last step
-                "tbptt": compare.EstimatorSpec(lambda s, k: unroll.truncated_bptt(finite, k), 1, "tbptt"),
-            },
+            settings=compare.standard_settings(workers=1),
+            # tbptt runs on a system that stays finite: it goes on to the last step
+            estimators={"tbptt": lambda s, k: unroll.truncated_bptt(finite, truncation=k)},
             default_estimators=["full-bptt", "tbptt-1"],
             optimizer=lambda steps: optax.sgd(0.2),
             optimizer_description="sgd 0.2",

@@ -1,23 +1,29 @@
 """unroll: gradient estimators for long unrolled computations, behind one interface."""
 
-from unroll import checkpointing, diagnostics, resume, sharding, tasks
-from unroll.estimators.bptt import checkpointed_bptt, full_bptt, truncated_bptt
+from unroll import checkpointing, diagnostics, registry, resume, sharding, tasks
+from unroll.estimators.bptt import full_bptt, truncated_bptt
+from unroll.estimators.checkpointed import checkpointed_bptt
 from unroll.estimators.dni import Synthesizer, dni, linear_synthesizer, mlp_synthesizer
 from unroll.estimators.evolution import es, nres, pes, truncated_es
-from unroll.estimators.forward import forward_gradient, rtrl, snap, uoro
+from unroll.estimators.forward_gradient import forward_gradient
+from unroll.estimators.gpes import gpes
+from unroll.estimators.rtrl import rtrl, snap
+from unroll.estimators.uoro import uoro
 from unroll.exact import episode_loss, exact_gradient
 from unroll.sharding import shard
 from unroll.system import System
 from unroll.train import TrainingInterrupted, train
-from unroll.window import Estimator
+from unroll.window import Estimate, Estimator, WindowState
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Estimate",
     "Estimator",
     "Synthesizer",
     "System",
     "TrainingInterrupted",
+    "WindowState",
     "checkpointed_bptt",
     "checkpointing",
     "diagnostics",
@@ -27,10 +33,12 @@ __all__ = [
     "exact_gradient",
     "forward_gradient",
     "full_bptt",
+    "gpes",
     "linear_synthesizer",
     "mlp_synthesizer",
     "nres",
     "pes",
+    "registry",
     "resume",
     "rtrl",
     "shard",

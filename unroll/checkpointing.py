@@ -26,18 +26,21 @@ definition gives the published values ``C(10, 2) = 30`` and ``C(100, 10) = 322``
 ``plan(horizon, memory_budget)`` solves the program (numpy, one vectorized minimum per
 ``t`` over all splits and budgets, ``O(T^2 m)`` element operations); ``Plan.split_tree()``
 is the recursive schedule and ``Plan.actions()`` the same schedule flattened into the
-stack-machine program that ``unroll.checkpointed_bptt`` executes.
+stack-machine program; ``program`` regroups it into ops and ``checkpointed_episode``
+executes them in JAX (one ``lax.scan``), which ``unroll.checkpointed_bptt`` calls.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from unroll.system import check_memory_budget, check_positive_int
+from unroll.system import check_memory_budget, check_positive_int, inexact_leaves, with_inexact_leaves
 
-__all__ = ["Action", "Plan", "Segment", "plan"]
+__all__ = ["Action", "Plan", "Program", "Segment", "checkpointed_episode", "plan", "program"]
 
 
 class Segment(NamedTuple):
@@ -175,3 +178,139 @@ def plan(horizon: int, memory_budget: int) -> Plan:
     return p._replace(
         forward_steps=p.cost(horizon, memory_budget), split=p.split_of(horizon, memory_budget), slots_used=slots_used
     )
+
+
+# --------------------------------------------------------------------------- executing a plan
+
+
+class Program(NamedTuple):
+    """A schedule (``checkpointing.Plan.actions()``) regrouped for execution.
+
+    Every *op* runs a forward chain from slot ``src`` (the state at step ``time``), writing
+    each new state into the slot ``chain_slot`` gives (the scratch slot ``slots`` when the
+    schedule does not keep it), then backpropagates the steps listed in its backward table
+    entries (each from the state in slot ``back_slot``, at step ``back_time``). The
+    executor runs both lists in blocks of ``block`` steps, unrolled.
+    """
+
+    block: int
+    slots: int  # kept slots; the buffer has one more, the scratch slot
+    ops: tuple  # (src, time, chain_begin, chain_length, back_begin, back_length): int arrays [num_ops]
+    chain_slot: np.ndarray
+    back_slot: np.ndarray
+    back_time: np.ndarray
+
+
+def program(schedule, block: int = 4) -> Program:
+    """Regroups ``schedule.actions()`` into ops: a run of store actions continuing one
+    another is one chain; the backward actions after it are its backward list; a backward
+    action that first recomputes ``count > 0`` steps becomes a chain into the scratch slot
+    plus a backward pass from it. Same steps, same order, same results."""
+    actions, slots = schedule.actions(), schedule.slots_used
+    scratch = slots
+    ops = []  # [src, time, chain (slots), backward [(slot, time)]]
+    op, chain_end = None, None  # chain_end: (slot, time) of the state the chain reached
+    for src, time, count, store, dst in zip(*actions):
+        if store:
+            if op is None or op[3] or chain_end != (src, time):
+                op = [int(src), int(time), [], []]
+                ops.append(op)
+            op[2] += [scratch] * (int(count) - 1) + [int(dst)]
+            chain_end = (dst, time + count)
+        elif count == 0:
+            if op is None:
+                op = [int(src), int(time), [], []]
+                ops.append(op)
+            op[3].append((int(src), int(time)))
+        else:  # recompute `count` steps into the scratch slot, then backpropagate from it
+            op = [int(src), int(time), [scratch] * int(count), [(scratch, int(time + count))]]
+            ops.append(op)
+            chain_end = None
+    chain_slot, back, table = [], [], []
+    for src, time, chain, backward in ops:
+        table.append((src, time, len(chain_slot), len(chain), len(back), len(backward)))
+        chain_slot += chain
+        back += backward
+    as_int = lambda v: np.asarray(v, np.int32)
+    # horizon 1 has no forward chain; one never-read entry keeps the (traced) index valid
+    chain_slot = chain_slot or [0]
+    return Program(
+        block,
+        slots,
+        tuple(as_int(c) for c in zip(*table)),
+        as_int(chain_slot),
+        as_int([s for s, _ in back]),
+        as_int([t for _, t in back]),
+    )
+
+
+def _blocked_loop(length, block: int, body, carry):
+    """``body(j, carry)`` for ``j = 0 .. length - 1`` (``length`` traced): a ``fori_loop``
+    over whole blocks of ``block`` calls, unrolled, then one over the remainder."""
+    whole = length // block
+
+    def blocked(i, carry):
+        for u in range(block):
+            carry = body(i * block + u, carry)
+        return carry
+
+    carry = jax.lax.fori_loop(0, whole, blocked, carry)
+    return jax.lax.fori_loop(whole * block, length, body, carry)
+
+
+def checkpointed_episode(system, program: Program, theta, state0):
+    """Backpropagates one episode from ``state0`` by executing ``program`` (``program``)
+    with a buffer of ``program.slots + 1`` hidden states: one ``lax.scan`` over its ops,
+    each a blocked loop over its chain's forward steps then one over its backward passes.
+
+    Returns ``(theta_grad, state0_cotangent, losses [T], final_state, forward_steps)``:
+    the gradient of ``(1/T) sum_t l_t`` through the steps (``state0`` held as an input),
+    the cotangent of the float leaves of ``state0``, the per-step losses, the state after
+    the last step, and the number of step evaluations done (``C(T, m)``).
+    """
+    horizon, block = system.horizon, program.block
+    step_out = jax.eval_shape(system.step, theta, state0, jnp.int32(0))
+    ct_loss = jnp.asarray(1.0 / horizon, step_out[1].dtype)
+    chain_slot, back_slot, back_time = (jnp.asarray(a) for a in program[3:])
+    load = lambda stack, i: jax.tree_util.tree_map(lambda s: jax.lax.dynamic_index_in_dim(s, i, keepdims=False), stack)
+
+    def backward(x, k, ct_next):
+        def f(theta, floats):  # only inexact leaves carry cotangents (not keys or counters)
+            x_next, loss = system.step(theta, with_inexact_leaves(x, floats), k)
+            return (inexact_leaves(x_next), loss), x_next
+
+        (_, loss), vjp_fn, x_next = jax.vjp(f, theta, inexact_leaves(x), has_aux=True)
+        d_theta, d_floats = vjp_fn((ct_next, ct_loss))
+        return d_theta, d_floats, loss, x_next
+
+    def body(carry, op):
+        stack, ct, grad, losses, final, num_forward = carry
+        src, time, chain_begin, chain_length, back_begin, back_length = op
+
+        def forward_one(j, c):
+            x, stack = c
+            x = system.step(theta, x, time + j)[0]
+            slot = chain_slot[chain_begin + j]
+            return x, jax.tree_util.tree_map(lambda s, v: jax.lax.dynamic_update_index_in_dim(s, v, slot, 0), stack, x)
+
+        _, stack = _blocked_loop(chain_length, block, forward_one, (load(stack, src), stack))
+
+        def backward_one(j, c):
+            ct, grad, losses, final = c
+            k = back_time[back_begin + j]
+            d_theta, ct, loss, x_next = backward(load(stack, back_slot[back_begin + j]), k, ct)
+            grad = jax.tree_util.tree_map(jnp.add, grad, d_theta)
+            final = jax.tree_util.tree_map(lambda a, b: jnp.where(k == horizon - 1, a, b), x_next, final)
+            return ct, grad, losses.at[k].set(loss), final
+
+        ct, grad, losses, final = _blocked_loop(back_length, block, backward_one, (ct, grad, losses, final))
+        return (stack, ct, grad, losses, final, num_forward + chain_length + back_length), None
+
+    stack = jax.tree_util.tree_map(lambda x: jnp.repeat(x[None], program.slots + 1, axis=0), state0)  # slot 0: state0
+    ct = [jnp.zeros_like(x) for x in inexact_leaves(state0)]
+    grad = jax.tree_util.tree_map(jnp.zeros_like, theta)
+    losses = jnp.zeros((horizon,), step_out[1].dtype)
+    carry = (stack, ct, grad, losses, state0, jnp.zeros((), jnp.int32))
+    ops = tuple(jnp.asarray(a) for a in program.ops)
+    (_, ct, grad, losses, final, num_forward), _ = jax.lax.scan(body, carry, ops)
+    return grad, ct, losses, final, num_forward

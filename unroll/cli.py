@@ -14,17 +14,20 @@ INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}  # the shell's exit codes for thes
 def _list(_: argparse.Namespace) -> int:
     import inspect
 
-    from unroll.compare import DEFAULT_ESTIMATORS, TASKS, standard_estimators
+    from unroll import registry
+    from unroll.compare import DEFAULT_ESTIMATORS, TASKS
 
     for task, make in TASKS.items():
         options = ", ".join(f"{n}={p.default!r}" for n, p in inspect.signature(make).parameters.items())
         print(f"task {task}: {(make.__doc__ or '').strip().splitlines()[0]}")
         print(f"  options: {options}")
         print(f"  default estimators: {' '.join(DEFAULT_ESTIMATORS[task])}")
-    print("estimators (each task sets its own workers, particles and sigma):")
-    for family, spec in standard_estimators().items():
-        suffix = "[-K]" if spec.default_truncation else ""
-        print(f"  {family}{suffix}: {spec.description}")
+    print("estimators (each task sets its own workers, particles and sigma), by family:")
+    for family, about in registry.FAMILIES.items():
+        print(f"  {family}: {about}")
+        for entry in registry.ESTIMATORS.values():
+            if entry.family == family:
+                print(f"    {entry.name}{'[-K]' if entry.windowed else ''}: {entry.description}")
     return 0
 
 

@@ -39,17 +39,8 @@ import numpy as np
 import optax
 
 import unroll
-from unroll import tasks
+from unroll import registry, tasks
 from unroll.train import train
-from unroll.window import Estimator
-
-
-class EstimatorSpec(NamedTuple):
-    """How a task runs one estimator: ``build(system, truncation)`` and its optimizer."""
-
-    build: Callable[[Any, int], Estimator]
-    default_truncation: int | None  # None: the estimator has no truncation
-    description: str
 
 
 class TaskSetup(NamedTuple):
@@ -59,7 +50,7 @@ class TaskSetup(NamedTuple):
     theta: Any
     evaluate: Callable[[Any], dict]  # theta -> {"objective": ..., other scalar metrics}, jit-able
     reference: dict  # known answers (e.g. the optimum) and what the objective is, written to the summary
-    estimators: dict[str, EstimatorSpec]
+    settings: dict  # the estimators' shared settings (``unroll.registry.build``): workers, particles, ...
     default_estimators: list[str]
     optimizer: Callable[[int], optax.GradientTransformation]  # from the number of outer steps
     optimizer_description: str
@@ -67,6 +58,9 @@ class TaskSetup(NamedTuple):
     default_seeds: int
     # (final theta of one seed, its final metrics) -> reached the known answer? None: no known answer
     reached: Callable[[Any, dict], bool] | None = None
+    # a task's own builds, ``name -> build(system, truncation) -> Estimator``, used instead of the
+    # registry's for those names (e.g. a custom estimator, or one on another system)
+    estimators: dict[str, Callable[[Any, int | None], Any]] = {}
 
 
 # the estimators `unroll compare TASK` runs when none are named
@@ -83,53 +77,24 @@ DEFAULT_ESTIMATORS: dict[str, list[str]] = {
 }
 
 
-def standard_estimators(
+def standard_settings(
     workers: int = 10,
     particles: int = 100,
     sigma: float = 0.1,
     truncation: int = 10,
     directions: int = 10,
     memory_budget: int = 10,
-) -> dict[str, EstimatorSpec]:
-    """Every estimator family, with the given workers, particles, sigma and default truncation."""
-    k = truncation
+) -> dict:
+    """The shared settings every registered estimator of a task is built with
+    (``unroll.registry.build``): every estimator gets the same ``num_workers``, and every
+    ES estimator the same particles per worker, so their rows are comparable."""
     return {
-        "full-bptt": EstimatorSpec(lambda s, _: unroll.full_bptt(s), None, "exact gradient of whole episodes"),
-        "tbptt": EstimatorSpec(
-            lambda s, k: unroll.truncated_bptt(s, k, num_workers=workers), k, "truncated BPTT (biased)"
-        ),
-        "tes": EstimatorSpec(
-            lambda s, k: unroll.truncated_es(s, k, sigma, particles, num_workers=workers), k, "truncated ES (biased)"
-        ),
-        "pes": EstimatorSpec(
-            lambda s, k: unroll.pes(s, k, sigma, particles, num_workers=workers), k, "persistent ES (unbiased)"
-        ),
-        "nres": EstimatorSpec(
-            lambda s, k: unroll.nres(s, k, sigma, particles, num_workers=workers), k, "noise-reuse ES (unbiased)"
-        ),
-        "forward": EstimatorSpec(
-            lambda s, k: unroll.forward_gradient(s, k, num_directions=directions, num_workers=workers),
-            k,
-            "forward gradient (unbiased)",
-        ),
-        "rtrl": EstimatorSpec(
-            lambda s, k: unroll.rtrl(s, k, num_workers=workers), k, "real-time recurrent learning (exact, online)"
-        ),
-        "uoro": EstimatorSpec(
-            lambda s, k: unroll.uoro(s, k, num_workers=workers), k, "unbiased rank-one RTRL (high variance)"
-        ),
-        "snap": EstimatorSpec(
-            lambda s, k: unroll.snap(s, 1, k, num_workers=workers), k, "SnAp-1 (sparse RTRL, order 1)"
-        ),
-        "dni": EstimatorSpec(
-            lambda s, k: unroll.dni(s, k, num_workers=workers), k, "truncated BPTT + learned synthetic gradient"
-        ),
-        "checkpointed-bptt": EstimatorSpec(
-            lambda s, _: unroll.checkpointed_bptt(s, memory_budget=memory_budget),
-            None,
-            f"full BPTT in {memory_budget} stored states",
-        ),
-        "es": EstimatorSpec(lambda s, _: unroll.es(s, sigma, particles), None, "ES over whole episodes"),
+        "num_workers": workers,
+        "num_particles": particles,
+        "sigma": sigma,
+        "truncation": truncation,
+        "num_directions": directions,
+        "memory_budget": memory_budget,
     }
 
 
@@ -161,7 +126,7 @@ def influence_balancing_setup(horizon: int = 1000) -> TaskSetup:
             "tolerance": tolerance,
         },
         # 1000 particles in all (10 workers x 100), as Vicol et al.
-        estimators=standard_estimators(workers=10, particles=100, sigma=0.1, truncation=10),
+        settings=standard_settings(workers=10, particles=100, sigma=0.1, truncation=10),
         default_estimators=DEFAULT_ESTIMATORS["influence-balancing"],
         **_adam_cosine(1e-2),
         default_steps=500,
@@ -187,7 +152,7 @@ def _network_setup(
         theta=theta,
         evaluate=evaluate,
         reference=dict(reference, horizon=system.horizon),
-        estimators=standard_estimators(
+        settings=standard_settings(
             workers=workers, particles=particles, sigma=sigma, truncation=truncation, directions=4
         ),
         default_estimators=defaults,
@@ -254,7 +219,7 @@ def lorenz_setup(horizon: int = 200) -> TaskSetup:
             "theta_true": list(tasks.TRUE_PARAMS),
             "horizon": horizon,
         },
-        estimators=standard_estimators(workers=4, particles=50, sigma=0.3, truncation=10),
+        settings=standard_settings(workers=4, particles=50, sigma=0.3, truncation=10),
         default_estimators=DEFAULT_ESTIMATORS["lorenz"],
         **_adam_cosine(0.1),
         default_steps=300,
@@ -282,7 +247,7 @@ def lr_schedule_setup(horizon: int = 200) -> TaskSetup:
             "grid": "log10 lr0 in linspace(-3, 0.5, 36) x log10 decay in linspace(-4, 0, 21)",
             "horizon": horizon,
         },
-        estimators=standard_estimators(workers=4, particles=50, sigma=0.1, truncation=10),
+        settings=standard_settings(workers=4, particles=50, sigma=0.1, truncation=10),
         default_estimators=DEFAULT_ESTIMATORS["lr-schedule"],
         **_adam_cosine(5e-2),
         default_steps=1000,
@@ -303,7 +268,7 @@ def mlp_hyper_setup(horizon: int = 200) -> TaskSetup:
             "horizon": horizon,
             "theta": "[log10 lr, logit momentum, log10 weight decay]",
         },
-        estimators=standard_estimators(workers=4, particles=32, sigma=0.1, truncation=10),
+        settings=standard_settings(workers=4, particles=32, sigma=0.1, truncation=10),
         default_estimators=DEFAULT_ESTIMATORS["mlp-hyper"],
         **_adam_cosine(3e-2),
         default_steps=200,
@@ -327,7 +292,7 @@ def _lopt_setup(problem: str, horizon: int) -> TaskSetup:
             "adam_best_log10_learning_rate": adam["best_log10_learning_rate"],
             "adam_tuned": adam["best"],
         },
-        estimators=standard_estimators(workers=4, particles=16, sigma=0.01, truncation=10),
+        settings=standard_settings(workers=4, particles=16, sigma=0.01, truncation=10),
         default_estimators=DEFAULT_ESTIMATORS[f"lopt-{problem}"],
         **_adam_cosine(3e-3),
         default_steps=300,
@@ -360,16 +325,17 @@ TASKS: dict[str, Callable[..., TaskSetup]] = {
 
 
 def parse_estimator(name: str, setup: TaskSetup) -> tuple[str, int | None]:
-    """``"tbptt-10"`` -> ``("tbptt", 10)``; ``"pes"`` -> ``("pes", default truncation)``."""
+    """``"tbptt-10"`` -> ``("tbptt", 10)``; ``"pes"`` -> ``("pes", the task's truncation)``;
+    ``("full-bptt", None)`` for estimators of whole episodes. Names are the registry's."""
     match = re.fullmatch(r"([a-z][a-z-]*?)(?:-(\d+))?", name)
     family = match.group(1) if match else name
-    if not match or family not in setup.estimators:
-        known = ", ".join(sorted(setup.estimators))
+    if not match or family not in {**registry.ESTIMATORS, **setup.estimators}:
+        known = ", ".join(sorted({**registry.ESTIMATORS, **setup.estimators}))
         raise ValueError(f"unknown estimator {name!r}; choose from {known} (add -K for a truncation, e.g. tbptt-10).")
-    spec = setup.estimators[family]
+    windowed = registry.ESTIMATORS[family].windowed if family in registry.ESTIMATORS else True
     if match.group(2) is None:
-        return family, spec.default_truncation
-    if spec.default_truncation is None:
+        return family, setup.settings["truncation"] if windowed else None
+    if not windowed:
         raise ValueError(f"estimator {family!r} takes no truncation; write {family!r} without -{match.group(2)}.")
     truncation = int(match.group(2))
     if not 1 <= truncation <= setup.system.horizon:
@@ -447,7 +413,11 @@ def compare(
 
     results = {}
     for name, (family, truncation) in zip(names, parsed):
-        estimator = setup.estimators[family].build(setup.system, truncation)
+        if family in setup.estimators:
+            estimator = setup.estimators[family](setup.system, truncation)
+        else:
+            settings = setup.settings if truncation is None else {**setup.settings, "truncation": truncation}
+            estimator = registry.build(family, setup.system, **settings)
         theta, history = train(
             estimator,
             setup.optimizer(steps),
@@ -512,6 +482,14 @@ def _write_csv(path: str, results: dict) -> None:
                     )
 
 
+def _registered(name: str) -> dict:
+    """The registry's description and family of ``name`` (a task's own build has none)."""
+    if name not in registry.ESTIMATORS:
+        return {"description": "the task's own estimator"}
+    entry = registry.ESTIMATORS[name]
+    return {"description": entry.description, "estimator_family": entry.family}
+
+
 def _summary(task, setup, results, seeds, steps, command, seed=0) -> dict:
     out = {
         "task": task,
@@ -528,7 +506,7 @@ def _summary(task, setup, results, seeds, steps, command, seed=0) -> dict:
         entry = {
             "family": family,
             "truncation": truncation,
-            "description": setup.estimators[family].description,
+            **_registered(family),
             "inner_steps_per_outer_step": int(history["steps"][0, 0]),
             "final_window_loss": _spread(history["loss"][:, -1]),
             "train_time_s": round(float(history["train_time_s"]), 2),

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from unroll.window import Estimator, Worker
+from unroll.window import Estimate, Estimator, Worker
 
 PyTree = Any
 AXES = ("workers", "particles")
@@ -167,7 +167,7 @@ def shard(estimator: Estimator, mesh: Mesh, spec: PartitionSpec | None = None) -
         shardings = state_shardings(state, mesh, spec)  # the state keeps its structure and shapes
         theta, key = _replicate((theta, key), mesh)
         grad, state, info = estimator.estimate(theta, _constrain(state, shardings), key)
-        return _replicate(grad, mesh), _constrain(state, shardings), _replicate(info, mesh)
+        return Estimate(_replicate(grad, mesh), _constrain(state, shardings), _replicate(info, mesh))
 
     return Estimator(init, estimate)
 

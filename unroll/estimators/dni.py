@@ -25,7 +25,6 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from unroll.system import (
-    check_against_theta,
     check_num_workers,
     check_positive_int,
     check_real_state,
@@ -34,7 +33,7 @@ from unroll.system import (
     inexact_leaves,
     with_inexact_leaves,
 )
-from unroll.window import Estimator, Worker, plain_rule, run_windows, start_workers, window_info, worker_shape_check
+from unroll.window import Estimator, Gradient, keyword_only, plain_rule, windowed
 
 
 class Synthesizer(NamedTuple):
@@ -73,14 +72,60 @@ def mlp_synthesizer(hidden: int = 64) -> Synthesizer:
     return Synthesizer(init, apply)
 
 
-class DNIState(NamedTuple):
-    workers: Worker  # [num_workers, 1]
-    synthesizer_params: Any
-    synthesizer_opt_state: Any
+class Synthesis(NamedTuple):
+    """DNI's ``extra`` state (``state.extra``): the synthesizer's parameters and its
+    optimizer's state (replicated, not per trajectory)."""
+
+    params: Any
+    opt_state: Any
 
 
+def _flat_states(states) -> jax.Array:
+    """``[W, P, n]``: each trajectory's float state leaves as one vector."""
+    return jax.vmap(jax.vmap(lambda s: ravel_pytree(inexact_leaves(s))[0]))(states)
+
+
+def _synthetic_gradient(synthesizer: Synthesizer, optimizer, horizon: int):
+    """DNI's ``WindowGradient``: ``grad_theta J / (W K)`` and ``delta_0 = dJ/ds_0`` by one
+    backward pass through the window, then one optax step of the synthesizer towards
+    ``delta_0`` at the window's start."""
+    predict = lambda params, flat, t: jax.vmap(jax.vmap(lambda s, t: synthesizer.apply(params, s, t)))(flat, t)
+
+    def gradient(window, theta, synthesis):
+        params = synthesis.params
+
+        def objective(theta, floats):
+            result = window.run(theta, floats)
+            end = _flat_states(result.end_states)
+            has_future = (result.end_times < horizon)[..., None]  # an episode's last window has no future
+            synthetic = jax.lax.stop_gradient(jnp.where(has_future, predict(params, end, result.end_times), 0.0))
+            return jnp.sum(result.losses) + jnp.sum(synthetic * end), result
+
+        floats = inexact_leaves(window.start_states)
+        (grad, delta), result = jax.grad(objective, argnums=(0, 1), has_aux=True)(theta, floats)
+        grad = jax.tree_util.tree_map(lambda g: g / window.num_steps, grad)
+
+        # bootstrapped targets at the window start: delta_0 = dJ/ds_0 per trajectory
+        starts = _flat_states(window.start_states)
+        targets = jax.lax.stop_gradient(_flat_states(with_inexact_leaves(window.start_states, delta)))
+        live = (window.start_times < horizon).astype(starts.dtype)  # a finished episode has no future
+
+        def synthesizer_loss(params):
+            errors = jnp.sum((predict(params, starts, window.start_times) - targets) ** 2, axis=-1)
+            return jnp.sum(live * errors) / jnp.maximum(jnp.sum(live), 1.0)
+
+        loss_s, grad_phi = jax.value_and_grad(synthesizer_loss)(params)
+        updates, opt_state = optimizer.update(grad_phi, synthesis.opt_state, params)
+        synthesis = Synthesis(optax.apply_updates(params, updates), opt_state)
+        return Gradient(grad, result, synthesis, {"synthesizer_loss": loss_s})
+
+    return gradient
+
+
+@keyword_only
 def dni(
     system,
+    *,
     truncation: int,
     num_workers: int = 1,
     synthesizer: Synthesizer | None = None,
@@ -98,55 +143,20 @@ def dni(
     num_workers = check_num_workers(num_workers)
     synthesizer = synthesizer or linear_synthesizer()
     optimizer = synthesizer_optimizer or optax.adam(1e-3)
-    rule = plain_rule(system)
-    horizon = system.horizon
 
-    def flat_state(state):
-        return ravel_pytree(inexact_leaves(state))[0]
-
-    def init(theta, key):
-        check_against_theta(system, theta, key)
-        state = jax.eval_shape(system.init, theta, key)
-        leaves = inexact_leaves(state)
+    def synthesis(theta, key):
+        leaves = inexact_leaves(jax.eval_shape(system.init, theta, key))
         check_real_state("dni", leaves)
         size = sum(x.size for x in leaves)
         dtype = jnp.result_type(*leaves) if leaves else jnp.float32
         params = synthesizer.init(jax.random.fold_in(key, 0x444E49), size, dtype)
-        workers, _ = start_workers(system, rule, theta, key, num_workers, 1, None, stagger=True)
-        return DNIState(workers, params, optimizer.init(params))
+        return Synthesis(params, optimizer.init(params))
 
-    def estimate(theta, state, key):
-        del key
-        worker_shape_check(state.workers, num_workers, 1)
-        params = state.synthesizer_params
-
-        def objective(theta, leaves):
-            workers = state.workers._replace(state=with_inexact_leaves(state.workers.state, leaves))
-            workers, _, _, losses = run_windows(system, rule, theta, workers, (), None, truncation)
-            end_states = jax.vmap(jax.vmap(flat_state))(workers.state)  # [W, 1, n]
-            synthetic = jax.vmap(jax.vmap(lambda s, t: synthesizer.apply(params, s, t)))(end_states, workers.t)
-            has_future = (workers.t < horizon)[..., None]
-            future = jnp.sum(jax.lax.stop_gradient(jnp.where(has_future, synthetic, 0.0)) * end_states)
-            return jnp.sum(losses) + future, (workers, losses)
-
-        leaves = inexact_leaves(state.workers.state)
-        (grad_theta, delta), (workers, losses) = jax.grad(objective, argnums=(0, 1), has_aux=True)(theta, leaves)
-        grad = jax.tree_util.tree_map(lambda g: g / (num_workers * truncation), grad_theta)
-
-        # bootstrapped targets at the window start: delta_0 = dJ/ds_0 per trajectory
-        starts = jax.vmap(jax.vmap(flat_state))(state.workers.state)
-        targets = jax.vmap(jax.vmap(flat_state))(with_inexact_leaves(state.workers.state, delta))
-        live = (state.workers.t < horizon).astype(starts.dtype)  # a finished episode has no future
-
-        def synthesizer_loss(params):
-            predicted = jax.vmap(jax.vmap(lambda s, t: synthesizer.apply(params, s, t)))(starts, state.workers.t)
-            errors = jnp.sum((predicted - jax.lax.stop_gradient(targets)) ** 2, axis=-1)
-            return jnp.sum(live * errors) / jnp.maximum(jnp.sum(live), 1.0)
-
-        loss_s, grad_phi = jax.value_and_grad(synthesizer_loss)(params)
-        updates, opt_state = optimizer.update(grad_phi, state.synthesizer_opt_state, params)
-        params = optax.apply_updates(params, updates)
-        info = window_info(losses, num_workers * truncation, synthesizer_loss=loss_s)
-        return grad, DNIState(workers, params, opt_state), info
-
-    return Estimator(init, estimate)
+    return windowed(
+        system,
+        plain_rule(system),
+        truncation=truncation,
+        num_workers=num_workers,
+        gradient=_synthetic_gradient(synthesizer, optimizer, system.horizon),
+        extra=synthesis,
+    )

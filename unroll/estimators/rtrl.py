@@ -1,0 +1,183 @@
+"""Real-time recurrent learning and SnAp.
+
+RTRL (Williams & Zipser 1989) carries the influence ``J_t = d s_t / d theta``
+(``N x p`` on the state's real view) through the episode:
+``dl_t/dtheta = dl/dtheta + dl/ds J_t`` and ``J_{t+1} = ds'/ds J_t + ds'/dtheta``, from
+``J_0 = d s_0 / d theta`` (zero unless ``init`` uses theta). Exact, online, no
+truncation. Stored densely (``O(N p)``; ``N`` vjps and one matmul per step) or, where the
+step is structurally sparse (``influence_pattern``), compressed into ``C`` colour groups
+of columns that touch disjoint units (``O(C N)``; ``C`` jvps per step), which makes
+element-wise recurrences ``O(n)`` per step. SnAp-n (Menick et al. 2020) keeps the
+entries reached in ``n`` steps. The influence is the accumulator (``state.acc``):
+``[W, 1, N, p]`` dense, ``[W, 1, C, N]`` compressed.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from unroll.estimators._sparsity import InfluencePattern, influence_pattern, initial_influence, step_jacobians
+from unroll.system import (
+    check_num_workers,
+    check_positive_int,
+    check_system,
+    check_truncation,
+    inexact_leaves,
+    real_parts,
+    real_view,
+)
+from unroll.window import EpisodeStart, Estimator, Rule, Step, keyword_only, windowed
+
+__all__ = ["influence_pattern", "rtrl", "snap"]
+
+
+def _dense_influence_rule(system, mask):
+    """RTRL on the dense ``[N, p]`` influence: ``J' = ds'/ds J + ds'/dtheta`` from ``N``
+    vjps and one matmul per step (times ``mask`` for SnAp)."""
+    masked = (lambda x: x) if mask is None else (lambda x: x * jnp.asarray(mask, x.dtype))
+
+    def start(theta, key, noise_key, _):
+        state, influence = initial_influence(system, theta, key)
+        return EpisodeStart(state, masked(influence))
+
+    def step(theta, state, t, influence, _):
+        new_state, loss, d_state, d_theta, dl_dstate, dl_dtheta = step_jacobians(system, theta, state, t)
+        gradient = ravel_pytree(theta)[1](dl_dtheta + dl_dstate @ influence)  # the influence before the update
+        return Step(new_state, masked(d_state @ influence + d_theta), loss, gradient)
+
+    return Rule(start, step)
+
+
+def _compressed_influence_rule(system, pattern: InfluencePattern):
+    """RTRL on the compressed influence ``[C, N]``: row ``k`` is ``J E_k``, ``E_k`` the sum of
+    the basis directions of colour ``k``. Since the columns of a colour touch disjoint
+    units, ``J' E_k = ds'/ds (J E_k) + ds'/dtheta E_k`` is one jvp (``C`` jvps per step,
+    vmapped), masked to the kept entries. The gradient ``dl/dtheta + dl/ds J`` is one vjp
+    and a segment sum of ``dl/ds * J E_k`` by owner."""
+    p = pattern.color.size
+    owner = pattern.owner.ravel()  # numpy: the rule is cached across traces, so it holds no jax arrays
+    kept = pattern.owner < p  # [C, N]
+
+    def directions(flat):
+        return jnp.asarray(pattern.color[None, :] == np.arange(pattern.num_colors)[:, None], flat.dtype)
+
+    def start(theta, key, noise_key, _):
+        flat, unravel = ravel_pytree(theta)
+
+        def init(flat):
+            state = system.init(unravel(flat), key)
+            return ravel_pytree(real_parts(inexact_leaves(state)))[0], state
+
+        vector, linear, state = jax.linearize(init, flat, has_aux=True)
+        influence = jax.vmap(linear)(directions(flat))
+        return EpisodeStart(state, influence * jnp.asarray(kept, vector.dtype))
+
+    def step(theta, state, t, influence, _):
+        flat, unravel = ravel_pytree(theta)
+        vector, f = real_view(system, state)
+
+        def h(p, v):
+            new_vector, loss, new_state = f(unravel(p), v, t)
+            return (new_vector, loss), new_state
+
+        (_, loss), linear, new_state = jax.linearize(h, flat, vector, has_aux=True)
+        tangent, _ = jax.vmap(linear)(directions(flat), influence)
+        # dl/dtheta and dl/ds: the loss row of the same linearization, transposed
+        zeros = jnp.zeros_like(vector)
+        dl_dtheta, dl_dstate = jax.linear_transpose(linear, flat, vector)((zeros, jnp.ones_like(loss)))
+        through_state = jax.ops.segment_sum((influence * dl_dstate).ravel(), owner, num_segments=p + 1)[:p]
+        gradient = unravel(dl_dtheta + through_state.astype(dl_dtheta.dtype))
+        return Step(new_state, tangent * jnp.asarray(kept, tangent.dtype), loss, gradient)
+
+    return Rule(start, step)
+
+
+def _rule_factory(system, order: int | None, sparse: bool | None):
+    """``rule(theta, key)``: RTRL, or SnAp-``order`` when ``order`` is given, on the dense or
+    the compressed influence (``sparse``: ``None`` picks by
+    ``influence_pattern(...).compressed``). The pattern and the rule are found once per
+    theta structure (and key kind), at trace time."""
+    name = "rtrl" if order is None else "snap"
+    rules = {}
+
+    def rule_for(theta, key):
+        spec = (
+            jax.tree_util.tree_structure(theta),
+            tuple((np.shape(x), jnp.result_type(x)) for x in jax.tree_util.tree_leaves(theta)),
+            getattr(jnp.asarray(key), "dtype", None) if key is not None else None,
+        )
+        if spec not in rules:
+            pattern = influence_pattern(system, theta, key, order)
+            if pattern is None and (order is not None or sparse):
+                raise ValueError(
+                    f"`{name}`{' with sparse=True' if sparse else ''} needs the sparsity pattern of the step "
+                    "Jacobians at trace time, and this system's init/step could not run on concrete values "
+                    "(do they close over traced arrays?). Build the system from concrete arrays"
+                    + (", or use rtrl(..., sparse=False)." if order is None else ".")
+                )
+            compress = pattern is not None and (pattern.compressed if sparse is None else sparse)
+            if compress:
+                rules[spec] = _compressed_influence_rule(system, pattern)
+            else:
+                rules[spec] = _dense_influence_rule(system, None if order is None else pattern.mask)
+        return rules[spec]
+
+    return rule_for
+
+
+@keyword_only
+def rtrl(system, *, truncation: int, num_workers: int = 1, sparse: bool | None = None) -> Estimator:
+    """Real-time recurrent learning: ``g = (1/K) sum_k dl_{t+k}/dtheta``, each step's total
+    derivative through the whole episode so far, from the influence ``J = d s / d theta``
+    carried across windows and reset with episodes. At a fixed theta, the mean of the
+    windows of an episode is the exact episode gradient (no truncation bias).
+
+    ``sparse`` picks how ``J`` is stored and updated (the results are the same):
+    ``False``, dense ``[N, p]`` (``N`` vjps and an ``[N, N] @ [N, p]`` product per step);
+    ``True``, compressed by the structural sparsity of the step (``influence_pattern``:
+    ``C`` jvps per step, ``[C, N]`` stored), which for element-wise (diagonal, possibly
+    complex) recurrences such as LRU layers costs ``O(n)`` per parameter vector instead of
+    ``O(n^2 p)`` (Zucchet et al. 2023); ``None`` (default) picks the compressed layout
+    when it needs no more jvps than the dense one needs vjps (``C <= N``)."""
+    check_system(system)
+    truncation = check_truncation(truncation, system.horizon)
+    num_workers = check_num_workers(num_workers)
+    rule = _rule_factory(system, None, _check_sparse(sparse))
+    return windowed(system, rule, truncation=truncation, num_workers=num_workers)
+
+
+@keyword_only
+def snap(
+    system, *, truncation: int, num_workers: int = 1, order: int = 1, sparse: bool | None = None
+) -> Estimator:
+    """SnAp-``order`` (Menick et al. 2020): RTRL keeping only the influence entries
+    ``(i, j)`` that parameter ``j`` can reach within ``order`` steps
+    (``influence_pattern(..., order=order).mask``), ``J' = mask * (ds'/ds J + ds'/dtheta)``.
+    SnAp-1 is exact for element-wise (diagonal) recurrences; on a dense RNN SnAp-2 already
+    keeps every entry (= RTRL). ``sparse`` as in ``rtrl``: the compressed layout applies
+    when the columns one step beyond the kept pattern colour with ``C <= N`` colours
+    (diagonal recurrences); otherwise (e.g. SnAp-1 of a dense RNN, whose next step
+    touches every unit) the influence is stored densely and masked."""
+    check_system(system)
+    truncation = check_truncation(truncation, system.horizon)
+    num_workers = check_num_workers(num_workers)
+    order = check_positive_int(
+        order,
+        "order",
+        "It is the number of steps of reach SnAp keeps: use an int >= 1, e.g. order=1 (order=2 on a "
+        "dense RNN keeps every entry, = rtrl).",
+    )
+    rule = _rule_factory(system, order, _check_sparse(sparse))
+    return windowed(system, rule, truncation=truncation, num_workers=num_workers)
+
+
+def _check_sparse(sparse):
+    if sparse is not None and not isinstance(sparse, (bool, np.bool_)):
+        raise TypeError(
+            f"`sparse` must be True, False or None, got {sparse!r}; pass sparse=None to pick the layout "
+            "automatically, True for the compressed one, False for the dense one."
+        )
+    return None if sparse is None else bool(sparse)
