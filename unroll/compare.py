@@ -345,6 +345,15 @@ def parse_estimator(name: str, setup: TaskSetup) -> tuple[str, int | None]:
     return family, truncation
 
 
+def build_estimator(setup: TaskSetup, name: str, truncation: int | None):
+    """The task's own build of ``name`` if it has one, else the registry's with the task's
+    shared settings (and ``truncation``, for a windowed one)."""
+    if name in setup.estimators:
+        return setup.estimators[name](setup.system, truncation)
+    settings = setup.settings if truncation is None else {**setup.settings, "truncation": truncation}
+    return registry.build(name, setup.system, **settings)
+
+
 def _versions() -> dict:
     import matplotlib
 
@@ -370,6 +379,19 @@ def _spread(values: np.ndarray) -> dict:
         "max": float(values.max()),
         "per_seed": values.tolist(),
     }
+
+
+def _check_run(setup: TaskSetup, seeds, steps, checkpoint_every, seed) -> tuple[int, int, int]:
+    """The checked ``(seeds, steps, checkpoint_every)`` of a comparison (the task's
+    defaults where None; a checkpoint every tenth of the run by default)."""
+    seeds = unroll.system.check_positive_int(setup.default_seeds if seeds is None else seeds, "seeds")
+    steps = unroll.system.check_positive_int(setup.default_steps if steps is None else steps, "steps")
+    if checkpoint_every is None:
+        checkpoint_every = max(1, steps // 10)
+    checkpoint_every = unroll.system.check_positive_int(checkpoint_every, "checkpoint_every")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"`seed`={seed!r} must be a non-negative int (the base of the seeds' keys), e.g. --seed 0.")
+    return seeds, steps, checkpoint_every
 
 
 def compare(
@@ -400,26 +422,15 @@ def compare(
     setup = TASKS[task](**(task_kwargs or {}))
     names = estimators or setup.default_estimators
     parsed = [parse_estimator(name, setup) for name in names]  # all errors before any run
-    seeds = unroll.system.check_positive_int(setup.default_seeds if seeds is None else seeds, "seeds")
-    steps = unroll.system.check_positive_int(setup.default_steps if steps is None else steps, "steps")
+    seeds, steps, checkpoint_every = _check_run(setup, seeds, steps, checkpoint_every, seed)
     out_dir = out_dir or os.path.join("runs", f"{task}-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(out_dir, exist_ok=True)
     eval_every = max(1, steps // 100)  # about 100 evaluations per run (some tasks evaluate whole inner runs)
-    if checkpoint_every is None:
-        checkpoint_every = max(1, steps // 10)
-    checkpoint_every = unroll.system.check_positive_int(checkpoint_every, "checkpoint_every")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"`seed`={seed!r} must be a non-negative int (the base of the seeds' keys), e.g. --seed 0.")
 
     results = {}
     for name, (family, truncation) in zip(names, parsed):
-        if family in setup.estimators:
-            estimator = setup.estimators[family](setup.system, truncation)
-        else:
-            settings = setup.settings if truncation is None else {**setup.settings, "truncation": truncation}
-            estimator = registry.build(family, setup.system, **settings)
         theta, history = train(
-            estimator,
+            build_estimator(setup, family, truncation),
             setup.optimizer(steps),
             setup.theta,
             jax.random.key(seed),

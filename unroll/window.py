@@ -33,7 +33,7 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
-from unroll.system import check_against_theta, inexact_leaves, with_inexact_leaves
+from unroll.system import check_against_theta, with_inexact_leaves
 
 PyTree = Any
 
@@ -309,8 +309,9 @@ def run_windows(
         lambda: (workers.key, workers.state, acc),
     )
     body = _window_step(rule, theta, noise, fresh, horizon, num_active)
-    contribution = jax.eval_shape(lambda w, a: jax.vmap(rule.step, in_axes=(None, 0, 0, 0, 0))(
-        theta, w.state, w.t, a, noise)[3], workers, acc)
+    contribution = jax.eval_shape(
+        lambda w, a: jax.vmap(rule.step, in_axes=(None, 0, 0, 0, 0))(theta, w.state, w.t, a, noise)[3], workers, acc
+    )
     total = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), contribution)
     resets = reset_schedule(workers.t, horizon, num_steps, num_active)
     (workers, acc, total), losses = jax.lax.scan(body, (workers, acc, total), (jnp.arange(num_steps), resets))
@@ -458,16 +459,20 @@ def _check_workers(workers: Worker, shape: tuple[int, int]) -> None:
         )
 
 
-def _check_acc(acc: PyTree, expected: PyTree, shape: tuple[int, int]) -> None:
-    """Trace-time check that ``acc`` has the structure and shapes of a fresh accumulator
-    ``expected`` (one trajectory's) with leading ``shape`` axes."""
-    got = [tuple(x.shape) for x in jax.tree_util.tree_leaves(acc)]
+def _checked_acc(state: WindowState, rule: Rule, theta: PyTree, noise: PyTree) -> PyTree:
+    """``state.acc``, after a trace-time check that it has the structure and shapes of the
+    rule's fresh accumulator (one trajectory's) with the state's leading ``[W, P]`` axes."""
+    one = jax.tree_util.tree_map(lambda x: x[0, 0], (state.workers.key, noise))
+    expected = jax.eval_shape(rule.start, theta, one[0], one[0], one[1])[1]
+    shape = tuple(state.workers.t.shape)
+    got = [tuple(x.shape) for x in jax.tree_util.tree_leaves(state.acc)]
     want = [shape + tuple(x.shape) for x in jax.tree_util.tree_leaves(expected)]
-    if jax.tree_util.tree_structure(acc) != jax.tree_util.tree_structure(expected) or got != want:
+    if jax.tree_util.tree_structure(state.acc) != jax.tree_util.tree_structure(expected) or got != want:
         raise ValueError(
             f"`state.acc` has leaves of shapes {got}, expected {want} for this estimator and theta; pass the "
             "state returned by this estimator's own init."
         )
+    return state.acc
 
 
 def windowed(
@@ -509,33 +514,24 @@ def windowed(
 
     def init(theta, key):
         check_against_theta(system, theta, key)
-        if branch:
-            workers, acc = start_workers(system, central, theta, key, num_workers, 1, None, stagger)
-        else:
-            worker_key, trajectory_noise = key, noise
-            if draws:
-                worker_key, noise_key = jax.random.split(key)
-                trajectory_noise = noise(theta, noise_key)
-            workers, acc = start_workers(system, rule_for(theta, key), theta, worker_key, *shape, trajectory_noise, stagger)
-        return WindowState(workers, acc, extra(theta, key) if extra is not None else ())
+        worker_key, start_noise = key, None if branch else noise
+        if draws and not branch:
+            worker_key, noise_key = jax.random.split(key)
+            start_noise = noise(theta, noise_key)
+        start_rule = central if branch else rule_for(theta, key)
+        workers, acc = start_workers(system, start_rule, theta, worker_key, *stored, start_noise, stagger)
+        return WindowState(workers, acc, () if extra is None else extra(theta, key))
 
     def estimate(theta, state, key):
         _check_workers(state.workers, stored)
         active = rule_for(theta, state.workers.key)
         window_noise = noise(theta, key) if draws else noise
-        acc = None if branch else state.acc
-        if not branch:
-            one = jax.tree_util.tree_map(lambda x: x[0, 0], (state.workers.key, window_noise))
-            _check_acc(acc, jax.eval_shape(active.start, theta, one[0], one[0], one[1])[1], shape)
+        acc = None if branch else _checked_acc(state, active, theta, window_noise)
         if active.begin is not None:
             acc = active.begin(acc, window_noise)
-        window = Window(
-            functools.partial(_run, system, active, central, state.workers, acc, window_noise, truncation, branch),
-            state.workers.state,
-            state.workers.t,
-            num_steps,
-            functools.partial(_restart, system, active, state.workers, window_noise),
-        )
+        run = functools.partial(_run, system, active, central, state.workers, acc, window_noise, truncation, branch)
+        restart = functools.partial(_restart, system, active, state.workers, window_noise)
+        window = Window(run, state.workers.state, state.workers.t, num_steps, restart)
         grad, result, new_extra, info = gradient(window, theta, state.extra)
         new_state = WindowState(result.workers, result.acc, new_extra)
         return Estimate(grad, new_state, window_info(result.losses, info_steps, **info))
@@ -571,4 +567,3 @@ def _restart(system, rule, workers, noise, theta):
         return WindowResult(done, acc, (), losses)
 
     return states, finish
-

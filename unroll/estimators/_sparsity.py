@@ -120,18 +120,9 @@ def _greedy_colors(conflict: np.ndarray) -> np.ndarray:
     return color
 
 
-def influence_pattern(system, theta, key=None, order: int | None = None, num_times: int = 3):
-    """The sparsity of the influence of ``system`` (``InfluencePattern``), found once,
-    structurally, at trace time: the nonzeros of the one-step Jacobians ``ds'/ds``,
-    ``ds'/dtheta`` and of ``d s_0 / d theta``, evaluated at a concrete random point (theta
-    and state plus unit Gaussian noise, so a zero state cannot hide a dependence) and
-    united over ``num_times`` time indices, are counted per unit (the real and imaginary
-    parts of a complex element are one unit). ``order=None`` gives RTRL's exact pattern
-    (the closure under the step); ``order=n`` SnAp-n's (reach within ``n`` steps).
-
-    Only shapes of ``theta`` are used, so it works under ``jit``; it returns ``None`` when
-    ``step`` or ``init`` cannot run on concrete values (e.g. they close over traced arrays).
-    """
+def _concrete_jacobians(system, theta, key, num_times: int):
+    """``(state, ds'/ds [times, N, N], ds'/dtheta [times, N, p], ds_0/dtheta [N, p])`` at a
+    concrete random point (numpy), or ``None`` when the system closes over traced values."""
 
     def jacobians(point):
         state, init_key = _random_state(system, point, key)
@@ -147,14 +138,48 @@ def influence_pattern(system, theta, key=None, order: int | None = None, num_tim
             return None  # values traced by an outer transformation were hoisted into inputs
         # compiled once and called on concrete values, also inside an outer trace (a
         # compiled executable binds nothing); op-by-op evaluation would cost seconds
-        state, d_state, d_theta, init_jacobian = traced.lower().compile()(point)
-        d_state, d_theta, init_jacobian = (np.asarray(x) for x in (d_state, d_theta, init_jacobian))
+        state, *arrays = traced.lower().compile()(point)
     except (
         jax.errors.ConcretizationTypeError,
         jax.errors.UnexpectedTracerError,
         jax.errors.TracerArrayConversionError,
     ):
         return None  # the system closes over traced values: no concrete pattern
+    return (state, *(np.asarray(x) for x in arrays))
+
+
+def _reach(transition: np.ndarray, direct: np.ndarray, initial: np.ndarray, order: int | None):
+    """``(reach, conflict)`` ``[U, p]`` per unit: the entries kept (all theta can ever reach
+    for RTRL, within ``order`` steps for SnAp) and the units each column touches within
+    one step of them (what the colouring must keep apart)."""
+    expand = lambda reach: reach | ((transition.astype(int) @ reach.astype(int)) > 0)
+    if order is None:  # everything theta can ever reach: the closure of (direct | initial)
+        reach = direct | initial
+        while not np.array_equal(grown := expand(reach), reach):
+            reach = grown
+        return reach, reach
+    reach = direct
+    for _ in range(order - 1):
+        reach = expand(reach)
+    return reach, direct | initial | ((transition.astype(int) @ reach.astype(int)) > 0)
+
+
+def influence_pattern(system, theta, key=None, order: int | None = None, num_times: int = 3):
+    """The sparsity of the influence of ``system`` (``InfluencePattern``), found once,
+    structurally, at trace time: the nonzeros of the one-step Jacobians ``ds'/ds``,
+    ``ds'/dtheta`` and of ``d s_0 / d theta``, evaluated at a concrete random point (theta
+    and state plus unit Gaussian noise, so a zero state cannot hide a dependence) and
+    united over ``num_times`` time indices, are counted per unit (the real and imaginary
+    parts of a complex element are one unit). ``order=None`` gives RTRL's exact pattern
+    (the closure under the step); ``order=n`` SnAp-n's (reach within ``n`` steps).
+
+    Only shapes of ``theta`` are used, so it works under ``jit``; it returns ``None`` when
+    ``step`` or ``init`` cannot run on concrete values (e.g. they close over traced arrays).
+    """
+    found = _concrete_jacobians(system, theta, key, num_times)
+    if found is None:
+        return None
+    state, d_state, d_theta, init_jacobian = found
     unit = _coordinate_units(inexact_leaves(state))
     num_units, p = int(unit.max(initial=-1)) + 1, d_theta.shape[-1]
     group = np.zeros((unit.size, num_units), bool)
@@ -162,18 +187,7 @@ def influence_pattern(system, theta, key=None, order: int | None = None, num_tim
     to_units = lambda a: (group.T.astype(int) @ a.astype(int)) > 0  # [N, x] -> [U, x]
     transition = to_units(to_units(np.any(d_state != 0, axis=0)).T).T  # [U, U]
     direct = to_units(np.any(d_theta != 0, axis=0))  # [U, p]
-    initial = to_units(init_jacobian != 0)
-    expand = lambda reach: reach | ((transition.astype(int) @ reach.astype(int)) > 0)
-    if order is None:  # everything theta can ever reach: the closure of (direct | initial)
-        reach = direct | initial
-        while not np.array_equal(grown := expand(reach), reach):
-            reach = grown
-        conflict = reach
-    else:
-        reach = direct
-        for _ in range(order - 1):
-            reach = expand(reach)
-        conflict = direct | initial | ((transition.astype(int) @ reach.astype(int)) > 0)
+    reach, conflict = _reach(transition, direct, to_units(init_jacobian != 0), order)
     mask = group @ reach  # [N, p] (bool matmul: any)
     used = conflict.any(axis=0)
     if conflict.sum(axis=1).max(initial=0) == used.sum():  # a unit every column touches: one colour each

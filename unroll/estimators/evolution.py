@@ -44,8 +44,12 @@ def pes(
         system, truncation, sigma, num_particles, num_workers, antithetic
     )
     return windowed(
-        system, perturbed_rule(system), truncation=truncation, num_workers=num_workers,
-        num_particles=num_particles, gradient=es_gradient(sigma),
+        system,
+        perturbed_rule(system),
+        truncation=truncation,
+        num_workers=num_workers,
+        num_particles=num_particles,
+        gradient=es_gradient(sigma),
         noise=window_noise(sigma, num_workers, num_particles, antithetic),
     )
 
@@ -54,11 +58,18 @@ def pes(
 def es(system, *, sigma: float, num_particles: int, num_workers: int = 1, antithetic: bool = True) -> Estimator:
     """Evolution strategies over whole episodes: ``g = 1/(N sigma^2) sum_i eps_i L(theta + eps_i)``,
     an unbiased estimate of the gradient of the Gaussian-smoothed objective."""
-    _, sigma, num_particles, num_workers = check_es(system, system.horizon, sigma, num_particles, num_workers, antithetic)
+    _, sigma, num_particles, num_workers = check_es(
+        system, system.horizon, sigma, num_particles, num_workers, antithetic
+    )
     return windowed(
-        system, perturbed_rule(system), truncation=system.horizon, num_workers=num_workers,
-        num_particles=num_particles, gradient=es_gradient(sigma),
-        noise=window_noise(sigma, num_workers, num_particles, antithetic), stagger=False,
+        system,
+        perturbed_rule(system),
+        truncation=system.horizon,
+        num_workers=num_workers,
+        num_particles=num_particles,
+        gradient=es_gradient(sigma),
+        noise=window_noise(sigma, num_workers, num_particles, antithetic),
+        stagger=False,
     )
 
 
@@ -74,8 +85,14 @@ def truncated_es(
     )
     rule = perturbed_rule(system, begin=lambda _, eps: eps)  # xi: this window's noise only
     return windowed(
-        system, rule, truncation=truncation, num_workers=num_workers, num_particles=num_particles,
-        gradient=es_gradient(sigma), noise=window_noise(sigma, num_workers, num_particles, antithetic), branch=True,
+        system,
+        rule,
+        truncation=truncation,
+        num_workers=num_workers,
+        num_particles=num_particles,
+        gradient=es_gradient(sigma),
+        noise=window_noise(sigma, num_workers, num_particles, antithetic),
+        branch=True,
     )
 
 
@@ -107,6 +124,11 @@ def nres(
         return Step(state, eps, loss, tree_scale(loss, eps))
 
     return windowed(
-        system, Rule(start, step), truncation=truncation, num_workers=num_workers, num_particles=num_particles,
-        gradient=es_gradient(sigma), noise=pairing,
+        system,
+        Rule(start, step),
+        truncation=truncation,
+        num_workers=num_workers,
+        num_particles=num_particles,
+        gradient=es_gradient(sigma),
+        noise=pairing,
     )

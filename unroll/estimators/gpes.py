@@ -48,7 +48,9 @@ def _chunked_rule(system, reuse: int) -> Rule:
     def begin(acc, fresh):  # every `reuse` windows of the episode a new chunk, with fresh noise
         new_chunk = acc.windows % reuse == 0
         zeros = jax.tree_util.tree_map(jnp.zeros_like, fresh)
-        return Chunked(tree_add(acc.xi, _where(new_chunk, fresh, zeros)), _where(new_chunk, fresh, acc.eps), acc.windows + 1)
+        return Chunked(
+            tree_add(acc.xi, _where(new_chunk, fresh, zeros)), _where(new_chunk, fresh, acc.eps), acc.windows + 1
+        )
 
     def step(theta, state, t, acc, fresh):
         state, loss = system.step(tree_add(theta, acc.eps), state, t)

@@ -150,9 +150,7 @@ def rtrl(system, *, truncation: int, num_workers: int = 1, sparse: bool | None =
 
 
 @keyword_only
-def snap(
-    system, *, truncation: int, num_workers: int = 1, order: int = 1, sparse: bool | None = None
-) -> Estimator:
+def snap(system, *, truncation: int, num_workers: int = 1, order: int = 1, sparse: bool | None = None) -> Estimator:
     """SnAp-``order`` (Menick et al. 2020): RTRL keeping only the influence entries
     ``(i, j)`` that parameter ``j`` can reach within ``order`` steps
     (``influence_pattern(..., order=order).mask``), ``J' = mask * (ds'/ds J + ds'/dtheta)``.
