@@ -12,8 +12,9 @@ import pytest
 
 import unroll
 from tests.stochastic import THETA, exact, linear_quadratic, stream_averages, z_scores
-from unroll.estimators.evolution import PESState, perturbations, perturbed_rule
-from unroll.window import Estimator, Rule, run_windows, tree_add, tree_scale
+from unroll._tree import perturbations, tree_scale
+from unroll.estimators._es import check_es, es_windowed, perturbed_rule
+from unroll.window import Estimator
 
 HORIZON, TRUNCATION, WORKERS, PARTICLES, SIGMA = 7, 3, 3, 4, 0.3
 NUM_WINDOWS = 7  # 21 steps: each worker covers every time index exactly 3 times
@@ -76,18 +77,8 @@ def _buggy_pes(system, truncation, sigma, num_particles, num_workers) -> Estimat
         weight = jax.tree_util.tree_map(lambda a, b: jnp.where(t == system.horizon - 1, b, a), xi, eps)
         return state, xi, loss, tree_scale(loss, weight)
 
-    rule = Rule(honest.start, step)
-    shape = (num_workers, num_particles)
-    good = unroll.pes(system, truncation, sigma, num_particles, num_workers)
-
-    def estimate(theta, state, key):
-        eps = perturbations(key, theta, *shape, sigma, True)
-        xi = tree_add(state.xi, eps)
-        workers, xi, total, losses = run_windows(system, rule, theta, state.workers, xi, eps, truncation)
-        grad = jax.tree_util.tree_map(lambda s: s.sum((0, 1)) / (np.prod(shape) * truncation * sigma**2), total)
-        return grad, PESState(workers, xi), {"loss": losses.mean()}
-
-    return Estimator(good.init, estimate)
+    settings = check_es(system, truncation, sigma, num_particles, num_workers, True)
+    return es_windowed(system, honest._replace(step=step), settings)
 
 
 def test_the_known_pes_bug_is_detected():
@@ -139,7 +130,7 @@ def test_nres_aligned_windows_average_to_full_es():
     for k in range(horizon // truncation):
         grad, state, _ = est.estimate(theta, state, jax.random.key(k))
         grads.append(np.asarray(grad))
-    eps = np.asarray(state.eps)[0]  # [P, 3]: each particle's episode noise
+    eps = np.asarray(state.acc)[0]  # [P, 3]: each particle's episode noise (NRES's accumulator)
     # the episode's data key: the first episode of worker 0 (see unroll.window.start_workers)
     worker_key = jax.random.split(jax.random.key(3), 1)[0]
     _, episode_key, _ = jax.random.split(worker_key, 3)

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
-from unroll.system import check_against_theta, with_inexact_leaves
+from unroll.system import check_against_theta, check_num_workers, check_system, check_truncation, with_inexact_leaves
 
 PyTree = Any
 
@@ -227,6 +227,13 @@ def keyword_only(constructor: Callable) -> Callable:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 24 else "..."
+
+
+def check_window(system: Any, truncation: Any, num_workers: Any) -> tuple[int, int]:
+    """The construction-time checks every windowed estimator shares: the system, and the
+    checked ``(truncation, num_workers)``."""
+    check_system(system)
+    return check_truncation(truncation, system.horizon), check_num_workers(num_workers)
 
 
 # --------------------------------------------------------------------------- rules

@@ -3,21 +3,31 @@ rule and the gradient ``g = 1/(W P K sigma^2) sum_{w,p,k} xi_{w,p,k} l_{w,p,k}``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from unroll._tree import perturbations, tree_add, tree_scale
-from unroll.system import check_num_workers, check_particles, check_sigma, check_system, check_truncation
-from unroll.window import EpisodeStart, Rule, Step, summed
+from unroll.system import check_particles, check_sigma
+from unroll.window import EpisodeStart, Estimator, Rule, Step, check_window, summed, windowed
 
 
-def check_es(system: Any, truncation: Any, sigma: Any, num_particles: Any, num_workers: Any, antithetic: Any):
-    """The checked ``(truncation, sigma, num_particles, num_workers)`` of an ES estimator."""
-    check_system(system)
-    return (
-        check_truncation(truncation, system.horizon),
-        check_sigma(sigma),
-        check_particles(num_particles, antithetic),
-        check_num_workers(num_workers),
+class ESSettings(NamedTuple):
+    """The checked settings of an ES estimator."""
+
+    truncation: int
+    sigma: float
+    num_particles: int
+    num_workers: int
+    antithetic: bool
+
+
+def check_es(
+    system: Any, truncation: Any, sigma: Any, num_particles: Any, num_workers: Any, antithetic: Any
+) -> ESSettings:
+    """The construction-time checks of an ES estimator (``truncation = horizon`` for
+    whole episodes)."""
+    truncation, num_workers = check_window(system, truncation, num_workers)
+    return ESSettings(
+        truncation, check_sigma(sigma), check_particles(num_particles, antithetic), num_workers, antithetic
     )
 
 
@@ -42,6 +52,17 @@ def perturbed_rule(system, begin=lambda xi, eps: tree_add(xi, eps)) -> Rule:
     return Rule(start, step, begin)
 
 
-def es_gradient(sigma: float):
-    """``g = 1/(W P K sigma^2) sum xi l`` from the window's contributions."""
-    return summed(1.0 / sigma**2)
+def es_windowed(system, rule: Rule, settings: ESSettings, **options) -> Estimator:
+    """``windowed`` with the ES gradient ``g = 1/(W P K sigma^2) sum xi l`` and, unless
+    ``options`` give other ``noise``, fresh (antithetic) ``eps`` every window."""
+    truncation, sigma, num_particles, num_workers, antithetic = settings
+    options.setdefault("noise", window_noise(sigma, num_workers, num_particles, antithetic))
+    return windowed(
+        system,
+        rule,
+        truncation=truncation,
+        num_workers=num_workers,
+        num_particles=num_particles,
+        gradient=summed(1.0 / sigma**2),
+        **options,
+    )

@@ -9,8 +9,8 @@ exact when ``K = T`` and windows are aligned to episodes. (Checkpointed BPTT is
 
 from __future__ import annotations
 
-from unroll.system import check_num_workers, check_system, check_truncation
-from unroll.window import Estimator, backprop, keyword_only, plain_rule, windowed
+from unroll.system import check_num_workers, check_system
+from unroll.window import Estimator, backprop, check_window, keyword_only, plain_rule, windowed
 
 
 @keyword_only
@@ -21,9 +21,7 @@ def truncated_bptt(system, *, truncation: int, num_workers: int = 1) -> Estimato
     A window that crosses an episode end goes on into the next episode (the new
     episode's ``init`` is differentiated too). Biased for ``K < T``.
     """
-    check_system(system)
-    truncation = check_truncation(truncation, system.horizon)
-    num_workers = check_num_workers(num_workers)
+    truncation, num_workers = check_window(system, truncation, num_workers)
     return windowed(system, plain_rule(system), truncation=truncation, num_workers=num_workers, gradient=backprop)
 
 

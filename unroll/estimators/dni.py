@@ -25,15 +25,12 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from unroll.system import (
-    check_num_workers,
     check_positive_int,
     check_real_state,
-    check_system,
-    check_truncation,
     inexact_leaves,
     with_inexact_leaves,
 )
-from unroll.window import Estimator, Gradient, keyword_only, plain_rule, windowed
+from unroll.window import Estimator, Gradient, check_window, keyword_only, plain_rule, windowed
 
 
 class Synthesizer(NamedTuple):
@@ -138,9 +135,7 @@ def dni(
         ``Synthesizer(init, apply)`` (an oracle, in tests).
       synthesizer_optimizer: optax transformation for the synthesizer (default adam(1e-3)).
     """
-    check_system(system)
-    truncation = check_truncation(truncation, system.horizon)
-    num_workers = check_num_workers(num_workers)
+    truncation, num_workers = check_window(system, truncation, num_workers)
     synthesizer = synthesizer or linear_synthesizer()
     optimizer = synthesizer_optimizer or optax.adam(1e-3)
 

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from unroll._tree import normal_like, tree_add, tree_scale
-from unroll.estimators._es import check_es, es_gradient, perturbed_rule, window_noise
-from unroll.window import EpisodeStart, Estimator, Rule, Step, keyword_only, windowed
+from unroll.estimators._es import check_es, es_windowed, perturbed_rule
+from unroll.window import EpisodeStart, Estimator, Rule, Step, keyword_only
 
 
 @keyword_only
@@ -40,37 +40,16 @@ def pes(
     Staggered workers are advanced at ``init`` with the PES dynamics themselves (one
     first window of the stagger length), so their ``xi`` holds their whole episode.
     """
-    truncation, sigma, num_particles, num_workers = check_es(
-        system, truncation, sigma, num_particles, num_workers, antithetic
-    )
-    return windowed(
-        system,
-        perturbed_rule(system),
-        truncation=truncation,
-        num_workers=num_workers,
-        num_particles=num_particles,
-        gradient=es_gradient(sigma),
-        noise=window_noise(sigma, num_workers, num_particles, antithetic),
-    )
+    settings = check_es(system, truncation, sigma, num_particles, num_workers, antithetic)
+    return es_windowed(system, perturbed_rule(system), settings)
 
 
 @keyword_only
 def es(system, *, sigma: float, num_particles: int, num_workers: int = 1, antithetic: bool = True) -> Estimator:
     """Evolution strategies over whole episodes: ``g = 1/(N sigma^2) sum_i eps_i L(theta + eps_i)``,
     an unbiased estimate of the gradient of the Gaussian-smoothed objective."""
-    _, sigma, num_particles, num_workers = check_es(
-        system, system.horizon, sigma, num_particles, num_workers, antithetic
-    )
-    return windowed(
-        system,
-        perturbed_rule(system),
-        truncation=system.horizon,
-        num_workers=num_workers,
-        num_particles=num_particles,
-        gradient=es_gradient(sigma),
-        noise=window_noise(sigma, num_workers, num_particles, antithetic),
-        stagger=False,
-    )
+    settings = check_es(system, system.horizon, sigma, num_particles, num_workers, antithetic)
+    return es_windowed(system, perturbed_rule(system), settings, stagger=False)
 
 
 @keyword_only
@@ -80,20 +59,9 @@ def truncated_es(
     """Truncated ES: every window, particles branch from the unperturbed worker state,
     run with fresh ``theta + eps_i``, and ``g = 1/(N K sigma^2) sum_i eps_i sum_k l_{i,k}``.
     The past of the window is not perturbed, so the estimate is biased."""
-    truncation, sigma, num_particles, num_workers = check_es(
-        system, truncation, sigma, num_particles, num_workers, antithetic
-    )
+    settings = check_es(system, truncation, sigma, num_particles, num_workers, antithetic)
     rule = perturbed_rule(system, begin=lambda _, eps: eps)  # xi: this window's noise only
-    return windowed(
-        system,
-        rule,
-        truncation=truncation,
-        num_workers=num_workers,
-        num_particles=num_particles,
-        gradient=es_gradient(sigma),
-        noise=window_noise(sigma, num_workers, num_particles, antithetic),
-        branch=True,
-    )
+    return es_windowed(system, rule, settings, branch=True)
 
 
 @keyword_only
@@ -104,10 +72,9 @@ def nres(
     starts and runs every window of the episode at ``theta + eps_i``;
     ``g = 1/(N K sigma^2) sum_i eps_i sum_k l_{i,k}``. Unbiased; over the windows of an
     aligned episode it sums to full ES with the same noise."""
-    truncation, sigma, num_particles, num_workers = check_es(
-        system, truncation, sigma, num_particles, num_workers, antithetic
-    )
-    shape = (num_workers, num_particles)
+    settings = check_es(system, truncation, sigma, num_particles, num_workers, antithetic)
+    num_particles, sigma = settings.num_particles, settings.sigma
+    shape = (settings.num_workers, num_particles)
     half = num_particles // 2 if antithetic else num_particles
     index = jnp.arange(num_particles) % half
     sign = jnp.where(jnp.arange(num_particles) < half, 1.0, -1.0)
@@ -123,12 +90,4 @@ def nres(
         state, loss = system.step(tree_add(theta, eps), state, t)
         return Step(state, eps, loss, tree_scale(loss, eps))
 
-    return windowed(
-        system,
-        Rule(start, step),
-        truncation=truncation,
-        num_workers=num_workers,
-        num_particles=num_particles,
-        gradient=es_gradient(sigma),
-        noise=pairing,
-    )
+    return es_windowed(system, Rule(start, step), settings, noise=pairing)

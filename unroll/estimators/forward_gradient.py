@@ -16,14 +16,11 @@ import jax.numpy as jnp
 
 from unroll._tree import normal_like, tree_scale
 from unroll.system import (
-    check_num_workers,
     check_positive_int,
-    check_system,
-    check_truncation,
     inexact_leaves,
     with_inexact_leaves,
 )
-from unroll.window import EpisodeStart, Estimator, Rule, Step, keyword_only, windowed
+from unroll.window import EpisodeStart, Estimator, Rule, Step, check_window, keyword_only, windowed
 
 
 class Tangent(NamedTuple):
@@ -76,9 +73,7 @@ def forward_gradient(system, *, truncation: int, num_workers: int = 1, num_direc
     """Directional gradient ``g = (1/(N K)) sum_i sum_k (dl_{i,k}/dtheta . v_i) v_i`` with the
     directional derivative carried online through the whole episode (no truncation bias);
     ``N = num_directions`` directions per worker, each a trajectory of its own."""
-    check_system(system)
-    truncation = check_truncation(truncation, system.horizon)
-    num_workers = check_num_workers(num_workers)
+    truncation, num_workers = check_window(system, truncation, num_workers)
     num_directions = check_positive_int(
         num_directions,
         "num_directions",

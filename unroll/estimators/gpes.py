@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 
 from unroll._tree import tree_add, tree_scale
-from unroll.estimators._es import check_es, es_gradient, window_noise
+from unroll.estimators._es import check_es, es_windowed
 from unroll.system import check_positive_int
-from unroll.window import EpisodeStart, Estimator, Rule, Step, keyword_only, windowed
+from unroll.window import EpisodeStart, Estimator, Rule, Step, keyword_only
 
 
 class Chunked(NamedTuple):
@@ -74,21 +74,11 @@ def gpes(
     windows of its episode and weighs a step's loss by the sum of its episode's noises,
     ``g = 1/(N K sigma^2) sum_i sum_k xi_{i,k} l_{i,k}``; unbiased. ``reuse=1`` is PES, a
     ``reuse`` covering the whole episode is NRES (see the module)."""
-    truncation, sigma, num_particles, num_workers = check_es(
-        system, truncation, sigma, num_particles, num_workers, antithetic
-    )
+    settings = check_es(system, truncation, sigma, num_particles, num_workers, antithetic)
     reuse = check_positive_int(
         reuse,
         "reuse",
         "It counts the windows one noise draw is kept for: use an int >= 1 (1 = pes; "
         "ceil(horizon / truncation) + 1 or more = nres).",
     )
-    return windowed(
-        system,
-        _chunked_rule(system, reuse),
-        truncation=truncation,
-        num_workers=num_workers,
-        num_particles=num_particles,
-        gradient=es_gradient(sigma),
-        noise=window_noise(sigma, num_workers, num_particles, antithetic),
-    )
+    return es_windowed(system, _chunked_rule(system, reuse), settings)

@@ -21,15 +21,12 @@ from jax.flatten_util import ravel_pytree
 
 from unroll.estimators._sparsity import InfluencePattern, influence_pattern, initial_influence, step_jacobians
 from unroll.system import (
-    check_num_workers,
     check_positive_int,
-    check_system,
-    check_truncation,
     inexact_leaves,
     real_parts,
     real_view,
 )
-from unroll.window import EpisodeStart, Estimator, Rule, Step, keyword_only, windowed
+from unroll.window import EpisodeStart, Estimator, Rule, Step, check_window, keyword_only, windowed
 
 __all__ = ["influence_pattern", "rtrl", "snap"]
 
@@ -142,9 +139,7 @@ def rtrl(system, *, truncation: int, num_workers: int = 1, sparse: bool | None =
     complex) recurrences such as LRU layers costs ``O(n)`` per parameter vector instead of
     ``O(n^2 p)`` (Zucchet et al. 2023); ``None`` (default) picks the compressed layout
     when it needs no more jvps than the dense one needs vjps (``C <= N``)."""
-    check_system(system)
-    truncation = check_truncation(truncation, system.horizon)
-    num_workers = check_num_workers(num_workers)
+    truncation, num_workers = check_window(system, truncation, num_workers)
     rule = _rule_factory(system, None, _check_sparse(sparse))
     return windowed(system, rule, truncation=truncation, num_workers=num_workers)
 
@@ -159,9 +154,7 @@ def snap(system, *, truncation: int, num_workers: int = 1, order: int = 1, spars
     when the columns one step beyond the kept pattern colour with ``C <= N`` colours
     (diagonal recurrences); otherwise (e.g. SnAp-1 of a dense RNN, whose next step
     touches every unit) the influence is stored densely and masked."""
-    check_system(system)
-    truncation = check_truncation(truncation, system.horizon)
-    num_workers = check_num_workers(num_workers)
+    truncation, num_workers = check_window(system, truncation, num_workers)
     order = check_positive_int(
         order,
         "order",

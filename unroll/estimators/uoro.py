@@ -10,15 +10,12 @@ import jax.numpy as jnp
 
 from unroll._tree import rademacher_like, tree_norm
 from unroll.system import (
-    check_num_workers,
     check_positive_float,
     check_real_state,
-    check_system,
-    check_truncation,
     inexact_leaves,
     with_inexact_leaves,
 )
-from unroll.window import EpisodeStart, Estimator, Rule, Step, keyword_only, windowed
+from unroll.window import EpisodeStart, Estimator, Rule, Step, check_window, keyword_only, windowed
 
 
 class RankOne(NamedTuple):
@@ -80,9 +77,7 @@ def uoro(system, *, truncation: int, num_workers: int = 1, epsilon: float = 1e-7
     (``epsilon`` keeps them finite). An episode starts at ``s~ = nu``,
     ``theta~ = nu^T d s_0 / d theta``. Unbiased; high variance. Real states only.
     """
-    check_system(system)
-    truncation = check_truncation(truncation, system.horizon)
-    num_workers = check_num_workers(num_workers)
+    truncation, num_workers = check_window(system, truncation, num_workers)
     epsilon = check_positive_float(
         epsilon, "epsilon", "it keeps UORO's rescaling rho0, rho1 finite when a factor is zero: try epsilon=1e-7."
     )
