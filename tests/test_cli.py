@@ -214,7 +214,7 @@ def test_a_diverging_estimator_is_recorded_and_the_others_go_on(tmp_path, capsys
             estimators={
                 "full-bptt": compare.standard_estimators()["full-bptt"],
                 # tbptt runs on a system that stays finite: it goes on to the last step
-                "tbptt": compare.EstimatorSpec(lambda s, k: unroll.truncated_bptt(finite, k), 1, "tbptt"),
+                "tbptt": compare.EstimatorSpec(lambda s, k: unroll.truncated_bptt(finite, truncation=k), 1, "tbptt"),
             },
             default_estimators=["full-bptt", "tbptt-1"],
             optimizer=lambda steps: optax.sgd(0.2),

@@ -78,7 +78,7 @@ def _buggy_pes(system, truncation, sigma, num_particles, num_workers) -> Estimat
 
     rule = Rule(honest.start, step)
     shape = (num_workers, num_particles)
-    good = unroll.pes(system, truncation, sigma, num_particles, num_workers)
+    good = unroll.pes(system, truncation=truncation, sigma=sigma, num_particles=num_particles, num_workers=num_workers)
 
     def estimate(theta, state, key):
         eps = perturbations(key, theta, *shape, sigma, True)

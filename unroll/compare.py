@@ -96,40 +96,54 @@ def standard_estimators(
     return {
         "full-bptt": EstimatorSpec(lambda s, _: unroll.full_bptt(s), None, "exact gradient of whole episodes"),
         "tbptt": EstimatorSpec(
-            lambda s, k: unroll.truncated_bptt(s, k, num_workers=workers), k, "truncated BPTT (biased)"
+            lambda s, k: unroll.truncated_bptt(s, truncation=k, num_workers=workers), k, "truncated BPTT (biased)"
         ),
         "tes": EstimatorSpec(
-            lambda s, k: unroll.truncated_es(s, k, sigma, particles, num_workers=workers), k, "truncated ES (biased)"
+            lambda s, k: unroll.truncated_es(
+                s, truncation=k, sigma=sigma, num_particles=particles, num_workers=workers
+            ),
+            k,
+            "truncated ES (biased)",
         ),
         "pes": EstimatorSpec(
-            lambda s, k: unroll.pes(s, k, sigma, particles, num_workers=workers), k, "persistent ES (unbiased)"
+            lambda s, k: unroll.pes(s, truncation=k, sigma=sigma, num_particles=particles, num_workers=workers),
+            k,
+            "persistent ES (unbiased)",
         ),
         "nres": EstimatorSpec(
-            lambda s, k: unroll.nres(s, k, sigma, particles, num_workers=workers), k, "noise-reuse ES (unbiased)"
+            lambda s, k: unroll.nres(s, truncation=k, sigma=sigma, num_particles=particles, num_workers=workers),
+            k,
+            "noise-reuse ES (unbiased)",
         ),
         "forward": EstimatorSpec(
-            lambda s, k: unroll.forward_gradient(s, k, num_directions=directions, num_workers=workers),
+            lambda s, k: unroll.forward_gradient(s, truncation=k, num_workers=workers, num_directions=directions),
             k,
             "forward gradient (unbiased)",
         ),
         "rtrl": EstimatorSpec(
-            lambda s, k: unroll.rtrl(s, k, num_workers=workers), k, "real-time recurrent learning (exact, online)"
+            lambda s, k: unroll.rtrl(s, truncation=k, num_workers=workers),
+            k,
+            "real-time recurrent learning (exact, online)",
         ),
         "uoro": EstimatorSpec(
-            lambda s, k: unroll.uoro(s, k, num_workers=workers), k, "unbiased rank-one RTRL (high variance)"
+            lambda s, k: unroll.uoro(s, truncation=k, num_workers=workers), k, "unbiased rank-one RTRL (high variance)"
         ),
         "snap": EstimatorSpec(
-            lambda s, k: unroll.snap(s, 1, k, num_workers=workers), k, "SnAp-1 (sparse RTRL, order 1)"
+            lambda s, k: unroll.snap(s, truncation=k, num_workers=workers, order=1), k, "SnAp-1 (sparse RTRL, order 1)"
         ),
         "dni": EstimatorSpec(
-            lambda s, k: unroll.dni(s, k, num_workers=workers), k, "truncated BPTT + learned synthetic gradient"
+            lambda s, k: unroll.dni(s, truncation=k, num_workers=workers),
+            k,
+            "truncated BPTT + learned synthetic gradient",
         ),
         "checkpointed-bptt": EstimatorSpec(
             lambda s, _: unroll.checkpointed_bptt(s, memory_budget=memory_budget),
             None,
             f"full BPTT in {memory_budget} stored states",
         ),
-        "es": EstimatorSpec(lambda s, _: unroll.es(s, sigma, particles), None, "ES over whole episodes"),
+        "es": EstimatorSpec(
+            lambda s, _: unroll.es(s, sigma=sigma, num_particles=particles), None, "ES over whole episodes"
+        ),
     }
 
 

@@ -63,7 +63,7 @@ def _bptt(system, truncation: int, num_workers: int, stagger: bool) -> Estimator
     return Estimator(init, estimate)
 
 
-def truncated_bptt(system, truncation: int, num_workers: int = 1) -> Estimator:
+def truncated_bptt(system, *, truncation: int, num_workers: int = 1) -> Estimator:
     """Truncated BPTT: ``g = grad_theta (1/K) sum_{k<K} l_{t+k}`` with the window's
     incoming state held fixed, averaged over ``num_workers`` staggered workers.
 
@@ -76,7 +76,7 @@ def truncated_bptt(system, truncation: int, num_workers: int = 1) -> Estimator:
     return _bptt(system, truncation, num_workers, stagger=True)
 
 
-def full_bptt(system, num_workers: int = 1) -> Estimator:
+def full_bptt(system, *, num_workers: int = 1) -> Estimator:
     """Full BPTT: the exact gradient ``grad (1/T) sum_t l_t`` of ``num_workers``
     whole episodes (fresh keys each call), averaged. Memory ``O(T n)``."""
     check_system(system)
@@ -220,7 +220,7 @@ def _checkpointed_episode(system, program: _Program, theta, state0):
     return grad, ct, losses, final, num_forward
 
 
-def checkpointed_bptt(system, memory_budget: int) -> Estimator:
+def checkpointed_bptt(system, *, num_workers: int = 1, memory_budget: int) -> Estimator:
     """Full BPTT storing at most ``memory_budget`` hidden states (Gruslys et al. 2016,
     BPTT-HSM): the exact gradient ``grad (1/T) sum_t l_t`` of one whole episode, the same
     estimate (and worker state, and ``info``) as ``full_bptt(system)``, in

@@ -81,6 +81,7 @@ class DNIState(NamedTuple):
 
 def dni(
     system,
+    *,
     truncation: int,
     num_workers: int = 1,
     synthesizer: Synthesizer | None = None,

@@ -137,7 +137,7 @@ def _persistent(system, truncation, sigma, num_particles, num_workers, antitheti
 
 
 def pes(
-    system, truncation: int, sigma: float, num_particles: int, num_workers: int = 1, antithetic: bool = True
+    system, *, truncation: int, sigma: float, num_particles: int, num_workers: int = 1, antithetic: bool = True
 ) -> Estimator:
     """Persistent evolution strategies (Vicol et al. 2021), unbiased for the episode
     objective: ``g = 1/(N K sigma^2) sum_i xi_i sum_k l_{i,k}``, ``xi_i`` the sum of the
@@ -152,7 +152,7 @@ def pes(
     return _persistent(system, truncation, sigma, num_particles, num_workers, antithetic, stagger=True)
 
 
-def es(system, sigma: float, num_particles: int, antithetic: bool = True, num_workers: int = 1) -> Estimator:
+def es(system, *, sigma: float, num_particles: int, num_workers: int = 1, antithetic: bool = True) -> Estimator:
     """Evolution strategies over whole episodes: ``g = 1/(N sigma^2) sum_i eps_i L(theta + eps_i)``,
     an unbiased estimate of the gradient of the Gaussian-smoothed objective."""
     _, sigma, num_particles, num_workers = _check_es(
@@ -162,7 +162,7 @@ def es(system, sigma: float, num_particles: int, antithetic: bool = True, num_wo
 
 
 def truncated_es(
-    system, truncation: int, sigma: float, num_particles: int, num_workers: int = 1, antithetic: bool = True
+    system, *, truncation: int, sigma: float, num_particles: int, num_workers: int = 1, antithetic: bool = True
 ) -> Estimator:
     """Truncated ES: every window, particles branch from the unperturbed worker state,
     run with fresh ``theta + eps_i``, and ``g = 1/(N K sigma^2) sum_i eps_i sum_k l_{i,k}``.
@@ -192,7 +192,7 @@ def truncated_es(
 
 
 def nres(
-    system, truncation: int, sigma: float, num_particles: int, num_workers: int = 1, antithetic: bool = True
+    system, *, truncation: int, sigma: float, num_particles: int, num_workers: int = 1, antithetic: bool = True
 ) -> Estimator:
     """Noise-reuse ES (Li et al. 2023): particle ``i`` draws ``eps_i`` when its episode
     starts and runs every window of the episode at ``theta + eps_i``;

@@ -390,7 +390,7 @@ def _influence_estimator(
     return Estimator(init, estimate)
 
 
-def rtrl(system, truncation: int, num_workers: int = 1, sparse: bool | None = None) -> Estimator:
+def rtrl(system, *, truncation: int, num_workers: int = 1, sparse: bool | None = None) -> Estimator:
     """Real-time recurrent learning: ``g = (1/K) sum_k dl_{t+k}/dtheta``, each step's total
     derivative through the whole episode so far, from the influence ``J = d s / d theta``
     carried across windows and reset with episodes. At a fixed theta, the mean of the
@@ -410,7 +410,7 @@ def rtrl(system, truncation: int, num_workers: int = 1, sparse: bool | None = No
     return _influence_estimator(system, truncation, num_workers, None, sparse)
 
 
-def snap(system, order: int, truncation: int, num_workers: int = 1, sparse: bool | None = None) -> Estimator:
+def snap(system, *, truncation: int, num_workers: int = 1, order: int = 1, sparse: bool | None = None) -> Estimator:
     """SnAp-``order`` (Menick et al. 2020): RTRL keeping only the influence entries
     ``(i, j)`` that parameter ``j`` can reach within ``order`` steps
     (``influence_pattern(..., order=order).mask``), ``J' = mask * (ds'/ds J + ds'/dtheta)``.
@@ -450,7 +450,7 @@ def _rademacher_like(key, leaves: list) -> list:
     return [jax.random.rademacher(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
 
 
-def uoro(system, truncation: int, num_workers: int = 1, epsilon: float = 1e-7) -> Estimator:
+def uoro(system, *, truncation: int, num_workers: int = 1, epsilon: float = 1e-7) -> Estimator:
     """Unbiased online recurrent optimization (Tallec & Ollivier 2017).
 
     The influence is kept as a rank-one ``J ~ s~ theta~^T``. Each step, with
@@ -522,7 +522,7 @@ def uoro(system, truncation: int, num_workers: int = 1, epsilon: float = 1e-7) -
     return Estimator(init, estimate)
 
 
-def forward_gradient(system, truncation: int, num_directions: int = 1, num_workers: int = 1) -> Estimator:
+def forward_gradient(system, *, truncation: int, num_workers: int = 1, num_directions: int = 1) -> Estimator:
     """Directional gradient ``g = (1/(N K)) sum_i sum_k (dl_{i,k}/dtheta . v_i) v_i`` with the
     directional derivative carried online through the whole episode (no truncation bias)."""
     check_system(system)
