@@ -45,12 +45,12 @@ CHECKPOINT_BUDGET = 100
 CHECKPOINT_MAX_HORIZON = 20_000
 
 ESTIMATORS: dict[str, Callable[[unroll.System], unroll.Estimator]] = {
-    "pes": lambda s: unroll.pes(s, TRUNCATION, 0.01, PARTICLES, num_workers=WORKERS),
-    "nres": lambda s: unroll.nres(s, TRUNCATION, 0.01, PARTICLES, num_workers=WORKERS),
-    "rtrl": lambda s: unroll.rtrl(s, TRUNCATION, num_workers=WORKERS),
-    "uoro": lambda s: unroll.uoro(s, TRUNCATION, num_workers=WORKERS),
-    "dni": lambda s: unroll.dni(s, TRUNCATION, num_workers=WORKERS),
-    "truncated_bptt": lambda s: unroll.truncated_bptt(s, TRUNCATION, num_workers=WORKERS),
+    "pes": lambda s: unroll.pes(s, truncation=TRUNCATION, sigma=0.01, num_particles=PARTICLES, num_workers=WORKERS),
+    "nres": lambda s: unroll.nres(s, truncation=TRUNCATION, sigma=0.01, num_particles=PARTICLES, num_workers=WORKERS),
+    "rtrl": lambda s: unroll.rtrl(s, truncation=TRUNCATION, num_workers=WORKERS),
+    "uoro": lambda s: unroll.uoro(s, truncation=TRUNCATION, num_workers=WORKERS),
+    "dni": lambda s: unroll.dni(s, truncation=TRUNCATION, num_workers=WORKERS),
+    "truncated_bptt": lambda s: unroll.truncated_bptt(s, truncation=TRUNCATION, num_workers=WORKERS),
     "full_bptt": lambda s: unroll.full_bptt(s),
     f"checkpointed_bptt ({CHECKPOINT_BUDGET})": lambda s: unroll.checkpointed_bptt(s, memory_budget=CHECKPOINT_BUDGET),
 }

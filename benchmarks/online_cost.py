@@ -7,7 +7,7 @@ workers) of the jit-compiled ``estimate`` of
 
 * **tbptt**: ``unroll.truncated_bptt(system, truncation=10, num_workers=4)``, the baseline;
 * **rtrl**: ``unroll.rtrl(system, truncation=10, num_workers=4)``;
-* **snap**: ``unroll.snap(system, order=1, truncation=10, num_workers=4)``;
+* **snap**: ``unroll.snap(system, truncation=10, num_workers=4, order=1)``;
 * **uoro**: ``unroll.uoro(system, truncation=10, num_workers=4)``;
 * **dni**: ``unroll.dni(system, truncation=10, num_workers=4)`` (default linear synthesizer),
 
@@ -203,7 +203,7 @@ def build(name: str, system: unroll.System) -> unroll.Estimator:
     if name == "rtrl-general":
         return unroll.rtrl(system, sparse=False, **kw)
     if name == "snap":
-        return unroll.snap(system, order=1, **kw)
+        return unroll.snap(system, **kw, order=1)
     if name == "uoro":
         return unroll.uoro(system, **kw)
     if name == "dni":

@@ -52,9 +52,11 @@ from unroll.train import TrainState, make_train_step
 GOAL_MS = 1.0
 
 CASES: dict[str, Callable[[unroll.System], unroll.Estimator]] = {
-    "pes, 16 trajectories": lambda s: unroll.pes(s, TRUNCATION, SIGMA, num_particles=2, num_workers=8),
-    "pes, 256 trajectories": lambda s: unroll.pes(s, TRUNCATION, SIGMA, num_particles=32, num_workers=8),
-    "truncated_bptt, 8 workers": lambda s: unroll.truncated_bptt(s, TRUNCATION, num_workers=8),
+    "pes, 16 trajectories": lambda s: unroll.pes(s, truncation=TRUNCATION, sigma=SIGMA, num_particles=2, num_workers=8),
+    "pes, 256 trajectories": lambda s: unroll.pes(
+        s, truncation=TRUNCATION, sigma=SIGMA, num_particles=32, num_workers=8
+    ),
+    "truncated_bptt, 8 workers": lambda s: unroll.truncated_bptt(s, truncation=TRUNCATION, num_workers=8),
 }
 
 

@@ -153,7 +153,7 @@ def single() -> dict:
         "rtrl": (unroll.rtrl(rnn, truncation=4, num_workers=8), rnn_params, None),
         "uoro": (unroll.uoro(rnn, truncation=4, num_workers=8), rnn_params, None),
         "forward_gradient": (
-            unroll.forward_gradient(rnn, truncation=4, num_directions=2, num_workers=8),
+            unroll.forward_gradient(rnn, truncation=4, num_workers=8, num_directions=2),
             rnn_params,
             None,
         ),

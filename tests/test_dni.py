@@ -24,8 +24,8 @@ def _windows(est, theta, num_windows):
 @pytest.mark.parametrize("truncation, num_workers", [(3, 1), (2, 3)])
 def test_zero_synthesizer_is_truncated_bptt(truncation, num_workers):
     system, theta = rnn_system(n=3, m=2, horizon=7), rnn_theta(n=3, m=2)
-    dni = unroll.dni(system, truncation, num_workers=num_workers, synthesizer_optimizer=FROZEN)
-    tbptt = unroll.truncated_bptt(system, truncation, num_workers=num_workers)
+    dni = unroll.dni(system, truncation=truncation, num_workers=num_workers, synthesizer_optimizer=FROZEN)
+    tbptt = unroll.truncated_bptt(system, truncation=truncation, num_workers=num_workers)
     for a, b in zip(_windows(dni, theta, 7), _windows(tbptt, theta, 7)):
         assert _max_diff(a, b) < 1e-12
 
@@ -53,7 +53,7 @@ def test_oracle_synthesizer_is_full_bptt(problem):
     """7 windows of 3 steps cover 3 episodes of 7: their mean is the episode gradient."""
     system = rnn_system(n=3, m=2, horizon=7, learned_h0=problem == "rnn_learned_h0")
     theta = rnn_theta(n=3, m=2)
-    est = unroll.dni(system, 3, synthesizer=_oracle(system, theta), synthesizer_optimizer=FROZEN)
+    est = unroll.dni(system, truncation=3, synthesizer=_oracle(system, theta), synthesizer_optimizer=FROZEN)
     mean = tree_mean(_windows(est, theta, 7))
     assert _max_diff(mean, unroll.exact_gradient(system, theta, KEY)) < 1e-10
     # and the bootstrapped targets are what the oracle predicts: its training loss is zero
@@ -83,8 +83,8 @@ def test_trained_synthesizer_beats_truncated_bptt_on_long_dependencies():
         state, _ = run(est.init(theta, KEY), jax.random.split(jax.random.key(1), train_windows))
         return float(jnp.mean(run(state, jax.random.split(jax.random.key(2), eval_windows))[1]))
 
-    dni = mean_after_training(unroll.dni(system, 10, num_workers=10, synthesizer_optimizer=optax.adam(1e-2)))
-    tbptt = mean_after_training(unroll.truncated_bptt(system, 10, num_workers=10))
+    dni = mean_after_training(unroll.dni(system, truncation=10, num_workers=10, synthesizer_optimizer=optax.adam(1e-2)))
+    tbptt = mean_after_training(unroll.truncated_bptt(system, truncation=10, num_workers=10))
     print(f"exact {exact:.3f}, dni {dni:.3f}, truncated bptt {tbptt:.3f}")
     assert np.sign(dni) == np.sign(exact) != np.sign(tbptt)  # cosine +1 vs -1 (theta is a scalar)
     assert abs(dni - exact) < 0.1 * abs(exact) < abs(tbptt - exact)
@@ -94,15 +94,15 @@ def test_complex_state_is_refused():
     from tests.test_rtrl import diagonal_system, diagonal_theta
 
     with pytest.raises(TypeError, match="dni.*complex.*rtrl"):
-        unroll.dni(diagonal_system(), 2).init(diagonal_theta(), KEY)
+        unroll.dni(diagonal_system(), truncation=2).init(diagonal_theta(), KEY)
 
 
 def test_mlp_synthesizer_starts_at_zero_and_learns():
     """The MLP's output layer starts at zero (= truncated BPTT); training moves it."""
     system, theta = rnn_system(n=3, m=2, horizon=7), rnn_theta(n=3, m=2)
-    est = unroll.dni(system, 3, synthesizer=unroll.mlp_synthesizer(8))
+    est = unroll.dni(system, truncation=3, synthesizer=unroll.mlp_synthesizer(8))
     first = _windows(est, theta, 1)[0]
-    assert _max_diff(first, _windows(unroll.truncated_bptt(system, 3), theta, 1)[0]) < 1e-12
+    assert _max_diff(first, _windows(unroll.truncated_bptt(system, truncation=3), theta, 1)[0]) < 1e-12
     state = est.init(theta, KEY)
     for _ in range(3):
         _, state, _ = jax.jit(est.estimate)(theta, state, KEY)

@@ -458,25 +458,41 @@ def train_with(**overrides):
 
 
 @pytest.mark.parametrize(
-    "overrides, words, fix",
+    "overrides, words, fix, error",
     [
-        ({"num_steps": 0}, "`num_steps` must be a positive int, got 0", "Pass an int >= 1"),
-        ({"num_steps": 2.5}, "`num_steps` must be a positive int, got 2.5", "Pass an int >= 1"),
-        ({"num_seeds": 0}, "`num_seeds` must be a positive int, got 0", "Pass an int >= 1"),
-        ({"on_nonfinite": "ignore"}, "`on_nonfinite`='ignore'", "pass on_nonfinite='stop'"),
-        ({"eval_every": 2}, "`eval_every` is set but `eval_fn` is None", "pass eval_fn=lambda theta:"),
-        ({"eval_every": -1, "eval_fn": lambda th: {}}, "`eval_every` must be a positive int, got -1", "Pass 0"),
-        ({"eval_every": 2.5, "eval_fn": lambda th: {}}, "`eval_every` must be a positive int, got 2.5", "Pass 0"),
-        ({"checkpoint_every": 3}, "`checkpoint_every`=3 is set but `checkpoint` is None", "pass checkpoint='run.npz'"),
+        ({"num_steps": 0}, "`num_steps` must be a positive int, got 0", "Pass an int >= 1", ValueError),
+        ({"num_steps": 2.5}, "`num_steps` must be a positive int, got 2.5", "Pass an int >= 1", TypeError),
+        ({"num_seeds": 0}, "`num_seeds` must be a positive int, got 0", "Pass an int >= 1", ValueError),
+        ({"on_nonfinite": "ignore"}, "`on_nonfinite`='ignore'", "pass on_nonfinite='stop'", ValueError),
+        ({"eval_every": 2}, "`eval_every` is set but `eval_fn` is None", "pass eval_fn=lambda theta:", ValueError),
+        (
+            {"eval_every": -1, "eval_fn": lambda th: {}},
+            "`eval_every` must be a positive int, got -1",
+            "Pass 0",
+            ValueError,
+        ),
+        (
+            {"eval_every": 2.5, "eval_fn": lambda th: {}},
+            "`eval_every` must be a positive int, got 2.5",
+            "Pass 0",
+            TypeError,
+        ),
+        (
+            {"checkpoint_every": 3},
+            "`checkpoint_every`=3 is set but `checkpoint` is None",
+            "pass checkpoint='run.npz'",
+            ValueError,
+        ),
         (
             {"checkpoint": "run.npz", "checkpoint_every": -1},
             "`checkpoint_every` must be a positive int, got -1",
             "Pass an int >= 1",
+            ValueError,
         ),
     ],
 )
-def test_bad_train_arguments(overrides, words, fix):
-    raises(train_with(**overrides), words, fix, ValueError)
+def test_bad_train_arguments(overrides, words, fix, error):
+    raises(train_with(**overrides), words, fix, error)
 
 
 def test_eval_fn_not_callable():

@@ -45,7 +45,7 @@ def test_one_episode_is_directional_derivative_times_direction():
 
 def test_unbiased_with_staggered_workers_and_straddling_windows():
     system = linear_quadratic(7)
-    est = unroll.forward_gradient(system, truncation=3, num_directions=2, num_workers=3)
+    est = unroll.forward_gradient(system, truncation=3, num_workers=3, num_directions=2)
     samples = stream_averages(est, jnp.asarray(THETA), jax.random.key(0), 4000, 7)
     z = z_scores(samples, exact(7))
     print(f"forward_gradient z-scores {np.round(z, 2)}")

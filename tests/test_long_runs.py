@@ -43,8 +43,8 @@ def test_online_estimator_runs_1e5_steps_at_constant_memory(name):
     def build(horizon):
         system = linear_quadratic(horizon)
         if name == "pes":
-            return unroll.pes(system, TRUNCATION, sigma=0.1, num_particles=4, num_workers=2)
-        return unroll.rtrl(system, TRUNCATION, num_workers=2)
+            return unroll.pes(system, truncation=TRUNCATION, sigma=0.1, num_particles=4, num_workers=2)
+        return unroll.rtrl(system, truncation=TRUNCATION, num_workers=2)
 
     estimator = build(HORIZON)
     assert temp_bytes(estimator, theta) == temp_bytes(build(1_000), theta)

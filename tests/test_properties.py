@@ -447,7 +447,7 @@ EXACT_LOSS_ESTIMATORS = {
     "rtrl": lambda system, K, W: unroll.rtrl(system, truncation=K, num_workers=W),
     "uoro": lambda system, K, W: unroll.uoro(system, truncation=K, num_workers=W),
     "forward_gradient": lambda system, K, W: unroll.forward_gradient(
-        system, truncation=K, num_directions=2, num_workers=W
+        system, truncation=K, num_workers=W, num_directions=2
     ),
 }
 

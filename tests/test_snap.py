@@ -20,8 +20,8 @@ def _episode_mean(est, theta, num_windows=7):
 def test_snap1_is_rtrl_on_a_diagonal_recurrence():
     system, theta = PROBLEMS["complex_diagonal"]()
     rtrl, _ = _episode_mean(unroll.rtrl(system, truncation=3), theta)
-    snap, state = _episode_mean(unroll.snap(system, order=1, truncation=3), theta)
-    dense, _ = _episode_mean(unroll.snap(system, order=1, truncation=3, sparse=False), theta)
+    snap, state = _episode_mean(unroll.snap(system, truncation=3, order=1), theta)
+    dense, _ = _episode_mean(unroll.snap(system, truncation=3, order=1, sparse=False), theta)
     assert _max_diff(snap, rtrl) < 1e-12
     assert _max_diff(dense, rtrl) < 1e-12
     # each of nu, phase, b_re, b_im (4 x 4 parameters) reaches its own unit of 4 (its real and
@@ -35,8 +35,8 @@ def test_snap1_is_rtrl_on_a_diagonal_recurrence():
 def test_snap2_is_rtrl_on_dense_recurrences_and_snap1_is_not(problem):
     system, theta = PROBLEMS[problem]()
     rtrl, _ = _episode_mean(unroll.rtrl(system, truncation=3), theta)
-    snap2, state2 = _episode_mean(unroll.snap(system, order=2, truncation=3), theta)
-    snap1, state1 = _episode_mean(unroll.snap(system, order=1, truncation=3), theta)
+    snap2, state2 = _episode_mean(unroll.snap(system, truncation=3, order=2), theta)
+    snap1, state1 = _episode_mean(unroll.snap(system, truncation=3, order=1), theta)
     assert _max_diff(snap2, rtrl) < 1e-12
     assert _max_diff(snap1, rtrl) > 1e-4
     # SnAp-2 keeps every entry a parameter of the dynamics can reach; SnAp-1 strictly fewer
@@ -63,4 +63,4 @@ def test_snap1_pattern_of_a_dense_rnn():
 def test_order_must_be_positive():
     system, _ = PROBLEMS["tanh_rnn"]()
     with pytest.raises(ValueError, match="order"):
-        unroll.snap(system, order=0, truncation=3)
+        unroll.snap(system, truncation=3, order=0)

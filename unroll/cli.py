@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         return args.run(args)
-    except ValueError as err:
+    except (TypeError, ValueError) as err:  # bad input: a wrong type (e.g. seeds = "two" in --config) or value
         print(f"unroll {args.command}: error: {err}", file=sys.stderr)
         return USAGE_ERROR
 

@@ -58,9 +58,13 @@ def check_system(system: Any, name: str = "system") -> None:
 
 def check_positive_int(value: Any, name: str, fix: str = "") -> int:
     """Returns ``value`` as an int if it is a positive integer, else raises naming ``name``,
-    the value and ``fix`` (by default: what a valid value looks like)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        fix = fix or "Pass an int >= 1 (a Python or numpy integer, not a float, bool or string)."
+    the value and ``fix`` (by default: what a valid value looks like): ``TypeError`` when
+    ``value`` is not an integer (a float, bool, string, None, an array), ``ValueError`` when
+    it is an integer below 1."""
+    fix = fix or "Pass an int >= 1 (a Python or numpy integer, not a float, bool or string)."
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be a positive int, got {value!r}. {fix}")
+    if value < 1:
         raise ValueError(f"`{name}` must be a positive int, got {value!r}. {fix}")
     return int(value)
 
