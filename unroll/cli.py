@@ -6,6 +6,10 @@ import argparse
 import os
 import shlex
 import sys
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:  # only for an annotation: each command imports what it uses where it runs
+    from unroll.train import TrainingInterrupted
 
 USAGE_ERROR = 2
 INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}  # the shell's exit codes for these signals
@@ -61,10 +65,45 @@ def load_config(path: str) -> dict:
     return config
 
 
+class _CompareSettings(NamedTuple):
+    """What ``unroll compare`` runs: each flag, or where it is not given the --config file's setting."""
+
+    task: str
+    estimators: list[str] | None  # None: the task's defaults
+    task_kwargs: dict
+    seeds: int | None
+    steps: int | None
+    out: str | None
+    seed: int
+    checkpoint_every: int | None
+
+
 def _compare(args: argparse.Namespace) -> int:
     from unroll.compare import compare
     from unroll.train import TrainingInterrupted
 
+    settings = _compare_settings(args)
+    try:
+        out_dir, summary = compare(
+            settings.task,
+            settings.estimators,
+            settings.seeds,
+            settings.steps,
+            settings.out,
+            progress=not args.no_progress,
+            task_kwargs=settings.task_kwargs or None,
+            command=shlex.join(["unroll"] + args.argv),
+            seed=settings.seed,
+            checkpoint_every=settings.checkpoint_every,
+        )
+    except TrainingInterrupted as err:
+        return _interrupted(err, args.argv, settings.out)
+    _print_summary(settings.task, out_dir, summary)
+    return 0
+
+
+def _compare_settings(args: argparse.Namespace) -> _CompareSettings:
+    """The flags over the --config file's settings, checked before anything runs."""
     config = load_config(args.config) if args.config else {}
     task = args.task or config.get("task")
     if task is None:
@@ -82,45 +121,33 @@ def _compare(args: argparse.Namespace) -> int:
 
     out = args.out or config.get("out")
     _check_task_options(task, task_kwargs)
-    try:
-        out_dir, summary = compare(
-            task,
-            estimators,
-            setting("seeds"),
-            setting("steps"),
-            out,
-            progress=not args.no_progress,
-            task_kwargs=task_kwargs or None,
-            command=shlex.join(["unroll"] + args.argv),
-            seed=setting("seed") if setting("seed") is not None else 0,
-            checkpoint_every=setting("checkpoint_every"),
-        )
-    except TrainingInterrupted as err:
-        folder = os.path.dirname(os.path.dirname(err.checkpoint))
-        again = shlex.join(["unroll"] + args.argv + ([] if out else ["--out", folder]))
-        print(
-            f"\nunroll compare: interrupted ({err.signal_name}) after outer step {err.step}; saved to "
-            f"{err.checkpoint}; resume with: {again}",
-            file=sys.stderr,
-        )
-        return INTERRUPTED[err.signal_name]
+    seed = setting("seed") if setting("seed") is not None else 0
+    return _CompareSettings(
+        task, estimators, task_kwargs, setting("seeds"), setting("steps"), out, seed, setting("checkpoint_every")
+    )
+
+
+def _interrupted(err: TrainingInterrupted, argv: list[str], out: str | None) -> int:
+    """Says how to resume (the same command, with the run's folder if ``--out`` chose none) and
+    returns the shell's exit code for the signal."""
+    folder = os.path.dirname(os.path.dirname(err.checkpoint))
+    again = shlex.join(["unroll"] + argv + ([] if out else ["--out", folder]))
+    print(
+        f"\nunroll compare: interrupted ({err.signal_name}) after outer step {err.step}; saved to "
+        f"{err.checkpoint}; resume with: {again}",
+        file=sys.stderr,
+    )
+    return INTERRUPTED[err.signal_name]
+
+
+def _print_summary(task: str, out_dir: str, summary: dict) -> None:
+    """The task's reference figures, the estimators' table, the runs that turned non-finite, the files."""
     reference = summary["reference"]
     known = {k: v for k, v in reference.items() if isinstance(v, (int, float)) and k != "horizon"}
     print(f"\n{task} (horizon {reference.get('horizon')}): objective = {reference.get('objective', 'objective')}")
     if known:
         print("  reference: " + ", ".join(f"{k} = {v:.5g}" for k, v in known.items()))
-    print(
-        f"{'estimator':>12s} {'final objective (mean ± std)':>30s}  other metrics (mean){'  reached' if any('reached' in e for e in summary['estimators'].values()) else ''}"
-    )
-    for name, entry in summary["estimators"].items():
-        objective = entry["final_objective"]
-        others = ", ".join(
-            f"{k[6:]}={v['mean']:.4g}"
-            for k, v in entry.items()
-            if k.startswith("final_") and k not in ("final_objective", "final_window_loss") and isinstance(v, dict)
-        )
-        reached = "" if "reached" not in entry else ("  yes" if entry["reached"] else "  no")
-        print(f"{name:>12s} {objective['mean']:>18.5g} ± {objective['std']:<9.3g}  {others}{reached}")
+    _print_table(summary["estimators"])
     for name, entry in summary["estimators"].items():
         stopped = [(seed, step) for seed, step in enumerate(entry["first_nonfinite_step"]) if step >= 0]
         if stopped:
@@ -129,7 +156,22 @@ def _compare(args: argparse.Namespace) -> int:
                 f"{name:>12s}: a non-finite loss or gradient ({where}); its figures are those of the last finite theta"
             )
     print(f"\nwrote {out_dir}/metrics.csv, summary.json, curves.png (checkpoints in {out_dir}/checkpoints)")
-    return 0
+
+
+def _print_table(estimators: dict) -> None:
+    """One row per estimator: its final objective and other final metrics (and whether it reached the target)."""
+    print(
+        f"{'estimator':>12s} {'final objective (mean ± std)':>30s}  other metrics (mean){'  reached' if any('reached' in e for e in estimators.values()) else ''}"
+    )
+    for name, entry in estimators.items():
+        objective = entry["final_objective"]
+        others = ", ".join(
+            f"{k[6:]}={v['mean']:.4g}"
+            for k, v in entry.items()
+            if k.startswith("final_") and k not in ("final_objective", "final_window_loss") and isinstance(v, dict)
+        )
+        reached = "" if "reached" not in entry else ("  yes" if entry["reached"] else "  no")
+        print(f"{name:>12s} {objective['mean']:>18.5g} ± {objective['std']:<9.3g}  {others}{reached}")
 
 
 def _check_task_options(task: str, task_kwargs: dict) -> None:

@@ -114,6 +114,36 @@ def _deferred_signals(enabled: bool):
 STOP_CHECK_EVERY = 16  # outer steps between host checks for "every run has stopped" (each one syncs)
 
 
+class _Settings(NamedTuple):
+    """How a run loops, evaluates and saves: ``train``'s arguments once checked."""
+
+    num_steps: int
+    eval_every: int
+    checkpoint: str | None
+    checkpoint_every: int
+    on_nonfinite: str  # checked by make_train_step
+    name: str
+
+
+class _Program(NamedTuple):
+    """What a run executes: for one seed, or vmapped over ``num_seeds``."""
+
+    start: Callable  # key -> (TrainState, run_key)
+    outer: Callable  # (TrainState, run_key) -> (TrainState, metrics)
+    evaluate: Callable | None  # theta -> dict of scalars
+    key: jax.Array  # what ``start`` takes: the run's key, or split(key, num_seeds)
+    num_seeds: int | None
+
+
+class _Run(NamedTuple):
+    """The parts of a run that stay fixed while it loops."""
+
+    program: _Program
+    settings: _Settings
+    run_key: jax.Array
+    fingerprint: dict | None  # None: no checkpoint
+
+
 def train(
     estimator: Estimator,
     optimizer: optax.GradientTransformation,
@@ -139,39 +169,39 @@ def train(
       theta: the initial outer parameters.
       key: the run's key; step ``i`` uses ``fold_in(key, i)``.
       num_steps: number of outer steps.
-      num_seeds: run this many independent seeds at once (a vmap axis; keys
-        ``split(key, num_seeds)``); the returned theta and history gain a leading
-        seed axis.
-      eval_fn: ``theta -> dict of scalars``, jit-compiled, run every ``eval_every``
-        steps (and after the last); results go to ``history["eval/<name>"]`` at steps
-        ``history["eval_step"]``.
+      num_seeds: run this many independent seeds at once (a vmap axis; keys ``split(key, num_seeds)``); the
+        returned theta and history gain a leading seed axis.
+      eval_fn: ``theta -> dict of scalars``, jit-compiled, run every ``eval_every`` steps (and after the last);
+        results go to ``history["eval/<name>"]`` at steps ``history["eval_step"]``.
       progress: draw a progress bar.
-      on_nonfinite: what a non-finite loss, gradient or theta does. ``"stop"``: that
-        step is discarded and the run stops there (its state stays at the last finite
-        one; with several seeds the others go on, and the loop ends early once every
-        seed has stopped, so the history is shorter than ``num_steps``). ``"skip"``:
-        that step is discarded and training goes on with the next key. Either way a
-        ``RuntimeWarning`` names the run and the step.
+      on_nonfinite: a step with a non-finite loss, gradient or theta is discarded (a ``RuntimeWarning`` names the
+        run and the step). ``"stop"``: the run stops there (its state stays at the last finite one; with several
+        seeds the others go on, and the loop ends early once every seed has stopped, so the history is shorter
+        than ``num_steps``). ``"skip"``: training goes on with the next key.
       name: shown on the progress bar and in warnings.
-      checkpoint: a file path (``.npz``, format in ``unroll.resume``). The whole run
-        (theta, optimizer, estimator and worker state, keys, counters and the history
-        so far) is saved there every ``checkpoint_every`` outer steps, at the end, and
-        on Ctrl-C or SIGTERM (then ``TrainingInterrupted`` is raised). If the file
-        exists, the run resumes from it and gives bit for bit the history and theta of
-        an uninterrupted run (on the same machine and versions); a checkpoint written
-        by a different run (other settings, theta, key or state structure) or a
-        corrupt one is refused with ``unroll.resume.CheckpointError``.
+      checkpoint: a file path (``.npz``, format in ``unroll.resume``) where the whole run (theta, optimizer, estimator
+        and worker state, keys, counters and the history so far) is saved every ``checkpoint_every`` outer steps, at the
+        end, and on Ctrl-C or SIGTERM (then ``TrainingInterrupted`` is raised). An existing one is resumed: bit for bit
+        the history and theta of an uninterrupted run (on the same machine and versions); one from another run (other
+        settings, theta, key or state structure) or a corrupt one is refused with ``unroll.resume.CheckpointError``.
       checkpoint_every: outer steps between saves (0: only at the end and on interrupt).
-      run_info: JSON-able facts that identify the run, added to the checkpoint's
-        fingerprint (a resume with different ones is refused).
+      run_info: JSON-able facts that identify the run, added to the checkpoint's fingerprint (a resume with
+        different ones is refused).
 
     Returns:
-      ``(theta, history)``: the final (last finite) theta and a dict of numpy arrays
-      ``[steps run]`` (``[num_seeds, steps run]``): every ``info`` entry of the
-      estimator, ``grad_norm``, ``accepted``, plus ``first_nonfinite`` (-1 if none) and ``num_rejected``;
-      ``train_time_s`` (seconds in outer steps, compile and evaluation excluded),
-      ``compile_s``, and with ``eval_fn`` ``eval_time_s`` (training seconds at each ``eval_step``).
+      ``(theta, history)``: the final (last finite) theta and a dict of numpy arrays ``[steps run]``
+      (``[num_seeds, steps run]``): every ``info`` entry of the estimator, ``grad_norm``, ``accepted``, plus
+      ``first_nonfinite`` (-1 if none) and ``num_rejected``; ``train_time_s`` (seconds in outer steps, compile and
+      evaluation excluded), ``compile_s``; with ``eval_fn``, ``eval_time_s`` (training seconds at each ``eval_step``).
     """
+    settings = _check_arguments(num_steps, eval_fn, eval_every, checkpoint, checkpoint_every, on_nonfinite, name)
+    program = _build(estimator, optimizer, theta, key, num_seeds, eval_fn, on_nonfinite)
+    run, state, log = _start(program, settings, theta, run_info)
+    state = state if log.complete else _run(run, state, log, progress)  # a finished run is only read back
+    return _finish(state, log, on_nonfinite, name)
+
+
+def _check_arguments(num_steps, eval_fn, eval_every, checkpoint, checkpoint_every, on_nonfinite, name) -> _Settings:
     num_steps = check_positive_int(num_steps, "num_steps")
     if eval_fn is not None and not callable(eval_fn):
         raise TypeError(
@@ -192,6 +222,10 @@ def train(
         )
     if checkpoint_every:
         checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
+    return _Settings(num_steps, eval_every, checkpoint, checkpoint_every, on_nonfinite, name)
+
+
+def _build(estimator, optimizer, theta, key, num_seeds, eval_fn, on_nonfinite) -> _Program:
     step = make_train_step(estimator, optimizer, on_nonfinite)
 
     def start(key):
@@ -203,90 +237,133 @@ def train(
     def outer(state, run_key):
         return step(state, jax.random.fold_in(run_key, state.step))
 
-    if num_seeds is not None:
-        num_seeds = check_positive_int(num_seeds, "num_seeds")
-        start, outer = jax.vmap(start), jax.vmap(outer)
-        eval_one = jax.vmap(eval_fn) if eval_fn is not None else None
-        key = jax.random.split(key, num_seeds)
-    else:
-        eval_one = eval_fn
-    state, run_key = jax.jit(start)(key)
+    if num_seeds is None:
+        return _Program(start, outer, eval_fn, key, None)
+    num_seeds = check_positive_int(num_seeds, "num_seeds")
+    evaluate = jax.vmap(eval_fn) if eval_fn is not None else None
+    return _Program(jax.vmap(start), jax.vmap(outer), evaluate, jax.random.split(key, num_seeds), num_seeds)
 
-    log = _Log()
-    fingerprint = None
-    if checkpoint is not None:
-        fingerprint = {
-            "name": name.strip(),
-            "num_steps": num_steps,
-            "num_seeds": num_seeds,
-            "on_nonfinite": on_nonfinite,
-            "eval_every": eval_every,
-            "theta": fingerprint_hash(theta),
-            "key": fingerprint_hash(key),
-            **(run_info or {}),
-        }
-        if os.path.exists(checkpoint):
-            (state, run_key), log = log.restored(checkpoint, (state, run_key), fingerprint)
+
+def _fingerprint(settings: _Settings, program: _Program, theta, run_info: dict | None) -> dict:
+    """What identifies a run, so that a checkpoint written by another one is refused."""
+    return {
+        "name": settings.name.strip(),
+        "num_steps": settings.num_steps,
+        "num_seeds": program.num_seeds,
+        "on_nonfinite": settings.on_nonfinite,
+        "eval_every": settings.eval_every,
+        "theta": fingerprint_hash(theta),
+        "key": fingerprint_hash(program.key),
+        **(run_info or {}),
+    }
+
+
+def _start(program: _Program, settings: _Settings, theta, run_info: dict | None) -> tuple[_Run, TrainState, _Log]:
+    """The run's fixed parts and its state and log to go on from: fresh, or read from an existing checkpoint."""
+    # the fresh state is built even on a resume: it is the structure the checkpoint is read into
+    state, run_key = jax.jit(program.start)(program.key)
+    log, fingerprint = _Log(), None
+    if settings.checkpoint is not None:
+        fingerprint = _fingerprint(settings, program, theta, run_info)
+        if os.path.exists(settings.checkpoint):
+            (state, run_key), log = log.restored(settings.checkpoint, (state, run_key), fingerprint)
             state, run_key = jax.device_put((state, run_key))
-    if log.complete:
-        return _finish(state, log, on_nonfinite, name)
+    return _Run(program, settings, run_key, fingerprint), state, log
 
+
+def _compile(program: _Program, state: TrainState, run_key: jax.Array) -> tuple[_Program, float]:
+    """The program with its outer step compiled ahead (so its seconds are ``compile_s``, not
+    training time) and its evaluation jit-compiled; and the seconds compiling took."""
     compile_start = time.perf_counter()
-    outer = jax.jit(outer, donate_argnums=0).lower(state, run_key).compile()
-    log.compile_s = time.perf_counter() - compile_start
-    eval_one = jax.jit(eval_one) if eval_one is not None else None
-    resumed = time.perf_counter()  # seconds in outer steps are counted in log.elapsed (evaluation excluded)
+    outer = jax.jit(program.outer, donate_argnums=0).lower(state, run_key).compile()
+    compile_s = time.perf_counter() - compile_start
+    evaluate = jax.jit(program.evaluate) if program.evaluate is not None else None
+    return program._replace(outer=outer, evaluate=evaluate), compile_s
 
-    def evaluate(i):
-        nonlocal resumed
-        jax.block_until_ready(state.theta)
-        log.elapsed += time.perf_counter() - resumed
-        log.evals.append(eval_one(state.theta))
-        log.eval_steps.append(i)
-        log.eval_times.append(log.elapsed)
-        jax.block_until_ready(log.evals[-1])
-        resumed = time.perf_counter()
 
-    def save(done: int, complete: bool = False):
-        nonlocal resumed
-        jax.block_until_ready(state.theta)
-        log.elapsed += time.perf_counter() - resumed
-        log.save(checkpoint, (state, run_key), fingerprint, done, complete)
-        resumed = time.perf_counter()
+class _Clock:
+    """Adds the seconds spent in outer steps to ``log.elapsed``: it runs from its creation
+    and between pauses, so that evaluating and saving are not counted."""
 
-    def postfix() -> str:
-        if not log.records:
-            return ""
-        loss = float(np.mean(np.asarray(log.records[-1]["loss"])))
-        return f"loss={loss:.4g}"
+    def __init__(self, log: _Log):
+        self.log = log
+        self.since = time.perf_counter()
 
+    def stop(self, theta) -> None:
+        jax.block_until_ready(theta)  # steps are dispatched asynchronously: count them until they end
+        self.log.elapsed += time.perf_counter() - self.since
+
+    @contextlib.contextmanager
+    def paused(self, theta):
+        self.stop(theta)
+        yield
+        self.since = time.perf_counter()
+
+
+def _run(run: _Run, state: TrainState, log: _Log, progress: bool) -> TrainState:
+    """Compiles the outer step and runs the loop from the step ``log`` ends at."""
+    program, log.compile_s = _compile(run.program, state, run.run_key)
+    run = run._replace(program=program)
+    clock = _Clock(log)
+    state = _loop(run, state, log, clock, progress)
+    if program.evaluate is None:  # otherwise the last evaluation counted the steps' seconds
+        clock.stop(state.theta)
+    return state
+
+
+def _loop(run: _Run, state: TrainState, log: _Log, clock: _Clock, progress: bool) -> TrainState:
+    """The outer steps from the one ``log`` ends at, with the evaluations and saves due; on Ctrl-C or SIGTERM
+    it saves and raises ``TrainingInterrupted``."""
+    settings, program = run.settings, run.program
     done = len(log.records)
-    with _deferred_signals(checkpoint is not None) as received:
-        for i in progress_bar(num_steps, desc=name, enabled=progress, postfix=postfix, start=done):
-            if eval_one is not None and eval_every and i % eval_every == 0:
-                evaluate(i)
-            state, metrics = outer(state, run_key)
+    postfix = lambda: _loss_postfix(log.records)
+    with _deferred_signals(settings.checkpoint is not None) as received:
+        for i in progress_bar(settings.num_steps, desc=settings.name, enabled=progress, postfix=postfix, start=done):
+            if program.evaluate is not None and settings.eval_every and i % settings.eval_every == 0:
+                _evaluate(run, state, log, clock, i)
+            state, metrics = program.outer(state, run.run_key)
             log.records.append(metrics)
             done = i + 1
             if received:
-                save(done)
-                raise TrainingInterrupted(done, checkpoint, signal.Signals(received[0]).name)
-            if checkpoint_every and done % checkpoint_every == 0 and done < num_steps:
-                save(done)
-            if (
-                on_nonfinite == "stop"
-                and done % STOP_CHECK_EVERY == 0
-                and np.all(np.asarray(state.first_nonfinite) >= 0)
-            ):
-                break  # every run has stopped: the rest would only repeat the last finite state
-        if eval_one is not None:
-            evaluate(done)
-        if checkpoint is not None:
-            save(done, complete=True)
-    if eval_one is None:
-        jax.block_until_ready(state.theta)
-        log.elapsed += time.perf_counter() - resumed
-    return _finish(state, log, on_nonfinite, name)
+                _save(run, state, log, clock, done)
+                raise TrainingInterrupted(done, settings.checkpoint, signal.Signals(received[0]).name)
+            if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < settings.num_steps:
+                _save(run, state, log, clock, done)
+            if _all_stopped(settings.on_nonfinite, state, done):
+                break  # the rest would only repeat the last finite state
+        if program.evaluate is not None:
+            _evaluate(run, state, log, clock, done)
+        if settings.checkpoint is not None:
+            _save(run, state, log, clock, done, complete=True)
+    return state
+
+
+def _evaluate(run: _Run, state: TrainState, log: _Log, clock: _Clock, step: int) -> None:
+    with clock.paused(state.theta):
+        log.evals.append(run.program.evaluate(state.theta))
+        log.eval_steps.append(step)
+        log.eval_times.append(log.elapsed)
+        jax.block_until_ready(log.evals[-1])  # so that its seconds are not counted as the next steps'
+
+
+def _save(run: _Run, state: TrainState, log: _Log, clock: _Clock, done: int, complete: bool = False) -> None:
+    with clock.paused(state.theta):
+        log.save(run.settings.checkpoint, (state, run.run_key), run.fingerprint, done, complete)
+
+
+def _all_stopped(on_nonfinite: str, state: TrainState, done: int) -> bool:
+    """Every run has stopped at a non-finite step (looked at only every ``STOP_CHECK_EVERY``
+    steps: it waits for the device)."""
+    return (
+        on_nonfinite == "stop" and done % STOP_CHECK_EVERY == 0 and bool(np.all(np.asarray(state.first_nonfinite) >= 0))
+    )
+
+
+def _loss_postfix(records: list[dict]) -> str:
+    if not records:
+        return ""
+    loss = float(np.mean(np.asarray(records[-1]["loss"])))
+    return f"loss={loss:.4g}"
 
 
 class _Log:
@@ -353,6 +430,6 @@ def _finish(state: TrainState, log: _Log, on_nonfinite: str, name: str):
             f"run(s) {what} outer step(s) {sorted({int(b) for b in bad if b >= 0})}. The returned theta is the "
             "last finite one; lower the learning rate or sigma, or clip gradients (optax.clip_by_global_norm).",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=3,  # train's caller: train calls this itself
         )
     return state.theta, history
