@@ -38,7 +38,7 @@ RTRL/SnAp model: memory ``(3 W + 3) n p * 4 B``, time ``W K 2 n^2 p / (2e10 flop
 
 On this dense RNN every parameter of ``W`` reaches every unit within two steps, so
 ``rtrl`` and ``snap`` (order 1, whose next step already touches every unit) keep the
-dense influence (``sparse=None`` picks it; see ``unroll.estimators.forward.influence_pattern``).
+dense influence (``sparse=None`` picks it; see ``unroll.estimators.rtrl.influence_pattern``).
 
 Diagonal recurrence: fast path vs general path
 ----------------------------------------------

@@ -23,8 +23,8 @@ import pytest
 
 import unroll
 from tests.systems import noisy_rnn_system, rnn_system, rnn_theta
-from unroll.checkpointing import plan
-from unroll.estimators.bptt import _checkpointed_episode, _program
+from unroll.checkpointing import checkpointed_episode, plan
+from unroll.checkpointing import program as make_program
 
 KEY = jax.random.PRNGKey(0)
 
@@ -196,8 +196,8 @@ def test_eager_matches_jit():
 def test_executes_the_planned_number_of_steps(horizon, budget, block):
     system, theta = rnn_problem(horizon)
     p = plan(horizon, budget)
-    program = _program(p, block)
-    run = jax.jit(lambda theta, s0: _checkpointed_episode(system, program, theta, s0))
+    program = make_program(p, block)
+    run = jax.jit(lambda theta, s0: checkpointed_episode(system, program, theta, s0))
     *_, num_forward = run(theta, system.init(theta, KEY))
     assert int(num_forward) == p.forward_steps
 

@@ -106,4 +106,4 @@ def test_mlp_synthesizer_starts_at_zero_and_learns():
     state = est.init(theta, KEY)
     for _ in range(3):
         _, state, _ = jax.jit(est.estimate)(theta, state, KEY)
-    assert float(jnp.max(jnp.abs(state.synthesizer_params["W2"]))) > 0
+    assert float(jnp.max(jnp.abs(state.extra.params["W2"]))) > 0

@@ -37,7 +37,7 @@ def test_one_episode_is_directional_derivative_times_direction():
     est = unroll.forward_gradient(system, truncation=system.horizon, num_directions=1)
     state = est.init(theta, init_key)
     grad, state, _ = jax.jit(est.estimate)(theta, state, jax.random.key(0))
-    v = np.asarray(state.direction)[0, 0]
+    v = np.asarray(state.acc.direction)[0, 0]
     episode_key = _first_episode_key(init_key)
     exact_grad = np.asarray(jax.grad(lambda th: unroll.episode_loss(system, th, episode_key))(theta))
     np.testing.assert_allclose(np.asarray(grad), np.dot(exact_grad, v) * v, rtol=1e-10, atol=1e-12)

@@ -201,7 +201,7 @@ def test_state_shardings_split_the_trajectories_and_replicate_the_rest():
     shardings = state_shardings(state, mesh)
     split, whole = P("d"), P()
     assert all(s.spec == split for s in jax.tree_util.tree_leaves(shardings.workers))
-    others = jax.tree_util.tree_leaves((shardings.synthesizer_params, shardings.synthesizer_opt_state))
+    others = jax.tree_util.tree_leaves(shardings.extra)
     assert others and all(s.spec == whole for s in others)
     # a state with no Worker (a custom estimator's) is replicated
     assert all(s.spec == whole for s in jax.tree_util.tree_leaves(state_shardings({"a": jnp.zeros((2, 2))}, mesh)))
