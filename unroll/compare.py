@@ -31,285 +31,27 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 import unroll
-from unroll import registry, tasks
+from unroll import registry
+from unroll.plotting import plot_curves
+from unroll.tasks.hyper import DEFAULT_ESTIMATORS as HYPER_ESTIMATORS
+from unroll.tasks.hyper import lr_schedule_setup, mlp_hyper_setup
+from unroll.tasks.influence import DEFAULT_ESTIMATORS as INFLUENCE_ESTIMATORS
+from unroll.tasks.influence import influence_balancing_setup
+from unroll.tasks.lopt import DEFAULT_ESTIMATORS as LOPT_ESTIMATORS
+from unroll.tasks.lopt import lopt_digits_setup, lopt_quadratic_setup
+from unroll.tasks.lorenz import DEFAULT_ESTIMATORS as LORENZ_ESTIMATORS
+from unroll.tasks.lorenz import lorenz_setup
+from unroll.tasks.rnn import DEFAULT_ESTIMATORS as RNN_ESTIMATORS
+from unroll.tasks.rnn import char_lm_setup, copy_setup, flip_flop_setup
+from unroll.tasks.setup import TaskSetup
+from unroll.tasks.setup import standard_settings as standard_settings  # re-exported: compare.standard_settings
 from unroll.train import train
-
-
-class TaskSetup(NamedTuple):
-    """Everything ``compare`` needs about a task."""
-
-    system: Any
-    theta: Any
-    evaluate: Callable[[Any], dict]  # theta -> {"objective": ..., other scalar metrics}, jit-able
-    reference: dict  # known answers (e.g. the optimum) and what the objective is, written to the summary
-    settings: dict  # the estimators' shared settings (``unroll.registry.build``): workers, particles, ...
-    default_estimators: list[str]
-    optimizer: Callable[[int], optax.GradientTransformation]  # from the number of outer steps
-    optimizer_description: str
-    default_steps: int
-    default_seeds: int
-    # (final theta of one seed, its final metrics) -> reached the known answer? None: no known answer
-    reached: Callable[[Any, dict], bool] | None = None
-    # a task's own builds, ``name -> build(system, truncation) -> Estimator``, used instead of the
-    # registry's for those names (e.g. a custom estimator, or one on another system)
-    estimators: dict[str, Callable[[Any, int | None], Any]] = {}
-
-
-# the estimators `unroll compare TASK` runs when none are named
-DEFAULT_ESTIMATORS: dict[str, list[str]] = {
-    "influence-balancing": ["tbptt-1", "tbptt-10", "tbptt-100", "tes", "pes", "nres", "forward", "rtrl", "full-bptt"],
-    "copy": ["tbptt-5", "full-bptt", "uoro", "dni-5", "pes", "forward"],
-    "flip-flop": ["tbptt-10", "full-bptt", "uoro", "dni", "pes", "forward"],
-    "char-lm": ["tbptt-16", "full-bptt", "dni-16", "uoro-16", "pes-16"],
-    "lorenz": ["full-bptt", "tbptt-10", "pes", "es"],
-    "lr-schedule": ["tbptt-10", "tes", "pes", "nres", "es", "full-bptt"],
-    "mlp-hyper": ["tbptt-10", "pes", "es", "full-bptt"],
-    "lopt-digits": ["pes", "tbptt-10", "es", "full-bptt"],
-    "lopt-quadratic": ["pes", "tbptt-10", "es", "full-bptt"],
-}
-
-
-def standard_settings(
-    workers: int = 10,
-    particles: int = 100,
-    sigma: float = 0.1,
-    truncation: int = 10,
-    directions: int = 10,
-    memory_budget: int = 10,
-) -> dict:
-    """The shared settings every registered estimator of a task is built with
-    (``unroll.registry.build``): every estimator gets the same ``num_workers``, and every
-    ES estimator the same particles per worker, so their rows are comparable."""
-    return {
-        "num_workers": workers,
-        "num_particles": particles,
-        "sigma": sigma,
-        "truncation": truncation,
-        "num_directions": directions,
-        "memory_budget": memory_budget,
-    }
-
-
-def _adam_cosine(learning_rate: float) -> dict:
-    """Adam with a cosine-decayed learning rate (to 1% over the outer steps), as TaskSetup fields."""
-    return {
-        "optimizer": lambda steps: optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.01)),
-        "optimizer_description": f"adam, learning rate {learning_rate:g} cosine-decayed to "
-        f"{learning_rate / 100:g} over the outer steps",
-    }
-
-
-def influence_balancing_setup(horizon: int = 1000) -> TaskSetup:
-    """Influence balancing with the settings of the main job (Vicol et al. 2021, Sec. 5.1)."""
-    system = tasks.influence_balancing(horizon)
-    objective, gap = tasks.influence_loss_fn(horizon), tasks.influence_gap_fn(horizon)
-    optimum = tasks.influence_optimum(horizon)
-    tolerance = 0.02
-    return TaskSetup(
-        system=system,
-        theta=jnp.asarray(tasks.THETA_INIT, jnp.float32),
-        evaluate=lambda theta: {"objective": objective(theta), "gap": gap(theta), "theta": theta},
-        reference={
-            "objective": "exact mean episode loss L(theta) (closed form); gap = L(theta) - L(theta*)",
-            "theta_star": optimum,
-            "objective_at_theta_star": float(objective(optimum)),
-            "theta_star_steady_state": -1.0 / 6.0,
-            "horizon": horizon,
-            "tolerance": tolerance,
-        },
-        # 1000 particles in all (10 workers x 100), as Vicol et al.
-        settings=standard_settings(workers=10, particles=100, sigma=0.1, truncation=10),
-        default_estimators=DEFAULT_ESTIMATORS["influence-balancing"],
-        **_adam_cosine(1e-2),
-        default_steps=500,
-        default_seeds=3,
-        reached=lambda theta, metrics: abs(float(theta) - optimum) < tolerance,
-    )
-
-
-def _network_setup(
-    made,
-    reference: dict,
-    learning_rate: float,
-    defaults: list[str],
-    steps: int,
-    truncation: int,
-    sigma: float,
-    particles: int,
-    workers: int = 4,
-) -> TaskSetup:
-    system, theta, evaluate = made
-    return TaskSetup(
-        system=system,
-        theta=theta,
-        evaluate=evaluate,
-        reference=dict(reference, horizon=system.horizon),
-        settings=standard_settings(
-            workers=workers, particles=particles, sigma=sigma, truncation=truncation, directions=4
-        ),
-        default_estimators=defaults,
-        **_adam_cosine(learning_rate),
-        default_steps=steps,
-        default_seeds=2,
-    )
-
-
-def copy_setup(horizon: int | None = None, length: int = 5, cell: str = "gru", hidden: int = 32) -> TaskSetup:
-    """Copy task: recall 5 symbols (of 4) after a delay; horizon = 2 * length + delay."""
-    delay = 10 if horizon is None else horizon - 2 * length
-    if delay < 1:
-        raise ValueError(f"`horizon`={horizon} must exceed 2 * length = {2 * length} for the copy task.")
-    made = tasks.copy_task(length=length, delay=delay, num_symbols=4, cell=cell, hidden=hidden)
-    reference = {
-        "objective": "mean step cross-entropy (nats) on 64 held-out sequences",
-        "memoryless_loss": tasks.copy_memoryless_loss(length, delay, 4),
-        "cell": cell,
-        "hidden": hidden,
-    }
-    return _network_setup(
-        made, reference, 3e-3, DEFAULT_ESTIMATORS["copy"], 300, truncation=5, sigma=0.01, particles=16
-    )
-
-
-def flip_flop_setup(horizon: int = 100, cell: str = "gru", hidden: int = 32) -> TaskSetup:
-    """3-bit flip-flop: hold the sign of each channel's last pulse."""
-    made = tasks.flip_flop(num_bits=3, horizon=horizon, pulse_probability=0.05, cell=cell, hidden=hidden)
-    reference = {
-        "objective": "mean step binary cross-entropy (nats, summed over 3 bits) on 64 held-out sequences",
-        "chance_loss": 3 * float(np.log(2)),
-        "cell": cell,
-        "hidden": hidden,
-    }
-    return _network_setup(
-        made, reference, 3e-3, DEFAULT_ESTIMATORS["flip-flop"], 300, truncation=10, sigma=0.01, particles=16
-    )
-
-
-def char_lm_setup(horizon: int = 64, cell: str = "lstm", hidden: int = 64) -> TaskSetup:
-    """Character LM on Python's bundled help text (pydoc_data.topics)."""
-    made = tasks.char_lm(horizon=horizon, cell=cell, hidden=hidden, embedding=16)
-    reference = {
-        "objective": "validation cross-entropy (nats per character); bits_per_char = objective / ln 2",
-        "uniform_bits_per_char": float(np.log2(tasks.python_docs_corpus().vocab_size)),
-        "cell": cell,
-        "hidden": hidden,
-    }
-    return _network_setup(
-        made, reference, 3e-3, DEFAULT_ESTIMATORS["char-lm"], 3000, truncation=16, sigma=0.01, particles=16
-    )
-
-
-def lorenz_setup(horizon: int = 200) -> TaskSetup:
-    """Lorenz-63 parameter estimation (sigma, rho, beta) from an observed trajectory (chaotic)."""
-    system, theta, evaluate = tasks.lorenz(horizon=horizon)
-    return TaskSetup(
-        system=system,
-        theta=theta,
-        evaluate=evaluate,
-        reference={
-            "objective": "mean squared state error over 32 fixed episodes",
-            "theta_true": list(tasks.TRUE_PARAMS),
-            "horizon": horizon,
-        },
-        settings=standard_settings(workers=4, particles=50, sigma=0.3, truncation=10),
-        default_estimators=DEFAULT_ESTIMATORS["lorenz"],
-        **_adam_cosine(0.1),
-        default_steps=300,
-        default_seeds=2,
-        reached=lambda theta, metrics: float(metrics["param_error"]) < 0.5,
-    )
-
-
-def lr_schedule_setup(horizon: int = 200) -> TaskSetup:
-    """Tune SGD's learning-rate schedule lr0 / (1 + decay t) (log10 scale) on ill-conditioned regression."""
-    system, theta, evaluate = tasks.lr_schedule(horizon=horizon)
-    _, best, best_loss = tasks.lr_schedule_grid(evaluate, np.linspace(-3, 0.5, 36), np.linspace(-4, 0, 21))
-
-    def metrics(theta):
-        return {**evaluate(theta), "log10_lr0": theta[0], "log10_decay": theta[1]}
-
-    return TaskSetup(
-        system=system,
-        theta=theta,
-        evaluate=metrics,
-        reference={
-            "objective": "mean full-batch training loss over the run (32 fixed minibatch streams)",
-            "grid_best_theta": best.tolist(),
-            "grid_best_objective": best_loss,
-            "grid": "log10 lr0 in linspace(-3, 0.5, 36) x log10 decay in linspace(-4, 0, 21)",
-            "horizon": horizon,
-        },
-        settings=standard_settings(workers=4, particles=50, sigma=0.1, truncation=10),
-        default_estimators=DEFAULT_ESTIMATORS["lr-schedule"],
-        **_adam_cosine(5e-2),
-        default_steps=1000,
-        default_seeds=2,
-        reached=lambda theta, m: float(m["objective"]) <= 1.02 * best_loss,
-    )
-
-
-def mlp_hyper_setup(horizon: int = 200) -> TaskSetup:
-    """Tune SGD's learning rate, momentum and weight decay training an MLP on digits."""
-    system, theta, evaluate = tasks.mlp_hyperparameters(horizon=horizon)
-    return TaskSetup(
-        system=system,
-        theta=theta,
-        evaluate=evaluate,
-        reference={
-            "objective": "mean validation loss over the run (16 fixed inits and minibatch streams)",
-            "horizon": horizon,
-            "theta": "[log10 lr, logit momentum, log10 weight decay]",
-        },
-        settings=standard_settings(workers=4, particles=32, sigma=0.1, truncation=10),
-        default_estimators=DEFAULT_ESTIMATORS["mlp-hyper"],
-        **_adam_cosine(3e-2),
-        default_steps=200,
-        default_seeds=2,
-    )
-
-
-def _lopt_setup(problem: str, horizon: int) -> TaskSetup:
-    system, theta, evaluate = tasks.learned_optimizer(problem, horizon=horizon)
-    adam = tasks.adam_baseline(problem, horizon=horizon)
-    best = adam["best"]["objective"]
-    return TaskSetup(
-        system=system,
-        theta=theta,
-        evaluate=evaluate,
-        reference={
-            "objective": "mean inner training loss over the run on 16 held-out inner tasks",
-            "horizon": horizon,
-            "sgd_objective": float(evaluate(theta)["objective"]),
-            "adam_tuned_objective": best,
-            "adam_best_log10_learning_rate": adam["best_log10_learning_rate"],
-            "adam_tuned": adam["best"],
-        },
-        settings=standard_settings(workers=4, particles=16, sigma=0.01, truncation=10),
-        default_estimators=DEFAULT_ESTIMATORS[f"lopt-{problem}"],
-        **_adam_cosine(3e-3),
-        default_steps=300,
-        default_seeds=2,
-        reached=lambda theta, metrics: float(metrics["objective"]) <= best,
-    )
-
-
-def lopt_digits_setup(horizon: int = 200) -> TaskSetup:
-    """Meta-train a per-parameter MLP optimizer on MLP training on digits (vs tuned Adam)."""
-    return _lopt_setup("digits", horizon)
-
-
-def lopt_quadratic_setup(horizon: int = 100) -> TaskSetup:
-    """Meta-train a per-parameter MLP optimizer on random 20-d quadratics (vs tuned Adam)."""
-    return _lopt_setup("quadratic", horizon)
-
 
 TASKS: dict[str, Callable[..., TaskSetup]] = {
     "influence-balancing": influence_balancing_setup,
@@ -321,6 +63,15 @@ TASKS: dict[str, Callable[..., TaskSetup]] = {
     "mlp-hyper": mlp_hyper_setup,
     "lopt-digits": lopt_digits_setup,
     "lopt-quadratic": lopt_quadratic_setup,
+}
+
+# the estimators `unroll compare TASK` runs when none are named (each task module's list)
+DEFAULT_ESTIMATORS: dict[str, list[str]] = {
+    **INFLUENCE_ESTIMATORS,
+    **RNN_ESTIMATORS,
+    **LORENZ_ESTIMATORS,
+    **HYPER_ESTIMATORS,
+    **LOPT_ESTIMATORS,
 }
 
 
@@ -540,50 +291,3 @@ def _summary(task, setup, results, seeds, steps, command, seed=0) -> dict:
             entry["reached"] = all(per_seed)
         out["estimators"][name] = entry
     return out
-
-
-def plot_curves(path: str, results: dict, reference: dict, title: str) -> None:
-    """The objective (its gap to the optimum where known, log scale) against outer steps,
-    inner steps and training wall time; mean and min-max band over seeds. A scalar theta
-    gets a fourth panel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    histories = [h for _, h, _, _ in results.values()]
-    use_gap = all("eval/gap" in h for h in histories)
-    show_theta = all("eval/theta" in h and h["eval/theta"].ndim == 2 for h in histories)
-    fig, axes = plt.subplots(1, 3 + show_theta, figsize=(5 * (3 + show_theta), 4.2))
-    for name, (_, history, _, _) in results.items():
-        y = np.maximum(history["eval/gap"], 1e-14) if use_gap else history["eval/objective"]
-        steps = history["eval_step"]
-        inner = np.concatenate([[0], np.cumsum(history["steps"][0])])[steps]
-        xs = [steps, inner, history["eval_time_s"]]
-        ys = [y, y, y]
-        if show_theta:
-            xs.append(steps)
-            ys.append(history["eval/theta"])
-        for ax, x, v in zip(axes, xs, ys):
-            (line,) = ax.plot(x, v.mean(axis=0), label=name)
-            ax.fill_between(x, v.min(axis=0), v.max(axis=0), color=line.get_color(), alpha=0.2)
-    ylabel = "L(theta) - L(theta*)" if use_gap else "objective"
-    for ax, xlabel in zip(axes, ["outer step", "inner steps (all workers and particles)", "training time (s)"]):
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        if use_gap or np.all([np.all(h["eval/objective"] > 0) for h in histories]):
-            ax.set_yscale("log")
-    axes[1].set_xscale("symlog", linthresh=1e3)
-    axes[1].set_xlim(left=0)
-    axes[0].set_title(f"{title}: {ylabel} (mean, min-max over seeds)")
-    if show_theta:
-        ax_theta = axes[3]
-        if "theta_star" in reference:
-            ax_theta.axhline(reference["theta_star"], color="k", ls="--", lw=1, label="theta* (horizon)")
-        ax_theta.set_xlabel("outer step")
-        ax_theta.set_ylabel("theta")
-        ax_theta.set_yscale("symlog", linthresh=0.5)
-    axes[-1].legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -1,11 +1,12 @@
-"""Matplotlib views of ``unroll.diagnostics`` results. Each function draws on ``ax`` (a new
-figure when ``None``) and returns the axes, so notebooks can compose them."""
+"""Matplotlib views of ``unroll.diagnostics`` results. Each ``plot_*`` function but
+``plot_curves`` draws on ``ax`` (a new figure when ``None``) and returns the axes, so
+notebooks can compose them; ``plot_curves`` writes ``unroll compare``'s curves.png."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["plot_gradient_vs_horizon", "plot_jacobian_spectrum", "plot_loss_along", "plot_lyapunov"]
+__all__ = ["plot_curves", "plot_gradient_vs_horizon", "plot_jacobian_spectrum", "plot_loss_along", "plot_lyapunov"]
 
 
 def _axes(ax):
@@ -73,3 +74,50 @@ def plot_loss_along(horizons, offsets, losses, smoothed=None, ax=None):
     ax.set_ylabel("mean episode loss" + (" (dashed: ES-smoothed)" if smoothed is not None else ""))
     ax.legend(fontsize=8)
     return ax
+
+
+def plot_curves(path: str, results: dict, reference: dict, title: str) -> None:
+    """The objective (its gap to the optimum where known, log scale) against outer steps,
+    inner steps and training wall time; mean and min-max band over seeds. A scalar theta
+    gets a fourth panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    histories = [h for _, h, _, _ in results.values()]
+    use_gap = all("eval/gap" in h for h in histories)
+    show_theta = all("eval/theta" in h and h["eval/theta"].ndim == 2 for h in histories)
+    fig, axes = plt.subplots(1, 3 + show_theta, figsize=(5 * (3 + show_theta), 4.2))
+    for name, (_, history, _, _) in results.items():
+        y = np.maximum(history["eval/gap"], 1e-14) if use_gap else history["eval/objective"]
+        steps = history["eval_step"]
+        inner = np.concatenate([[0], np.cumsum(history["steps"][0])])[steps]
+        xs = [steps, inner, history["eval_time_s"]]
+        ys = [y, y, y]
+        if show_theta:
+            xs.append(steps)
+            ys.append(history["eval/theta"])
+        for ax, x, v in zip(axes, xs, ys):
+            (line,) = ax.plot(x, v.mean(axis=0), label=name)
+            ax.fill_between(x, v.min(axis=0), v.max(axis=0), color=line.get_color(), alpha=0.2)
+    ylabel = "L(theta) - L(theta*)" if use_gap else "objective"
+    for ax, xlabel in zip(axes, ["outer step", "inner steps (all workers and particles)", "training time (s)"]):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if use_gap or np.all([np.all(h["eval/objective"] > 0) for h in histories]):
+            ax.set_yscale("log")
+    axes[1].set_xscale("symlog", linthresh=1e3)
+    axes[1].set_xlim(left=0)
+    axes[0].set_title(f"{title}: {ylabel} (mean, min-max over seeds)")
+    if show_theta:
+        ax_theta = axes[3]
+        if "theta_star" in reference:
+            ax_theta.axhline(reference["theta_star"], color="k", ls="--", lw=1, label="theta* (horizon)")
+        ax_theta.set_xlabel("outer step")
+        ax_theta.set_ylabel("theta")
+        ax_theta.set_yscale("symlog", linthresh=0.5)
+    axes[-1].legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

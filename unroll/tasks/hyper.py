@@ -19,6 +19,7 @@ import numpy as np
 
 from unroll.system import System, check_positive_int
 from unroll.tasks.evaluation import episode_evaluator
+from unroll.tasks.setup import TaskSetup, adam_cosine, standard_settings
 
 
 def regression_data(
@@ -126,3 +127,58 @@ def mlp_hyperparameters(
         },
     )
     return system, jnp.asarray(initial, dtype), evaluate
+
+
+# the estimators `unroll compare TASK` runs when none are named
+DEFAULT_ESTIMATORS: dict[str, list[str]] = {
+    "lr-schedule": ["tbptt-10", "tes", "pes", "nres", "es", "full-bptt"],
+    "mlp-hyper": ["tbptt-10", "pes", "es", "full-bptt"],
+}
+
+
+def lr_schedule_setup(horizon: int = 200) -> TaskSetup:
+    """Tune SGD's learning-rate schedule lr0 / (1 + decay t) (log10 scale) on ill-conditioned regression."""
+    system, theta, evaluate = lr_schedule(horizon=horizon)
+    _, best, best_loss = lr_schedule_grid(evaluate, np.linspace(-3, 0.5, 36), np.linspace(-4, 0, 21))
+
+    def metrics(theta):
+        return {**evaluate(theta), "log10_lr0": theta[0], "log10_decay": theta[1]}
+
+    return TaskSetup(
+        system=system,
+        theta=theta,
+        evaluate=metrics,
+        reference={
+            "objective": "mean full-batch training loss over the run (32 fixed minibatch streams)",
+            "grid_best_theta": best.tolist(),
+            "grid_best_objective": best_loss,
+            "grid": "log10 lr0 in linspace(-3, 0.5, 36) x log10 decay in linspace(-4, 0, 21)",
+            "horizon": horizon,
+        },
+        settings=standard_settings(workers=4, particles=50, sigma=0.1, truncation=10),
+        default_estimators=DEFAULT_ESTIMATORS["lr-schedule"],
+        **adam_cosine(5e-2),
+        default_steps=1000,
+        default_seeds=2,
+        reached=lambda theta, m: float(m["objective"]) <= 1.02 * best_loss,
+    )
+
+
+def mlp_hyper_setup(horizon: int = 200) -> TaskSetup:
+    """Tune SGD's learning rate, momentum and weight decay training an MLP on digits."""
+    system, theta, evaluate = mlp_hyperparameters(horizon=horizon)
+    return TaskSetup(
+        system=system,
+        theta=theta,
+        evaluate=evaluate,
+        reference={
+            "objective": "mean validation loss over the run (16 fixed inits and minibatch streams)",
+            "horizon": horizon,
+            "theta": "[log10 lr, logit momentum, log10 weight decay]",
+        },
+        settings=standard_settings(workers=4, particles=32, sigma=0.1, truncation=10),
+        default_estimators=DEFAULT_ESTIMATORS["mlp-hyper"],
+        **adam_cosine(3e-2),
+        default_steps=200,
+        default_seeds=2,
+    )

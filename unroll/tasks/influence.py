@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unroll.system import System, check_positive_int
+from unroll.tasks.setup import TaskSetup, adam_cosine, standard_settings
 
 THETA_INIT = 0.5
 
@@ -95,3 +96,37 @@ def influence_gap_fn(horizon: int = 1000, num_units: int = 23, num_positive: int
 
 def _coefficients(a, c):
     return tuple(float(np.mean(v)) for v in (0.5 * (a - 1) ** 2, c * (a - 1), 0.5 * c * c))
+
+
+# the estimators `unroll compare TASK` runs when none are named
+DEFAULT_ESTIMATORS: dict[str, list[str]] = {
+    "influence-balancing": ["tbptt-1", "tbptt-10", "tbptt-100", "tes", "pes", "nres", "forward", "rtrl", "full-bptt"],
+}
+
+
+def influence_balancing_setup(horizon: int = 1000) -> TaskSetup:
+    """Influence balancing with the settings of the main job (Vicol et al. 2021, Sec. 5.1)."""
+    system = influence_balancing(horizon)
+    objective, gap = influence_loss_fn(horizon), influence_gap_fn(horizon)
+    optimum = influence_optimum(horizon)
+    tolerance = 0.02
+    return TaskSetup(
+        system=system,
+        theta=jnp.asarray(THETA_INIT, jnp.float32),
+        evaluate=lambda theta: {"objective": objective(theta), "gap": gap(theta), "theta": theta},
+        reference={
+            "objective": "exact mean episode loss L(theta) (closed form); gap = L(theta) - L(theta*)",
+            "theta_star": optimum,
+            "objective_at_theta_star": float(objective(optimum)),
+            "theta_star_steady_state": -1.0 / 6.0,
+            "horizon": horizon,
+            "tolerance": tolerance,
+        },
+        # 1000 particles in all (10 workers x 100), as Vicol et al.
+        settings=standard_settings(workers=10, particles=100, sigma=0.1, truncation=10),
+        default_estimators=DEFAULT_ESTIMATORS["influence-balancing"],
+        **adam_cosine(1e-2),
+        default_steps=500,
+        default_seeds=3,
+        reached=lambda theta, metrics: abs(float(theta) - optimum) < tolerance,
+    )

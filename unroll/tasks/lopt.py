@@ -28,6 +28,7 @@ import numpy as np
 from unroll.system import System, check_positive_int
 from unroll.tasks.evaluation import episode_evaluator
 from unroll.tasks.inner import digits, minibatch, mlp
+from unroll.tasks.setup import TaskSetup, adam_cosine, standard_settings
 
 DECAYS = (0.5, 0.9, 0.99)
 NUM_FEATURES = 2 + len(DECAYS)
@@ -167,3 +168,45 @@ def adam_baseline(
         "best_log10_learning_rate": float(grid[best]),
         "best": {k: float(v[best]) for k, v in results.items()},
     }
+
+
+# the estimators `unroll compare TASK` runs when none are named
+DEFAULT_ESTIMATORS: dict[str, list[str]] = {
+    "lopt-digits": ["pes", "tbptt-10", "es", "full-bptt"],
+    "lopt-quadratic": ["pes", "tbptt-10", "es", "full-bptt"],
+}
+
+
+def _lopt_setup(problem: str, horizon: int) -> TaskSetup:
+    system, theta, evaluate = learned_optimizer(problem, horizon=horizon)
+    adam = adam_baseline(problem, horizon=horizon)
+    best = adam["best"]["objective"]
+    return TaskSetup(
+        system=system,
+        theta=theta,
+        evaluate=evaluate,
+        reference={
+            "objective": "mean inner training loss over the run on 16 held-out inner tasks",
+            "horizon": horizon,
+            "sgd_objective": float(evaluate(theta)["objective"]),
+            "adam_tuned_objective": best,
+            "adam_best_log10_learning_rate": adam["best_log10_learning_rate"],
+            "adam_tuned": adam["best"],
+        },
+        settings=standard_settings(workers=4, particles=16, sigma=0.01, truncation=10),
+        default_estimators=DEFAULT_ESTIMATORS[f"lopt-{problem}"],
+        **adam_cosine(3e-3),
+        default_steps=300,
+        default_seeds=2,
+        reached=lambda theta, metrics: float(metrics["objective"]) <= best,
+    )
+
+
+def lopt_digits_setup(horizon: int = 200) -> TaskSetup:
+    """Meta-train a per-parameter MLP optimizer on MLP training on digits (vs tuned Adam)."""
+    return _lopt_setup("digits", horizon)
+
+
+def lopt_quadratic_setup(horizon: int = 100) -> TaskSetup:
+    """Meta-train a per-parameter MLP optimizer on random 20-d quadratics (vs tuned Adam)."""
+    return _lopt_setup("quadratic", horizon)

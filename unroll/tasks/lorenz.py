@@ -16,6 +16,7 @@ import numpy as np
 
 from unroll.system import System, check_positive_int
 from unroll.tasks.evaluation import episode_evaluator
+from unroll.tasks.setup import TaskSetup, adam_cosine, standard_settings
 
 TRUE_PARAMS = (10.0, 28.0, 8.0 / 3.0)
 
@@ -88,3 +89,30 @@ def lorenz(
         extra=lambda theta: {"param_error": jnp.linalg.norm(theta - true.astype(theta.dtype))},
     )
     return system, jnp.asarray(initial_params, dtype), evaluate
+
+
+# the estimators `unroll compare TASK` runs when none are named
+DEFAULT_ESTIMATORS: dict[str, list[str]] = {
+    "lorenz": ["full-bptt", "tbptt-10", "pes", "es"],
+}
+
+
+def lorenz_setup(horizon: int = 200) -> TaskSetup:
+    """Lorenz-63 parameter estimation (sigma, rho, beta) from an observed trajectory (chaotic)."""
+    system, theta, evaluate = lorenz(horizon=horizon)
+    return TaskSetup(
+        system=system,
+        theta=theta,
+        evaluate=evaluate,
+        reference={
+            "objective": "mean squared state error over 32 fixed episodes",
+            "theta_true": list(TRUE_PARAMS),
+            "horizon": horizon,
+        },
+        settings=standard_settings(workers=4, particles=50, sigma=0.3, truncation=10),
+        default_estimators=DEFAULT_ESTIMATORS["lorenz"],
+        **adam_cosine(0.1),
+        default_steps=300,
+        default_seeds=2,
+        reached=lambda theta, metrics: float(metrics["param_error"]) < 0.5,
+    )

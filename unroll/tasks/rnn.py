@@ -24,6 +24,7 @@ import numpy as np
 
 from unroll.system import System, check_positive_int
 from unroll.tasks.evaluation import episode_evaluator
+from unroll.tasks.setup import TaskSetup, adam_cosine, standard_settings
 
 PyTree = Any
 
@@ -428,3 +429,83 @@ def char_lm(
         return {**out, "bits_per_char": out["objective"] / jnp.log(2.0)}
 
     return system, theta, evaluate
+
+
+# the estimators `unroll compare TASK` runs when none are named
+DEFAULT_ESTIMATORS: dict[str, list[str]] = {
+    "copy": ["tbptt-5", "full-bptt", "uoro", "dni-5", "pes", "forward"],
+    "flip-flop": ["tbptt-10", "full-bptt", "uoro", "dni", "pes", "forward"],
+    "char-lm": ["tbptt-16", "full-bptt", "dni-16", "uoro-16", "pes-16"],
+}
+
+
+def _network_setup(
+    made,
+    reference: dict,
+    learning_rate: float,
+    defaults: list[str],
+    steps: int,
+    truncation: int,
+    sigma: float,
+    particles: int,
+    workers: int = 4,
+) -> TaskSetup:
+    system, theta, evaluate = made
+    return TaskSetup(
+        system=system,
+        theta=theta,
+        evaluate=evaluate,
+        reference=dict(reference, horizon=system.horizon),
+        settings=standard_settings(
+            workers=workers, particles=particles, sigma=sigma, truncation=truncation, directions=4
+        ),
+        default_estimators=defaults,
+        **adam_cosine(learning_rate),
+        default_steps=steps,
+        default_seeds=2,
+    )
+
+
+def copy_setup(horizon: int | None = None, length: int = 5, cell: str = "gru", hidden: int = 32) -> TaskSetup:
+    """Copy task: recall 5 symbols (of 4) after a delay; horizon = 2 * length + delay."""
+    delay = 10 if horizon is None else horizon - 2 * length
+    if delay < 1:
+        raise ValueError(f"`horizon`={horizon} must exceed 2 * length = {2 * length} for the copy task.")
+    made = copy_task(length=length, delay=delay, num_symbols=4, cell=cell, hidden=hidden)
+    reference = {
+        "objective": "mean step cross-entropy (nats) on 64 held-out sequences",
+        "memoryless_loss": copy_memoryless_loss(length, delay, 4),
+        "cell": cell,
+        "hidden": hidden,
+    }
+    return _network_setup(
+        made, reference, 3e-3, DEFAULT_ESTIMATORS["copy"], 300, truncation=5, sigma=0.01, particles=16
+    )
+
+
+def flip_flop_setup(horizon: int = 100, cell: str = "gru", hidden: int = 32) -> TaskSetup:
+    """3-bit flip-flop: hold the sign of each channel's last pulse."""
+    made = flip_flop(num_bits=3, horizon=horizon, pulse_probability=0.05, cell=cell, hidden=hidden)
+    reference = {
+        "objective": "mean step binary cross-entropy (nats, summed over 3 bits) on 64 held-out sequences",
+        "chance_loss": 3 * float(np.log(2)),
+        "cell": cell,
+        "hidden": hidden,
+    }
+    return _network_setup(
+        made, reference, 3e-3, DEFAULT_ESTIMATORS["flip-flop"], 300, truncation=10, sigma=0.01, particles=16
+    )
+
+
+def char_lm_setup(horizon: int = 64, cell: str = "lstm", hidden: int = 64) -> TaskSetup:
+    """Character LM on Python's bundled help text (pydoc_data.topics)."""
+    made = char_lm(horizon=horizon, cell=cell, hidden=hidden, embedding=16)
+    reference = {
+        "objective": "validation cross-entropy (nats per character); bits_per_char = objective / ln 2",
+        "uniform_bits_per_char": float(np.log2(python_docs_corpus().vocab_size)),
+        "cell": cell,
+        "hidden": hidden,
+    }
+    return _network_setup(
+        made, reference, 3e-3, DEFAULT_ESTIMATORS["char-lm"], 3000, truncation=16, sigma=0.01, particles=16
+    )
