@@ -23,6 +23,7 @@ Run ``python -m benchmarks.memory_horizon`` (``--quick`` for a smoke run).
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import platform
 from collections.abc import Callable, Sequence
@@ -34,7 +35,7 @@ import optax
 
 import unroll
 from benchmarks.report import report
-from unroll import tasks
+from unroll import registry, tasks
 
 HIDDEN = 32
 TRUNCATION = 10
@@ -44,17 +45,15 @@ CHECKPOINT_BUDGET = 100
 # the Gruslys planner is O(T^2 m) (numpy): 0.6 s at T = 4000, m = 50; about 10 min at T = 1e5
 CHECKPOINT_MAX_HORIZON = 20_000
 
+# every registered estimator, with the same workers, particles and window (unroll.registry)
+SETTINGS = dict(
+    truncation=TRUNCATION, sigma=0.01, num_particles=PARTICLES, num_workers=WORKERS,
+    num_directions=PARTICLES, memory_budget=CHECKPOINT_BUDGET,
+)  # fmt: skip
 ESTIMATORS: dict[str, Callable[[unroll.System], unroll.Estimator]] = {
-    "pes": lambda s: unroll.pes(s, truncation=TRUNCATION, sigma=0.01, num_particles=PARTICLES, num_workers=WORKERS),
-    "nres": lambda s: unroll.nres(s, truncation=TRUNCATION, sigma=0.01, num_particles=PARTICLES, num_workers=WORKERS),
-    "rtrl": lambda s: unroll.rtrl(s, truncation=TRUNCATION, num_workers=WORKERS),
-    "uoro": lambda s: unroll.uoro(s, truncation=TRUNCATION, num_workers=WORKERS),
-    "dni": lambda s: unroll.dni(s, truncation=TRUNCATION, num_workers=WORKERS),
-    "truncated_bptt": lambda s: unroll.truncated_bptt(s, truncation=TRUNCATION, num_workers=WORKERS),
-    "full_bptt": lambda s: unroll.full_bptt(s),
-    f"checkpointed_bptt ({CHECKPOINT_BUDGET})": lambda s: unroll.checkpointed_bptt(s, memory_budget=CHECKPOINT_BUDGET),
+    name: functools.partial(registry.build, name, **SETTINGS) for name in registry.ESTIMATORS
 }
-ONLINE = ("pes", "nres", "rtrl", "uoro", "dni", "truncated_bptt")
+ONLINE = tuple(name for name, entry in registry.ESTIMATORS.items() if entry.windowed)  # run one window too
 
 
 def rnn_system(horizon: int, hidden: int = HIDDEN) -> unroll.System:
@@ -121,7 +120,7 @@ def measure_horizons(horizons: Sequence[int]) -> dict[tuple[str, int], Cost]:
     for horizon in horizons:
         system = rnn_system(horizon)
         for name, make in ESTIMATORS.items():
-            if name.startswith("checkpointed") and horizon > CHECKPOINT_MAX_HORIZON:
+            if name == "checkpointed-bptt" and horizon > CHECKPOINT_MAX_HORIZON:
                 continue  # its plan would take minutes (see CHECKPOINT_MAX_HORIZON)
             costs[name, horizon] = estimate_cost(make(system), theta, run=name in ONLINE)
             print(f"  {name} at horizon {horizon}: {mb(costs[name, horizon].temp_bytes)}", flush=True)

@@ -81,6 +81,7 @@ import jax.numpy as jnp
 import unroll
 from benchmarks.cli import fill_defaults, positive_int
 from benchmarks.report import report
+from unroll import registry
 
 PyTree = Any
 
@@ -193,22 +194,15 @@ TASKS = {
 
 
 def build(name: str, system: unroll.System) -> unroll.Estimator:
-    kw = dict(truncation=TRUNCATION, num_workers=NUM_WORKERS)
-    if name == "tbptt":
-        return unroll.truncated_bptt(system, **kw)
-    if name == "rtrl":
-        return unroll.rtrl(system, **kw)
-    if name == "rtrl-fast":
-        return unroll.rtrl(system, sparse=True, **kw)
-    if name == "rtrl-general":
-        return unroll.rtrl(system, sparse=False, **kw)
-    if name == "snap":
-        return unroll.snap(system, **kw, order=1)
-    if name == "uoro":
-        return unroll.uoro(system, **kw)
-    if name == "dni":
-        return unroll.dni(system, **kw)
-    raise ValueError(f"unknown estimator {name!r}; expected one of {ESTIMATORS}")
+    """A registered estimator (``unroll.registry``) with this benchmark's window and workers;
+    ``rtrl-fast`` / ``rtrl-general`` are rtrl with ``sparse=True`` / ``False``."""
+    settings = dict(truncation=TRUNCATION, num_workers=NUM_WORKERS)
+    layouts = {"rtrl-fast": True, "rtrl-general": False}
+    if name in layouts:
+        return registry.build("rtrl", system, **settings, sparse=layouts[name])
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; expected one of {ESTIMATORS}")
+    return registry.build(name, system, **settings)
 
 
 # --------------------------------------------------------------------- estimates

@@ -29,6 +29,7 @@ Run ``python -m benchmarks.train_overhead`` (``--quick`` for a smoke run).
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import statistics
 import time
@@ -47,16 +48,19 @@ from benchmarks.pes_throughput import (
     regression_system,
 )
 from benchmarks.report import report
+from unroll import registry
 from unroll.train import TrainState, make_train_step
 
 GOAL_MS = 1.0
 
 CASES: dict[str, Callable[[unroll.System], unroll.Estimator]] = {
-    "pes, 16 trajectories": lambda s: unroll.pes(s, truncation=TRUNCATION, sigma=SIGMA, num_particles=2, num_workers=8),
-    "pes, 256 trajectories": lambda s: unroll.pes(
-        s, truncation=TRUNCATION, sigma=SIGMA, num_particles=32, num_workers=8
+    "pes, 16 trajectories": functools.partial(
+        registry.build, "pes", truncation=TRUNCATION, sigma=SIGMA, num_particles=2, num_workers=8
     ),
-    "truncated_bptt, 8 workers": lambda s: unroll.truncated_bptt(s, truncation=TRUNCATION, num_workers=8),
+    "pes, 256 trajectories": functools.partial(
+        registry.build, "pes", truncation=TRUNCATION, sigma=SIGMA, num_particles=32, num_workers=8
+    ),
+    "tbptt, 8 workers": functools.partial(registry.build, "tbptt", truncation=TRUNCATION, num_workers=8),
 }
 
 

@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 
 import unroll
 from tests.stochastic import THETA, linear_quadratic
-from tests.systems import rnn_system, rnn_theta
+from tests.systems import ESTIMATOR_NAMES, sharding_case
 from unroll.sharding import shard
 
 WINDOWS = 3
@@ -136,30 +136,11 @@ def compare(est, theta, key, mesh, spec=None) -> dict:
 
 def single() -> dict:
     mesh = jax.make_mesh((8,), ("d",))
-    rnn, rnn_params = rnn_system(horizon=6), rnn_theta()
     lq, lq_theta = linear_quadratic(7), jnp.asarray(THETA)
     key = jax.random.key(0)
-    cases = {
-        "pes": (unroll.pes(lq, truncation=3, sigma=0.1, num_particles=2, num_workers=8), lq_theta, None),
-        "nres": (unroll.nres(lq, truncation=3, sigma=0.1, num_particles=2, num_workers=8), lq_theta, None),
-        "truncated_es": (
-            unroll.truncated_es(lq, truncation=3, sigma=0.1, num_particles=2, num_workers=8),
-            lq_theta,
-            None,
-        ),
-        "es": (unroll.es(lq, sigma=0.1, num_particles=2, num_workers=8), lq_theta, None),
-        "truncated_bptt": (unroll.truncated_bptt(rnn, truncation=4, num_workers=8), rnn_params, None),
-        "full_bptt": (unroll.full_bptt(rnn, num_workers=8), rnn_params, None),
-        "rtrl": (unroll.rtrl(rnn, truncation=4, num_workers=8), rnn_params, None),
-        "uoro": (unroll.uoro(rnn, truncation=4, num_workers=8), rnn_params, None),
-        "forward_gradient": (
-            unroll.forward_gradient(rnn, truncation=4, num_workers=8, num_directions=2),
-            rnn_params,
-            None,
-        ),
-        "dni": (unroll.dni(rnn, truncation=4, num_workers=8), rnn_params, None),
-        "pes_particles": (unroll.pes(lq, truncation=3, sigma=0.1, num_particles=16), lq_theta, P(None, "d")),
-    }
+    # every registered estimator (tests.systems.sharding_case), plus two other layouts of pes
+    cases = {name: (*sharding_case(name), None) for name in ESTIMATOR_NAMES}
+    cases["pes_particles"] = (unroll.pes(lq, truncation=3, sigma=0.1, num_particles=16), lq_theta, P(None, "d"))
     results = {name: compare(est, theta, key, mesh, spec) for name, (est, theta, spec) in cases.items()}
 
     mesh_2d = jax.make_mesh((4, 2), ("w", "p"))

@@ -240,3 +240,17 @@ def step_losses(system, theta, key, num_steps):
         state, loss = system.step(theta, state, t)
         losses.append(float(loss))
     return state, losses
+
+
+def sharding_case(name: str, num_workers: int = 8):
+    """``(estimator, theta)`` on which ``unroll.shard`` is checked for the registered
+    estimator ``name`` (``tests/sharding_worker.py``): ES estimators on the
+    linear-quadratic system (2 particles), the others on the RNN, ``num_workers`` workers."""
+    from tests.stochastic import THETA, linear_quadratic  # (stochastic imports this module's unroll only)
+
+    entry = REGISTERED[name]
+    if entry.family == "es":
+        settings = {"truncation": 3, "sigma": 0.1, "num_particles": 2}
+        return registry.build(entry.name, linear_quadratic(7), num_workers=num_workers, **settings), jnp.asarray(THETA)
+    settings = {"truncation": 4, "num_directions": 2, "memory_budget": 2}
+    return registry.build(entry.name, rnn_system(horizon=6), num_workers=num_workers, **settings), rnn_theta()

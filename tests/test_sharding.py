@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 import unroll
 from tests.stochastic import linear_quadratic
-from tests.systems import rnn_system, rnn_theta
+from tests.systems import ESTIMATOR_NAMES, REGISTERED, rnn_system, rnn_theta, sharding_case
 from unroll.sharding import state_shardings
 from unroll.window import reset_schedule
 
@@ -71,26 +71,26 @@ def single():
     return run_worker("single", num_devices=8)
 
 
-# name -> the per-device block of the [W, P] trajectories
-SHARD_SHAPES = {
-    "pes": [1, 2],
-    "nres": [1, 2],
-    "truncated_es": [1, 1],
-    "es": [1, 2],
-    "truncated_bptt": [1, 1],
-    "full_bptt": [1, 1],
-    "rtrl": [1, 1],
-    "uoro": [1, 1],
-    "forward_gradient": [1, 2],
-    "dni": [1, 1],
-    "pes_particles": [1, 2],  # num_workers=1, num_particles=16, spec P(None, "d")
-    "pes_2d_mesh": [1, 2],  # 4 x 4 trajectories on a ("w": 4, "p": 2) mesh, spec P("w", "p")
-}
+def _unsharded_state(name):
+    estimator, theta = sharding_case(name)
+    return jax.eval_shape(estimator.init, theta, jax.random.key(0))
 
+
+# name -> the per-device block of the [W, P] trajectories: every registered estimator has
+# 8 workers, one per device, and all of its particles (its unsharded state says how many)
+SHARD_SHAPES = {name: [1, _unsharded_state(name).workers.t.shape[1]] for name in ESTIMATOR_NAMES}
+SHARD_SHAPES.update(
+    {
+        "pes_particles": [1, 2],  # num_workers=1, num_particles=16, spec P(None, "d")
+        "pes_2d_mesh": [1, 2],  # 4 x 4 trajectories on a ("w": 4, "p": 2) mesh, spec P("w", "p")
+    }
+)
+# the leaves of the state that are not per trajectory (dni: synthesizer + adam state), replicated
+NUM_REPLICATED = {name: len(jax.tree_util.tree_leaves(_unsharded_state(name).extra)) for name in ESTIMATOR_NAMES}
 
 # their backward scan sums theta's cotangent over the trajectories at every step, one
 # all-reduce per step (XLA's CPU pipeline does not move it out of the loop)
-REVERSE_MODE = {"truncated_bptt", "full_bptt", "dni"}
+REVERSE_MODE = {name for name, entry in REGISTERED.items() if entry.family in ("bptt", "synthetic")}
 
 
 @pytest.mark.slow
@@ -109,7 +109,9 @@ def test_sharded_windows_equal_unsharded(single, name):
         assert r["all_gathers"] == 0, r
     if name not in REVERSE_MODE:  # the steps of the window communicate nothing
         assert r["loop_collectives"] == 0, r
-    assert r["num_replicated"] == (7 if name == "dni" else 0), r  # dni: synthesizer + adam state
+    assert r["num_replicated"] == NUM_REPLICATED.get(name, 0), r
+    if name == "dni":
+        assert r["num_replicated"] == 7, r  # synthesizer + adam state
 
 
 @pytest.mark.slow
