@@ -65,6 +65,7 @@ def assert_same_run(a: str, b: str) -> None:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
+    """The reference run (a subprocess), once: ``--dist loadfile`` keeps this file in one worker."""
     folder = tmp_path_factory.mktemp("uninterrupted")
     out = str(folder / "out.npz")
     code, err = finished(worker(str(folder / "run.npz"), out))

@@ -67,7 +67,10 @@ def run_worker(*args: str, num_devices: int) -> dict:
 
 @pytest.fixture(scope="module")
 def single():
-    """Every estimator, sharded over 8 forced host devices, against itself unsharded."""
+    """Every estimator, sharded over 8 forced host devices, against itself unsharded.
+
+    One ~60 s subprocess, run once: pyproject's ``--dist loadfile`` keeps this file's
+    tests in one xdist worker (split over workers, each would run it again)."""
     return run_worker("single", num_devices=8)
 
 
