@@ -9,6 +9,7 @@ them). The CLI's bad input is one line on stderr and exit code 2 (more cases in
 ``tests/test_cli.py``).
 """
 
+import inspect
 import math
 import re
 import types
@@ -668,3 +669,18 @@ def test_cli_argparse_errors_are_one_line_and_exit_2(argv, words, capsys):
     code, err = run_cli(argv, capsys)
     assert code == 2 and words in err and "--help" in err, err
     assert "\n" not in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("name", ESTIMATOR_NAMES)
+def test_a_positional_call_says_to_name_the_arguments(name):
+    """Every registered constructor is ``system`` then keyword-only arguments; a positional
+    call fails at once, naming the keyword the value would have to be given as."""
+    constructor = getattr(unroll, name)
+    first = list(inspect.signature(constructor).parameters)[1]  # the first keyword after `system`
+    message = raises(
+        lambda: constructor(good_system(), 3),
+        f"`{name}` takes `system` and then keyword arguments only",
+        "name the argument(s)",
+        error=TypeError,
+    )
+    assert f"{name}(system, {first}=3)" in message, message
