@@ -66,19 +66,6 @@ def z_scores(samples: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 def steady_estimates(estimator, theta, key, num_samples: int, burn_in: int) -> np.ndarray:
     """``[num_samples, ...]``: per independent seed, the single estimate of window
-    ``burn_in + 1`` after ``init`` (the first ``burn_in`` windows are run and dropped),
-    so accumulators such as PES's ``xi`` have reached their steady state; vmapped, one
-    compiled call."""
-
-    def sample(key):
-        init_key, run_key = jax.random.split(key)
-        state = estimator.init(theta, init_key)
-
-        def window(state, k):
-            grad, state, _ = estimator.estimate(theta, state, jax.random.fold_in(run_key, k))
-            return state, grad
-
-        _, grads = jax.lax.scan(window, state, jnp.arange(burn_in + 1))
-        return jax.tree_util.tree_map(lambda g: g[-1], grads)
-
-    return np.asarray(jax.jit(jax.vmap(sample))(jax.random.split(key, num_samples)))
+    ``burn_in + 1`` after ``init`` (``estimate_samples`` with a burn-in), so accumulators
+    such as PES's ``xi`` have reached their steady state."""
+    return np.asarray(estimate_samples(estimator, theta, key, num_samples, 1, burn_in=burn_in))

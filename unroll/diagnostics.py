@@ -146,13 +146,18 @@ class GradientQuality(NamedTuple):
     samples: jax.Array
 
 
-def estimate_samples(estimator, theta, key, num_samples: int, windows_per_sample: int = 1):
+def estimate_samples(estimator, theta, key, num_samples: int, windows_per_sample: int = 1, burn_in: int = 0):
     """``num_samples`` independent estimates at a fixed ``theta``, stacked (leading axis):
     each the mean of ``windows_per_sample`` consecutive window estimates from a fresh
-    ``init`` (keys ``split(key, num_samples)``; window ``k`` uses ``fold_in(run key, k)``);
-    vmapped over samples, one compiled call."""
+    ``init`` (keys ``split(key, num_samples)``; window ``k`` uses ``fold_in(run key, k)``),
+    after ``burn_in`` windows that are run and dropped (so that accumulators such as PES's
+    ``xi`` reach their steady state); vmapped over samples, one compiled call."""
     num_samples = check_positive_int(num_samples, "num_samples", "e.g. 1000 independent estimates.")
     windows_per_sample = check_positive_int(windows_per_sample, "windows_per_sample")
+    if isinstance(burn_in, bool) or not isinstance(burn_in, numbers.Integral):
+        raise TypeError(f"`burn_in` must be an int >= 0 (windows run and dropped first), got {burn_in!r}.")
+    if burn_in < 0:
+        raise ValueError(f"`burn_in` must be an int >= 0 (windows run and dropped first), got {burn_in!r}.")
 
     def sample(key):
         init_key, run_key = jax.random.split(key)
@@ -162,8 +167,8 @@ def estimate_samples(estimator, theta, key, num_samples: int, windows_per_sample
             grad, state, _ = estimator.estimate(theta, state, jax.random.fold_in(run_key, k))
             return state, grad
 
-        _, grads = jax.lax.scan(window, state, jnp.arange(windows_per_sample))
-        return jax.tree_util.tree_map(lambda g: jnp.mean(g, axis=0), grads)
+        _, grads = jax.lax.scan(window, state, jnp.arange(burn_in + windows_per_sample))
+        return jax.tree_util.tree_map(lambda g: jnp.mean(g[burn_in:], axis=0), grads)
 
     return jax.jit(jax.vmap(sample))(jax.random.split(key, num_samples))
 
