@@ -5,7 +5,11 @@ A system is anything with three attributes (``System`` is the reference type):
 * ``init(theta, key) -> state`` starts one episode (``state`` is any pytree);
 * ``step(theta, state, t) -> (state, loss)`` advances one step, ``t`` is the
   int32 index of the step inside the episode, ``0 <= t < horizon``;
-* ``horizon``: the episode length ``T`` (a Python int).
+* ``horizon``: the episode length ``T`` (a Python int);
+* optionally ``episode(theta, key) -> losses [horizon]``, the parallel form: the same
+  per-step losses as stepping the episode that ``init(theta, key)`` starts, computed in
+  parallel over time (e.g. by ``unroll.parallel.linear_recurrence``). Only estimators
+  that need it (``parallel_bptt``) read it; a system without it is unchanged everywhere.
 
 The objective is the mean per-step loss of an episode,
 ``L(theta) = E_key[(1/T) sum_t loss_t]``.
@@ -27,11 +31,13 @@ PyTree = Any
 
 class System(NamedTuple):
     """An unrolled computation: ``init(theta, key) -> state``,
-    ``step(theta, state, t) -> (state, loss)`` and the episode length ``horizon``."""
+    ``step(theta, state, t) -> (state, loss)``, the episode length ``horizon`` and,
+    optionally, the parallel form ``episode(theta, key) -> losses [horizon]``."""
 
     init: Callable[[PyTree, jax.Array], PyTree]
     step: Callable[[PyTree, PyTree, jax.Array], tuple[PyTree, jax.Array]]
     horizon: int
+    episode: Callable[[PyTree, jax.Array], jax.Array] | None = None
 
 
 def check_system(system: Any, name: str = "system") -> None:
