@@ -1,12 +1,13 @@
 """unroll: gradient estimators for long unrolled computations, behind one interface."""
 
-from unroll import checkpointing, diagnostics, registry, resume, sharding, tasks
+from unroll import checkpointing, diagnostics, parallel, registry, resume, sharding, tasks
 from unroll.estimators.bptt import full_bptt, truncated_bptt
 from unroll.estimators.checkpointed import checkpointed_bptt
 from unroll.estimators.dni import Synthesizer, dni, linear_synthesizer, mlp_synthesizer
 from unroll.estimators.evolution import es, nres, pes, truncated_es
 from unroll.estimators.forward_gradient import forward_gradient
 from unroll.estimators.gpes import gpes
+from unroll.estimators.parallel import parallel_bptt
 from unroll.estimators.rtrl import rtrl, snap
 from unroll.estimators.uoro import uoro
 from unroll.exact import episode_loss, exact_gradient
@@ -37,6 +38,8 @@ __all__ = [
     "linear_synthesizer",
     "mlp_synthesizer",
     "nres",
+    "parallel",
+    "parallel_bptt",
     "pes",
     "registry",
     "resume",

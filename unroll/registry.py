@@ -21,6 +21,7 @@ from unroll.estimators.dni import dni
 from unroll.estimators.evolution import es, nres, pes, truncated_es
 from unroll.estimators.forward_gradient import forward_gradient
 from unroll.estimators.gpes import gpes
+from unroll.estimators.parallel import parallel_bptt
 from unroll.estimators.rtrl import rtrl, snap
 from unroll.estimators.uoro import uoro
 from unroll.window import Estimator
@@ -61,6 +62,8 @@ ESTIMATORS: dict[str, Entry] = {
     for entry in [
         Entry("full-bptt", full_bptt, {}, "exact gradient of whole episodes", "bptt"),
         Entry("tbptt", truncated_bptt, _WINDOW, "truncated BPTT (biased)", "bptt"),
+        Entry("parallel-bptt", parallel_bptt, {}, "exact gradient of whole episodes, in parallel over time "
+              "(needs system.episode)", "bptt"),
         Entry("checkpointed-bptt", checkpointed_bptt, {"memory_budget": 10},
               "full BPTT in memory_budget stored states", "bptt"),
         Entry("rtrl", rtrl, _WINDOW, "real-time recurrent learning (exact, online)", "forward"),

@@ -285,3 +285,39 @@ def real_view(system, state):
         return ravel_pytree(real_parts(inexact_leaves(new_state)))[0], loss, new_state
 
     return vector, f
+
+
+def check_parallel_form(system: Any, estimator: str) -> None:
+    """Construction-time check that ``system`` has a parallel form ``episode``."""
+    episode = getattr(system, "episode", None)
+    if episode is None:
+        raise ValueError(
+            f"`{estimator}` needs the system's parallel form `system.episode(theta, key) -> losses [horizon]`, "
+            "and this system has none (episode=None). Give it one, unroll.System(init, step, horizon, "
+            "episode=...) (e.g. with unroll.parallel.linear_recurrence; the tasks' gilr, gilr-lstm and lru cells "
+            "have one), or use full_bptt or checkpointed_bptt for the same gradient step by step."
+        )
+    if not callable(episode):
+        raise TypeError(
+            f"`system.episode` must be a function episode(theta, key) -> losses [horizon], got "
+            f"{type(episode).__name__}; pass a pure function as unroll.System(..., episode=...)."
+        )
+
+
+def check_episode_against_theta(system: Any, theta: PyTree, key: jax.Array) -> None:
+    """Trace-time check that ``system.episode(theta, key)`` returns ``[horizon]`` real float losses."""
+    try:
+        losses = jax.eval_shape(system.episode, theta, key)
+    except TypeError as err:
+        raise TypeError(
+            "`system.episode(theta, key)` cannot be traced on this theta: it must compute the episode's losses "
+            f"with jax from theta and key (jit-able). JAX said: {err}"
+        ) from err
+    shape, dtype = getattr(losses, "shape", None), getattr(losses, "dtype", None)
+    if shape != (system.horizon,) or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        desc = f"{dtype}{list(shape)}" if dtype is not None else type(losses).__name__
+        raise TypeError(
+            f"`system.episode` must return the episode's per-step losses, a real float array of shape "
+            f"[horizon] = [{system.horizon}], got {desc}; return one loss per step (the same as `step`'s), "
+            "not their mean."
+        )

@@ -175,7 +175,9 @@ class Window(NamedTuple):
     * ``restart(theta) -> (states, finish)``: for full-episode estimators, whose
       trajectories sit between episodes: the next episodes' initial states (``[W, P,
       ...]``, differentiable in theta) and ``finish(final_states, losses) ->
-      WindowResult``, the trajectories after such an episode run by other means.
+      WindowResult``, the trajectories after such an episode run by other means;
+    * ``episode_keys``: ``[W, P]``, the data keys ``restart`` passes to ``system.init``
+      (for estimators that run the episode from its key, e.g. through ``system.episode``).
     """
 
     run: Callable[..., WindowResult]
@@ -183,6 +185,7 @@ class Window(NamedTuple):
     start_times: jax.Array
     num_steps: int
     restart: Callable[[PyTree], tuple[PyTree, Callable[[PyTree, jax.Array], WindowResult]]]
+    episode_keys: jax.Array
 
 
 class Gradient(NamedTuple):
@@ -252,9 +255,15 @@ def plain_rule(system) -> Rule:
     return Rule(start, step)
 
 
+def episode_keys(worker_key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A worker's key split for its next episode: ``(key after it, data key, noise key)``."""
+    next_key, key, noise_key = jax.random.split(worker_key, 3)
+    return next_key, key, noise_key
+
+
 def episode_start(rule: Rule, theta: PyTree, worker: Worker, noise: PyTree) -> tuple[jax.Array, PyTree, PyTree]:
     """The worker's next episode: ``(key after it, its initial state, fresh accumulator)``."""
-    next_key, key, noise_key = jax.random.split(worker.key, 3)
+    next_key, key, noise_key = episode_keys(worker.key)
     state, acc = rule.start(theta, key, noise_key, noise)
     return next_key, state, acc
 
@@ -403,7 +412,7 @@ def start_workers(
     worker_keys = jax.random.split(key, num_workers)
 
     def fresh(worker_key, noise):
-        _, episode_key, noise_key = jax.random.split(worker_key, 3)
+        _, episode_key, noise_key = episode_keys(worker_key)
         state, acc = rule.start(theta, episode_key, noise_key, noise)
         return Worker(state, jnp.asarray(system.horizon, jnp.int32), worker_key), acc
 
@@ -538,7 +547,8 @@ def windowed(
             acc = active.begin(acc, window_noise)
         run = functools.partial(_run, system, active, central, state.workers, acc, window_noise, truncation, branch)
         restart = functools.partial(_restart, system, active, state.workers, window_noise)
-        window = Window(run, state.workers.state, state.workers.t, num_steps, restart)
+        data_keys = jax.vmap(jax.vmap(lambda k: episode_keys(k)[1]))(state.workers.key)
+        window = Window(run, state.workers.state, state.workers.t, num_steps, restart, data_keys)
         grad, result, new_extra, info = gradient(window, theta, state.extra)
         new_state = WindowState(result.workers, result.acc, new_extra)
         return Estimate(grad, new_state, window_info(result.losses, info_steps, **info))
