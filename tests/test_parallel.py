@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import unroll
-from unroll.parallel import linear_recurrence
 from tests.systems import diagonal_system, diagonal_theta, rnn_system, window_estimates
+from unroll.parallel import linear_recurrence
 
 KEY = jax.random.key(0)
 T, N = 9, 3
