@@ -112,3 +112,24 @@ def test_a_stopped_run_ends_early_with_the_history_so_far():
             unroll.full_bptt(system), optax.sgd(0.2), theta0, jax.random.key(0), 40, progress=False, on_nonfinite="skip"
         )
     assert skipped["loss"].shape == (40,)
+
+
+def test_a_time_limit_ends_the_run_with_its_history_and_the_same_iterates():
+    """A budget spent by the first step stops after it; the steps it ran are those of an
+    unlimited run; a generous budget changes nothing; a bad budget is a clear error."""
+    system = linear_quadratic(5, target_noise=0.0)
+    run = lambda **kw: unroll.train(
+        unroll.full_bptt(system), optax.sgd(0.05), jnp.asarray(THETA), jax.random.key(0), 5, progress=False, **kw
+    )
+    theta_1, short = run(time_limit=1e-9)
+    theta_full, full = run()
+    _, generous = run(time_limit=1e6)
+    assert short["loss"].shape == (1,) and float(short["train_time_s"]) > 0
+    np.testing.assert_allclose(short["loss"], full["loss"][:1], rtol=1e-12)
+    expected = jnp.asarray(THETA) - 0.05 * unroll.exact_gradient(system, jnp.asarray(THETA), jax.random.key(0))
+    np.testing.assert_allclose(np.asarray(theta_1), np.asarray(expected), rtol=1e-12)
+    np.testing.assert_allclose(generous["loss"], full["loss"], rtol=1e-12)
+    with pytest.raises(ValueError, match="`time_limit`=0"):
+        run(time_limit=0)
+    with pytest.raises(TypeError, match="`time_limit` must be a number"):
+        run(time_limit="10m")

@@ -123,6 +123,7 @@ class _Settings(NamedTuple):
     checkpoint_every: int
     on_nonfinite: str  # checked by make_train_step
     name: str
+    time_limit: float | None = None  # seconds of outer steps, then stop
 
 
 class _Program(NamedTuple):
@@ -160,6 +161,7 @@ def train(
     checkpoint: str | None = None,
     checkpoint_every: int = 0,
     run_info: dict | None = None,
+    time_limit: float | None = None,
 ):
     """Runs ``num_steps`` outer steps ``theta <- optax update(estimate(theta))``.
 
@@ -187,6 +189,9 @@ def train(
       checkpoint_every: outer steps between saves (0: only at the end and on interrupt).
       run_info: JSON-able facts that identify the run, added to the checkpoint's fingerprint (a resume with
         different ones is refused).
+      time_limit: a wall-clock budget in seconds of outer steps (compile and evaluation excluded, as in
+        ``train_time_s``): the run stops after the step that exhausts it, so the history may be shorter than
+        ``num_steps`` (for comparisons at equal training time). ``None``: no limit.
 
     Returns:
       ``(theta, history)``: the final (last finite) theta and a dict of numpy arrays ``[steps run]``
@@ -195,6 +200,7 @@ def train(
       evaluation excluded), ``compile_s``; with ``eval_fn``, ``eval_time_s`` (training seconds at each ``eval_step``).
     """
     settings = _check_arguments(num_steps, eval_fn, eval_every, checkpoint, checkpoint_every, on_nonfinite, name)
+    settings = settings._replace(time_limit=_check_time_limit(time_limit))
     program = _build(estimator, optimizer, theta, key, num_seeds, eval_fn, on_nonfinite)
     run, state, log = _start(program, settings, theta, run_info)
     state = state if log.complete else _run(run, state, log, progress)  # a finished run is only read back
@@ -223,6 +229,19 @@ def _check_arguments(num_steps, eval_fn, eval_every, checkpoint, checkpoint_ever
     if checkpoint_every:
         checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
     return _Settings(num_steps, eval_every, checkpoint, checkpoint_every, on_nonfinite, name)
+
+
+def _check_time_limit(time_limit) -> float | None:
+    if time_limit is None:
+        return None
+    if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)):
+        raise TypeError(f"`time_limit` must be a number of seconds or None, got {time_limit!r}; e.g. time_limit=600.0.")
+    if not 0 < time_limit < float("inf"):
+        raise ValueError(
+            f"`time_limit`={time_limit!r} must be a positive number of seconds (or None for no limit), "
+            "e.g. time_limit=600.0."
+        )
+    return float(time_limit)
 
 
 def _build(estimator, optimizer, theta, key, num_seeds, eval_fn, on_nonfinite) -> _Program:
@@ -289,6 +308,11 @@ class _Clock:
         self.log = log
         self.since = time.perf_counter()
 
+    def seconds(self, step) -> float:
+        """Training seconds so far, once the steps dispatched have run."""
+        jax.block_until_ready(step)
+        return self.log.elapsed + time.perf_counter() - self.since
+
     def stop(self, theta) -> None:
         jax.block_until_ready(theta)  # steps are dispatched asynchronously: count them until they end
         self.log.elapsed += time.perf_counter() - self.since
@@ -331,6 +355,8 @@ def _loop(run: _Run, state: TrainState, log: _Log, clock: _Clock, progress: bool
                 _save(run, state, log, clock, done)
             if _all_stopped(settings.on_nonfinite, state, done):
                 break  # the rest would only repeat the last finite state
+            if settings.time_limit is not None and clock.seconds(state.step) >= settings.time_limit:
+                break
         if program.evaluate is not None:
             _evaluate(run, state, log, clock, done)
         if settings.checkpoint is not None:
