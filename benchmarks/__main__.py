@@ -146,12 +146,32 @@ def _sharding_summary(md_path: str) -> list[Line]:
     return lines
 
 
+def _parallel_summary(rows) -> list[Line]:
+    from benchmarks.parallel_time import GOAL_CASE, GOAL_SPEEDUP
+
+    lines = []
+    for r in rows:
+        if (r.cell, r.width) != GOAL_CASE[:2]:
+            continue
+        goal = r.horizon == GOAL_CASE[2]
+        lines.append(
+            (
+                f"parallel_bptt / full_bptt speed, {r.cell} width {r.width}, T = {r.horizon:,} (memory par / seq)",
+                f"{r.gradient_speedup:.1f}x ({r.memory_parallel / r.memory_sequential:.2f})",
+                f">= {GOAL_SPEEDUP:g}x, memory <= 1" if goal else "(reported)",
+                _met(r.gradient_speedup >= GOAL_SPEEDUP and r.memory_parallel <= r.memory_sequential) if goal else "-",
+            )
+        )
+    return lines
+
+
 BENCHMARKS: dict[str, Benchmark] = {
     "pes_throughput": Benchmark("PES throughput: the forward floor and evosax", False, _pes_summary),
     "train_overhead": Benchmark("unroll.train: outer steps per second and host overhead", False, _overhead_summary),
     "checkpoint_memory": Benchmark("checkpointed_bptt: memory and time against full_bptt", True, _checkpoint_summary),
     "memory_horizon": Benchmark("Memory against the horizon", True, _memory_summary),
     "online_cost": Benchmark("Online estimators: cost per window against truncated BPTT", False, _online_summary),
+    "parallel_time": Benchmark("Parallel in time: parallel_bptt against full_bptt", True, _parallel_summary),
     "sharding_scaling": Benchmark("Sharding: unroll.shard(pes) over several devices", False, _sharding_summary, True),
 }
 

@@ -48,7 +48,7 @@ from unroll.tasks.lopt import lopt_digits_setup, lopt_quadratic_setup
 from unroll.tasks.lorenz import DEFAULT_ESTIMATORS as LORENZ_ESTIMATORS
 from unroll.tasks.lorenz import lorenz_setup
 from unroll.tasks.rnn import DEFAULT_ESTIMATORS as RNN_ESTIMATORS
-from unroll.tasks.rnn import char_lm_setup, copy_setup, flip_flop_setup
+from unroll.tasks.rnn import char_lm_setup, copy_setup, flip_flop_setup, long_dependency_setup
 from unroll.tasks.setup import TaskSetup
 from unroll.tasks.setup import standard_settings as standard_settings  # re-exported: compare.standard_settings
 from unroll.train import train
@@ -58,6 +58,7 @@ TASKS: dict[str, Callable[..., TaskSetup]] = {
     "copy": copy_setup,
     "flip-flop": flip_flop_setup,
     "char-lm": char_lm_setup,
+    "long-dependency": long_dependency_setup,
     "lorenz": lorenz_setup,
     "lr-schedule": lr_schedule_setup,
     "mlp-hyper": mlp_hyper_setup,
