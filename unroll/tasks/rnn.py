@@ -464,6 +464,21 @@ def _network(
     return Network(System(init, step, horizon, episode), forward, loss, sequence)
 
 
+def _keyed_stream(at: Callable) -> tuple[Callable, Callable]:
+    """``(data_step, data_sequence)`` for a stream drawn from the episode key alone,
+    ``at(key, t) -> (x_t, y_t)``: the key is the data state, and the whole sequence is
+    ``at`` vmapped over ``t``."""
+
+    def data_step(key, t):
+        x, y = at(key, t)
+        return x, y, key
+
+    def data_sequence(key, horizon):
+        return jax.vmap(lambda t: at(key, t))(jnp.arange(horizon))
+
+    return data_step, data_sequence
+
+
 def _network_evaluator(network: Network, key, num_episodes: int, metrics: dict | None = None) -> Callable:
     """``theta -> {"objective": mean step loss, name: scale * mean step score(logits,
     target, t), ...}`` for ``metrics = {name: (score, scale)}``, averaged over
@@ -551,12 +566,7 @@ def copy_task(
     vocab = num_symbols + 2
     horizon = 2 * length + delay
 
-    def data_step(key, t):
-        x, y = copy_sequence(key, t, length, delay, num_symbols)
-        return x, y, key
-
-    def data_sequence(key, horizon):
-        return jax.vmap(lambda t: copy_sequence(key, t, length, delay, num_symbols))(jnp.arange(horizon))
+    data_step, data_sequence = _keyed_stream(lambda key, t: copy_sequence(key, t, length, delay, num_symbols))
 
     network = _network(
         net,
@@ -758,12 +768,9 @@ def long_dependency(
         timescale = max(2.0, float(horizon))
     net = get_cell(cell, timescale)
 
-    def data_step(key, t):
-        x, y = long_dependency_step(key, t, horizon, num_classes, signal_length, noise)
-        return x, y, key
-
-    def data_sequence(key, horizon):
-        return long_dependency_sequence(key, horizon, num_classes, signal_length, noise)
+    data_step, data_sequence = _keyed_stream(
+        lambda key, t: long_dependency_step(key, t, horizon, num_classes, signal_length, noise)
+    )
 
     network = _network(
         net,
