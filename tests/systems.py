@@ -197,9 +197,17 @@ def scalar_lq_closed_form_D(a: float, k: int) -> float:
 # its constructor has; the registry's defaults give the rest, e.g. snap's order, gpes's reuse)
 SMALL_SETTINGS = {"truncation": 2, "sigma": 0.1, "num_particles": 4, "num_directions": 2, "memory_budget": 2}
 
-# the registry, keyed by constructor name (``unroll.<name>``): registering an estimator
-# once puts it in every test parametrized over these names
-REGISTERED = {entry.constructor.__name__: entry for entry in registry.ESTIMATORS.values()}
+
+def _test_name(entry: registry.Entry) -> str:
+    """The constructor's name (``unroll.<name>``), plus the solver for its Newton variants."""
+    solver = entry.defaults.get("solver")
+    return entry.constructor.__name__ + (f"_{solver.replace('-', '_')}" if solver else "")
+
+
+# the registry, keyed by constructor name (``unroll.<name>``; ``parallel_bptt_deer`` and
+# ``parallel_bptt_quasi_deer`` for its solvers): registering an estimator once puts it in
+# every test parametrized over these names
+REGISTERED = {_test_name(entry): entry for entry in registry.ESTIMATORS.values()}
 ESTIMATOR_NAMES = tuple(REGISTERED)
 WINDOWED = tuple(name for name, entry in REGISTERED.items() if entry.windowed)
 ES_FAMILY = tuple(name for name, entry in REGISTERED.items() if entry.family == "es")
@@ -222,7 +230,8 @@ def stepped_episode(system) -> unroll.System:
 
 def needs_episode(name: str) -> bool:
     """Whether the registered estimator ``name`` runs ``system.episode``."""
-    return REGISTERED[name].constructor is unroll.parallel_bptt
+    entry = REGISTERED[name]
+    return entry.constructor is unroll.parallel_bptt and entry.defaults.get("solver") is None
 
 
 def build_estimator(name: str, system, **overrides):
@@ -276,9 +285,13 @@ def sharding_case(name: str, num_workers: int = 8):
         settings = {"truncation": 3, "sigma": 0.1, "num_particles": 2}
         return registry.build(entry.name, linear_quadratic(7), num_workers=num_workers, **settings), jnp.asarray(THETA)
     settings = {"truncation": 4, "num_directions": 2, "memory_budget": 2}
-    # (parallel_bptt reads only the episode keys: on a system that ignores them, every device
-    # would compute the same gradient with nothing to communicate)
-    system = stepped_episode(noisy_rnn_system(horizon=6)) if needs_episode(name) else rnn_system(horizon=6)
+    # (parallel_bptt, any solver, reads only the episode keys: on a system that ignores them,
+    # every device would compute the same gradient with nothing to communicate)
+    system = (
+        stepped_episode(noisy_rnn_system(horizon=6))
+        if entry.constructor is unroll.parallel_bptt
+        else rnn_system(horizon=6)
+    )
     return registry.build(entry.name, system, num_workers=num_workers, **settings), rnn_theta()
 
 

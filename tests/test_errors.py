@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 import unroll
-from tests.systems import ES_FAMILY, ESTIMATOR_NAMES, WINDOWED, build_estimator, rnn_system, rnn_theta
+from tests.systems import ES_FAMILY, ESTIMATOR_NAMES, REGISTERED, WINDOWED, build_estimator, rnn_system, rnn_theta
 from unroll import cli, diagnostics, tasks
 from unroll.diagnostics import lyapunov_spectrum
 
@@ -675,12 +675,13 @@ def test_cli_argparse_errors_are_one_line_and_exit_2(argv, words, capsys):
 def test_a_positional_call_says_to_name_the_arguments(name):
     """Every registered constructor is ``system`` then keyword-only arguments; a positional
     call fails at once, naming the keyword the value would have to be given as."""
-    constructor = getattr(unroll, name)
+    constructor = REGISTERED[name].constructor
+    called = constructor.__name__
     first = list(inspect.signature(constructor).parameters)[1]  # the first keyword after `system`
     message = raises(
         lambda: constructor(good_system(), 3),
-        f"`{name}` takes `system` and then keyword arguments only",
+        f"`{called}` takes `system` and then keyword arguments only",
         "name the argument(s)",
         error=TypeError,
     )
-    assert f"{name}(system, {first}=3)" in message, message
+    assert f"{called}(system, {first}=3)" in message, message

@@ -64,6 +64,10 @@ ESTIMATORS: dict[str, Entry] = {
         Entry("tbptt", truncated_bptt, _WINDOW, "truncated BPTT (biased)", "bptt"),
         Entry("parallel-bptt", parallel_bptt, {}, "exact gradient of whole episodes, in parallel over time "
               "(needs system.episode)", "bptt"),
+        Entry("deer", parallel_bptt, {"solver": "deer"}, "exact gradient of whole episodes, in parallel over time "
+              "by Newton iterations (dense Jacobians)", "bptt"),
+        Entry("quasi-deer", parallel_bptt, {"solver": "quasi-deer"}, "as deer with diagonal Jacobians (more "
+              "iterations, O(T n) memory)", "bptt"),
         Entry("checkpointed-bptt", checkpointed_bptt, {"memory_budget": 10},
               "full BPTT in memory_budget stored states", "bptt"),
         Entry("rtrl", rtrl, _WINDOW, "real-time recurrent learning (exact, online)", "forward"),

@@ -248,20 +248,20 @@ def check_against_theta(system: Any, theta: PyTree, key: jax.Array) -> None:
         raise TypeError(f"`system.step` must return a float scalar loss, got {desc}; {fix}.")
 
 
-def _is_inexact(x) -> bool:
+def is_inexact(x) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
 def inexact_leaves(state) -> list:
     """The float/complex leaves of a state, the ones that carry tangents (keys, counters do not)."""
-    return [x for x in jax.tree_util.tree_leaves(state) if _is_inexact(x)]
+    return [x for x in jax.tree_util.tree_leaves(state) if is_inexact(x)]
 
 
 def with_inexact_leaves(state, values: list):
     """``state`` with its inexact leaves replaced, in order, by ``values``."""
     leaves, treedef = jax.tree_util.tree_flatten(state)
     values = iter(values)
-    return jax.tree_util.tree_unflatten(treedef, [next(values) if _is_inexact(x) else x for x in leaves])
+    return jax.tree_util.tree_unflatten(treedef, [next(values) if is_inexact(x) else x for x in leaves])
 
 
 def real_parts(leaves: list) -> list:
@@ -320,4 +320,42 @@ def check_episode_against_theta(system: Any, theta: PyTree, key: jax.Array) -> N
             f"`system.episode` must return the episode's per-step losses, a real float array of shape "
             f"[horizon] = [{system.horizon}], got {desc}; return one loss per step (the same as `step`'s), "
             "not their mean."
+        )
+
+
+def check_discrete_independent(system: Any, theta: PyTree, key: jax.Array, estimator: str) -> None:
+    """Trace-time check that the state's int and key leaves after ``step`` do not depend on
+    its float leaves before it (so solvers that iterate on the floats can compute the
+    discrete leaves once); found by dead-code elimination of the step's jaxpr."""
+    from jax._src.interpreters import partial_eval as pe  # (no public API finds a jaxpr's used inputs)
+
+    check_against_theta(system, theta, key)
+    state = jax.eval_shape(system.init, theta, key)
+    leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(state)
+    is_float = [is_inexact(x) for _, x in leaves_with_paths]
+    if all(is_float):
+        return
+
+    def discrete_after(floats, others, t):
+        floats, others = iter(floats), iter(others)
+        state = treedef.unflatten([next(floats) if f else next(others) for f in is_float])
+        new = jax.tree_util.tree_leaves(system.step(theta, state, t)[0])
+        return [x for x, f in zip(new, is_float) if not f]
+
+    leaves = [x for _, x in leaves_with_paths]
+    closed = jax.make_jaxpr(discrete_after)(
+        [x for x, f in zip(leaves, is_float) if f],
+        [x for x, f in zip(leaves, is_float) if not f],
+        jax.ShapeDtypeStruct((), jnp.int32),
+    )
+    _, used = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))
+    float_paths = [path for (path, _), f in zip(leaves_with_paths, is_float) if f]
+    read = [jax.tree_util.keystr(path) or "(the state)" for path, u in zip(float_paths, used) if u]
+    if read:
+        raise ValueError(
+            f"`{estimator}` iterates on the state's float leaves and computes its int and key leaves once, "
+            f"so those must not depend on the floats; but this system's `step` computes its discrete leaves "
+            f"from the float leaves state{', state'.join(read)}. Make the discrete leaves a function of "
+            "themselves and `t` only (e.g. keep a float-dependent branch index as a float), or use "
+            "full_bptt or checkpointed_bptt, which step the state sequentially."
         )

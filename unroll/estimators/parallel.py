@@ -1,14 +1,26 @@
 """Backpropagation through time in parallel over time: the exact full-episode gradient
 through a system's parallel form ``episode(theta, key) -> losses [horizon]`` (e.g. a
-linear recurrence by associative scan, Martin & Cundy 2018), instead of a sequential
-scan of ``step``."""
+linear recurrence by associative scan, Martin & Cundy 2018), or, for any system, by
+Newton's method over the whole episode (DEER and quasi-DEER, ``_newton``), instead of a
+sequential scan of ``step``."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from unroll.system import check_episode_against_theta, check_num_workers, check_parallel_form, check_system
+from unroll.estimators._newton import Settings, newton_gradient
+from unroll.parallel import SOLVERS
+from unroll.system import (
+    check_discrete_independent,
+    check_episode_against_theta,
+    check_num_workers,
+    check_parallel_form,
+    check_positive_float,
+    check_positive_int,
+    check_system,
+    inexact_leaves,
+)
 from unroll.window import Estimator, Gradient, keyword_only, plain_rule, windowed
 
 
@@ -30,33 +42,116 @@ def _episode_gradient(system):
     return gradient
 
 
-@keyword_only
-def parallel_bptt(system, *, num_workers: int = 1) -> Estimator:
-    """Full BPTT in parallel over time: the exact gradient ``grad (1/T) sum_t l_t`` of
-    ``num_workers`` whole episodes, differentiating ``system.episode(theta, key)`` (the
-    same per-step losses as stepping, computed in parallel) by reverse mode.
+INITIAL_GUESSES = ("zeros", "previous")
 
-    The same estimate, episodes, keys and ``info`` as ``full_bptt(system,
-    num_workers=...)``; with a linear recurrence inside ``episode`` the cost is
-    ``O(log T)`` sequential depth instead of ``T`` steps. Between episodes the workers
-    keep the state they held (the final state is not formed: every call starts new
-    episodes). Needs ``system.episode``; a system without one is refused here.
+
+@keyword_only
+def parallel_bptt(
+    system,
+    *,
+    num_workers: int = 1,
+    solver: str | None = None,
+    tolerance: float | None = None,
+    max_iterations: int | None = None,
+    initial_guess: str = "zeros",
+) -> Estimator:
+    """Full BPTT in parallel over time: the exact gradient ``grad (1/T) sum_t l_t`` of
+    ``num_workers`` whole episodes, the same estimate, episodes, keys and ``info`` as
+    ``full_bptt(system, num_workers=...)``, with ``O(log T)`` sequential depth.
+
+    * ``solver=None``: reverse mode through the system's parallel form
+      ``system.episode(theta, key)`` (e.g. a linear recurrence); a system without one is
+      refused here.
+    * ``solver="deer"`` or ``"quasi-deer"``: any system, by Newton's method on ``step``
+      over the whole episode (Lim et al. 2024; ``unroll.parallel.solve_recurrence``):
+      dense step Jacobians ``J_t`` in a matrix scan, or ``diag(J_t)`` only (Gonzalez et
+      al. 2024: ``O(T N)`` memory in the scan, more iterations). The iterations stop at a
+      residual ``max |x_t - f_t(x_{t-1})| / (1 + |f_t|) <= tolerance`` (default
+      ``unroll.parallel.default_tolerance``: about 1e-5 in float32, 1e-10 in float64) or
+      after ``max_iterations`` (default ``min(horizon, 100)``; ``horizon`` iterations are
+      always exact), from zeros or, with ``initial_guess="previous"``, the last call's
+      trajectories. The gradient is the implicit one at the solution (an adjoint reverse
+      recurrence), not through the iterations. An episode that misses the tolerance is
+      recomputed exactly by a sequential scan: never a gradient from an unconverged
+      solve. ``info`` adds ``iterations`` (the most over episodes), ``residual`` (the
+      largest), ``converged`` (all episodes) and ``fallback`` (episodes recomputed), and
+      for quasi-DEER ``adjoint_iterations`` and ``adjoint_fallback``. The state's int and
+      key leaves must not depend on its float leaves (checked at ``init``); they are
+      computed once, by a scan of ``step`` that keeps only them.
+
+    Between episodes the workers keep the state they held (the final state is not formed:
+    every call starts new episodes).
     """
     check_system(system)
-    check_parallel_form(system, "parallel_bptt")
     num_workers = check_num_workers(num_workers)
+    settings = _solver_settings(system, solver, tolerance, max_iterations, initial_guess)
+    if settings is None:
+        check_parallel_form(system, "parallel_bptt")
     est = windowed(
         system,
         plain_rule(system),
         truncation=system.horizon,
         num_workers=num_workers,
-        gradient=_episode_gradient(system),
+        gradient=_episode_gradient(system) if settings is None else newton_gradient(system, settings),
         stagger=False,
+        extra=_previous_trajectories(system, num_workers) if settings and settings.warm_start else None,
     )
 
     def init(theta, key):
-        state = est.init(theta, key)
-        check_episode_against_theta(system, theta, key)
-        return state
+        if settings is None:
+            check_episode_against_theta(system, theta, key)
+        else:
+            check_discrete_independent(system, theta, key, f"parallel_bptt(solver={settings.solver!r})")
+        return est.init(theta, key)
 
     return Estimator(init, est.estimate)
+
+
+def _solver_settings(system, solver, tolerance, max_iterations, initial_guess) -> Settings | None:
+    """The checked solver settings (``None`` for the parallel form)."""
+    if solver is None:
+        given = {"tolerance": tolerance, "max_iterations": max_iterations}
+        for name, value in given.items():
+            if value is not None:
+                raise ValueError(
+                    f"`{name}`={value!r} is a setting of the Newton solvers, but `solver` is None (the system's "
+                    f"parallel form, which needs none); pass solver='deer' or 'quasi-deer', or drop `{name}`."
+                )
+        if initial_guess != "zeros":
+            raise ValueError(
+                f"`initial_guess`={initial_guess!r} is a setting of the Newton solvers, but `solver` is None; "
+                "pass solver='deer' or 'quasi-deer', or drop `initial_guess`."
+            )
+        return None
+    if solver not in SOLVERS:
+        raise ValueError(
+            f"`solver` must be None (the system's parallel form `episode`) or one of {', '.join(map(repr, SOLVERS))} "
+            f"(Newton over time on `step`), got {solver!r}."
+        )
+    if tolerance is not None:
+        tolerance = check_positive_float(
+            tolerance, "tolerance", "it is the relative residual a solve stops at, e.g. 1e-6."
+        )
+    if max_iterations is None:
+        max_iterations = min(system.horizon, 100)
+    max_iterations = check_positive_int(
+        max_iterations, "max_iterations", f"It caps the Newton iterations per window (horizon={system.horizon} always "
+        "suffice), e.g. max_iterations=50."
+    )  # fmt: skip
+    if initial_guess not in INITIAL_GUESSES:
+        raise ValueError(
+            f"`initial_guess` must be 'zeros' or 'previous' (the last call's trajectories), got {initial_guess!r}."
+        )
+    return Settings(solver, tolerance, max_iterations, initial_guess == "previous")
+
+
+def _previous_trajectories(system, num_workers: int):
+    """The warm-start state: ``[W, T, N]`` zeros, replaced by each call's trajectories."""
+
+    def extra(theta, key):
+        state = jax.eval_shape(system.init, theta, key)
+        size = sum(x.size * (2 if jnp.iscomplexobj(x) else 1) for x in inexact_leaves(state))
+        dtype = jnp.result_type(*[jnp.real(jnp.zeros((), x.dtype)).dtype for x in inexact_leaves(state)])
+        return jnp.zeros((num_workers, system.horizon, size), dtype)
+
+    return extra
