@@ -31,6 +31,11 @@ if os.environ.get("UNROLL_TEST_XLA_OPT") != "1" and "xla_backend_optimization_le
     "XLA_FLAGS", ""
 ):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+# At level 0, XLA:CPU's multi-threaded Eigen pool can wedge (0% CPU, forever) on vmapped
+# while loops of small matmuls and LAPACK calls: DEER on the learned-optimizer inner loop,
+# once another computation has run in the process. Single-threaded Eigen avoids it.
+if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
 
 # made by the first process of the session (the xdist controller); its workers find it set
 _OWN_CACHE_DIR = None

@@ -73,6 +73,14 @@ def rnn_theta(n: int = 3, m: int = 2, seed: int = 1, dtype=jnp.float64) -> dict:
     return {k: jnp.asarray(v, dtype) for k, v in theta.items()}
 
 
+def gain_theta(gain: float, n: int = 3, m: int = 2, seed: int = 1, dtype=jnp.float64) -> dict:
+    """``rnn_theta`` with ``W`` rescaled to spectral radius ``gain``: contracting for
+    ``gain < 1`` (``|tanh'| <= 1``), chaotic at ``gain = 3`` (for ``n`` beyond a few units)."""
+    theta = rnn_theta(n, m, seed, dtype)
+    w = np.asarray(theta["W"])
+    return {**theta, "W": jnp.asarray(gain * w / np.max(np.abs(np.linalg.eigvals(w))), dtype)}
+
+
 def noisy_rnn_system(n: int = 3, m: int = 2, horizon: int = 6, seed: int = 0, noise: float = 0.1) -> unroll.System:
     """``rnn_system`` plus ``noise * N(0, I)`` on the hidden state each step, the noise key
     kept in the state ``(h, key)`` and seeded by ``init``'s key."""

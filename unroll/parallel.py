@@ -229,7 +229,9 @@ def solve_recurrence(
     def evaluate(x):
         previous = jnp.concatenate([x0[None], x[:-1]])
         value, jac = linearize(previous, xs)
-        residual = jnp.max(jnp.abs(x - value) / (1 + jnp.abs(value)))
+        error = jnp.abs(x - value) / (1 + jnp.abs(value))
+        # a NaN (an overflowed iterate) counts as infinite: reductions may drop NaNs
+        residual = jnp.max(jnp.where(jnp.isnan(error), jnp.inf, error))
         return previous, value, jac, residual
 
     def newton(carry):
