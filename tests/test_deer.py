@@ -115,7 +115,10 @@ def _contracting(name: str):
         return system, theta
     if name == "lopt":  # a learned optimizer's inner training loop (params, moments, key)
         system, theta, _ = tasks.lopt.learned_optimizer(problem="quadratic", horizon=30, hidden=8, dtype=jnp.float64)
-        return system, theta
+        # off its SGD start (linear in the state: one Newton iteration), into the MLP's nonlinearity
+        rng = np.random.default_rng(0)
+        noisy = lambda x: x + 0.3 * (np.std(np.asarray(x)) + 0.1) * rng.normal(size=np.shape(x))
+        return system, jax.tree_util.tree_map(noisy, theta)
     system = diagonal_system(horizon=30, complex_state=True)  # complex state, on its real view
     return system, diagonal_theta(complex_state=True)
 

@@ -193,3 +193,32 @@ def test_loss_along_and_its_smoothed_version():
         shift = np.asarray(smoothed[i] - losses[i])
         np.testing.assert_allclose(shift, shift[0], rtol=1e-9)
         assert shift[0] == pytest.approx(c * 0.09, rel=0.4)
+
+
+@pytest.mark.parametrize("gain", [0.5, 0.9, 1.2, 3.0])
+def test_parallel_outlook_forecasts_the_newton_iterations(gain):
+    """The forecast ``c / |lambda_1|`` is within a factor 2 of the iterations DEER and
+    quasi-DEER take on a driven tanh RNN where it says "fast", and where it says "not
+    fast" (gain 3, chaotic, lambda_1 > 0; quasi-DEER from gain 1.2) the solve indeed misses
+    the 100-iteration cap."""
+    from tests.systems import gain_theta, rnn_system
+
+    system, theta, key = rnn_system(n=16, horizon=1000), gain_theta(gain, n=16), jax.random.key(0)
+    for solver in ("deer", "quasi-deer"):
+        outlook = unroll.diagnostics.parallel_outlook(system, theta, key, solver=solver)
+        solution = jax.jit(
+            lambda th: unroll.parallel.solve_episode(system, th, key, solver=solver, max_iterations=100)
+        )(theta)
+        # the forecast agrees with the solve (quasi-DEER at gain 1.2: 104 forecast, over the cap)
+        assert outlook.expected_fast == bool(solution.converged), (solver, outlook, solution.iterations)
+        assert outlook.expected_fast == (gain < 2 if solver == "deer" else gain < 1), (solver, outlook)
+        if outlook.expected_fast:
+            assert outlook.expected_iterations / 2 <= int(solution.iterations) <= 2 * outlook.expected_iterations
+        assert ("expected fast" if outlook.expected_fast else "not expected fast") in outlook.rule
+
+
+def test_parallel_outlook_names_its_solvers():
+    with pytest.raises(ValueError, match="`solver` must be 'deer' or 'quasi-deer', got 'newton'"):
+        unroll.diagnostics.parallel_outlook(
+            unroll.tasks.influence_balancing(horizon=5), jnp.zeros(1), None, solver="newton"
+        )

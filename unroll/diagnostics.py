@@ -6,11 +6,14 @@
 Jacobian-vector products, re-orthonormalize ``J_t Q_t = Q_{t+1} R_t`` and average
 ``log |diag R_t|``. No dense Jacobian is formed (unless ``k = N``, when the ``N`` jvps
 are the Jacobian). Positive exponents mean chaos: gradients through ``T`` steps grow
-like ``exp(lambda_1 T)`` (Metz et al. 2021).
+like ``exp(lambda_1 T)`` (Metz et al. 2021). ``parallel_outlook`` turns the same exponent
+into a forecast of how many Newton iterations DEER needs to evaluate the system in
+parallel over time.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import NamedTuple
 
@@ -24,12 +27,14 @@ __all__ = [
     "JacobianSpectrum",
     "HorizonGradients",
     "LyapunovSpectrum",
+    "ParallelOutlook",
     "estimate_samples",
     "gradient_quality",
     "gradient_vs_horizon",
     "jacobian_spectrum",
     "loss_along",
     "lyapunov_spectrum",
+    "parallel_outlook",
     "quality_table",
 ]
 
@@ -86,6 +91,57 @@ def lyapunov_spectrum(
     running = jnp.cumsum(logs, axis=0) / jnp.arange(1, num_steps + 1)[:, None]
     order = jnp.argsort(-running[-1])
     return LyapunovSpectrum(running[-1][order], running[:, order], state)
+
+
+# Newton iterations DEER and quasi-DEER take, about ``c / |lambda_1|`` for contracting
+# dynamics: fitted on a driven tanh RNN (N = 16, T = 1000, float64) whose gain sweeps
+# lambda_1 from -1.6 to -0.14 per step (notebooks/chaos.ipynb, section 5)
+ITERATIONS_TIMES_EXPONENT = {"deer": 3.0, "quasi-deer": 30.0}
+
+
+class ParallelOutlook(NamedTuple):
+    """What ``parallel_outlook`` finds: the leading Lyapunov ``exponent`` (per step), the
+    ``expected_iterations`` of the Newton solve (``horizon`` where it is not contracting),
+    whether parallel evaluation is ``expected_fast`` and the ``rule`` that says so, in words."""
+
+    exponent: float
+    expected_iterations: int
+    expected_fast: bool
+    rule: str
+
+
+def parallel_outlook(
+    system, theta, key, *, solver: str = "deer", max_iterations: int = 100, num_steps: int = 1000, warmup: int = 100
+) -> ParallelOutlook:
+    """Whether ``parallel_bptt(system, solver=...)`` is expected to converge fast, from
+    the leading Lyapunov exponent ``lambda_1`` (``lyapunov_spectrum`` over ``num_steps``).
+
+    The rule: Newton over time corrects an error in its guess at step ``t`` through the
+    Jacobian products ahead of it, which shrink like ``exp(lambda_1 k)`` over ``k`` steps.
+    With ``lambda_1 < 0`` a correction reaches only ``~1 / |lambda_1|`` steps, so the
+    iterations stay near ``c / |lambda_1|`` whatever the horizon (``c`` =
+    ``ITERATIONS_TIMES_EXPONENT[solver]``: 3 for DEER, 30 for quasi-DEER, measured); with
+    ``lambda_1 >= 0`` they grow toward ``horizon`` (where the chain is exact) or the
+    iterates diverge, and sequential evaluation is as fast. Expected fast iff
+    ``lambda_1 < 0`` and ``c / |lambda_1| <= max_iterations``. Not jit-able (returns Python
+    values); ``c`` holds for saturating RNNs, other systems may differ by a small factor.
+    """
+    if solver not in ITERATIONS_TIMES_EXPONENT:
+        raise ValueError(f"`solver` must be 'deer' or 'quasi-deer', got {solver!r}.")
+    max_iterations = check_positive_int(max_iterations, "max_iterations", "the iteration cap, e.g. 100.")
+    spectrum = jax.jit(lambda th, k: lyapunov_spectrum(system, th, k, num_steps, k=1, warmup=warmup))(theta, key)
+    exponent = float(spectrum.exponents[0])
+    c = ITERATIONS_TIMES_EXPONENT[solver]
+    contracting = exponent < 0
+    expected = min(system.horizon, math.ceil(c / -exponent)) if contracting else system.horizon
+    fast = contracting and c / -exponent <= max_iterations
+    rule = (
+        f"lambda_1 = {exponent:+.4f} per step: {'contracting' if contracting else 'not contracting'}; "
+        f"{solver} takes about {c:g} / |lambda_1| iterations when lambda_1 < 0 and up to the horizon "
+        f"({system.horizon}) otherwise; fast iff lambda_1 < 0 and {c:g} / |lambda_1| <= max_iterations "
+        f"({max_iterations}): {'expected fast' if fast else 'not expected fast; prefer full_bptt or checkpointed_bptt'}."
+    )
+    return ParallelOutlook(exponent, expected, fast, rule)
 
 
 class JacobianSpectrum(NamedTuple):
