@@ -44,8 +44,7 @@ class Settings(NamedTuple):
 
 def _solve(system, settings: Settings, theta, keys, guesses):
     """Every episode's trajectory ``[B, T, N]``, their inputs and the batched ``Solution``;
-    where a solve did not converge, the exact sequential trajectory instead (one unbatched
-    ``cond``: the scan runs only in windows that need it)."""
+    where a solve did not converge, the exact sequential trajectory instead."""
 
     def one(key, guess):
         view = episode_view(system, theta, key)
@@ -59,16 +58,22 @@ def _solve(system, settings: Settings, theta, keys, guesses):
 
     xs, solution = jax.vmap(one)(keys, guesses)
 
-    def sequential():
-        def exact(key, inputs):
-            view = episode_view(system, theta, key)
-            return sequential_recurrence(lambda x, a: view.step(x, a)[0], view.x0, inputs)
+    def exact(key, inputs):
+        view = episode_view(system, theta, key)
+        return sequential_recurrence(lambda x, a: view.step(x, a)[0], view.x0, inputs)
 
-        converged = solution.converged[:, None, None]
-        return jnp.where(converged, solution.trajectory, jax.vmap(exact)(keys, xs))
-
-    trajectory = jax.lax.cond(jnp.all(solution.converged), lambda: solution.trajectory, sequential)
+    trajectory = _or_sequential(solution.trajectory, solution.converged, lambda: jax.vmap(exact)(keys, xs))
     return trajectory, xs, solution
+
+
+def _or_sequential(trajectories: jax.Array, converged: jax.Array, sequential) -> jax.Array:
+    """``trajectories`` ``[B, T, N]`` where ``converged`` ``[B]``, else ``sequential()``'s
+    exact ones: behind one unbatched ``cond``, so the scan runs only when some solve failed."""
+
+    def fallback():
+        return jnp.where(converged[:, None, None], trajectories, sequential())
+
+    return jax.lax.cond(jnp.all(converged), lambda: trajectories, fallback)
 
 
 class _Adjoint(NamedTuple):
@@ -130,14 +135,11 @@ def _adjoints(system, settings: Settings, theta, keys, xs, trajectory):
 
     lam, iterations, converged = jax.vmap(newton)(keys, xs, trajectory)
 
-    def sequential():
-        def exact(k, a, x):
-            p = problem(k, a, x)
-            return jnp.flip(sequential_recurrence(p.transposed, p.zero, p.inputs), 0)
+    def exact(k, a, x):
+        p = problem(k, a, x)
+        return jnp.flip(sequential_recurrence(p.transposed, p.zero, p.inputs), 0)
 
-        return jnp.where(converged[:, None, None], lam, jax.vmap(exact)(keys, xs, trajectory))
-
-    lam = jax.lax.cond(jnp.all(converged), lambda: lam, sequential)
+    lam = _or_sequential(lam, converged, lambda: jax.vmap(exact)(keys, xs, trajectory))
     info = {"adjoint_iterations": jnp.max(iterations), "adjoint_fallback": jnp.sum(~converged).astype(jnp.int32)}
     return lam, info
 

@@ -98,11 +98,12 @@ def parallel_bptt(
     )
 
     def init(theta, key):
+        state = est.init(theta, key)  # (checks init and step first)
         if settings is None:
             check_episode_against_theta(system, theta, key)
         else:
             check_discrete_independent(system, theta, key, f"parallel_bptt(solver={settings.solver!r})")
-        return est.init(theta, key)
+        return state
 
     return Estimator(init, est.estimate)
 
