@@ -327,14 +327,13 @@ def check_discrete_independent(system: Any, theta: PyTree, key: jax.Array, estim
     """Trace-time check that the state's int and key leaves after ``step`` do not depend on
     its float leaves before it (so solvers that iterate on the floats can compute the
     discrete leaves once); found by dead-code elimination of the step's jaxpr."""
-    from jax._src.interpreters import partial_eval as pe  # (no public API finds a jaxpr's used inputs)
-
     check_against_theta(system, theta, key)
     state = jax.eval_shape(system.init, theta, key)
     leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(state)
     is_float = [is_inexact(x) for _, x in leaves_with_paths]
     if all(is_float):
         return
+    from jax._src.interpreters import partial_eval as pe  # (no public API finds a jaxpr's used inputs)
 
     def discrete_after(floats, others, t):
         floats, others = iter(floats), iter(others)
