@@ -56,13 +56,14 @@ if os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # (also when jax was imported b
     )
 
 # The files that take longest, longest first (CPU seconds on the 2-core machine, with
-# the cache above): notebooks 155, gpes ~110, rtrl 85, sharding 75, properties 70,
+# the cache above): notebooks 155, gpes ~110, deer 102, rtrl 85, sharding 75, properties 70,
 # checkpointing 45, cli 42, long_runs 39, resume 35 (+ every estimator's resume), diagnostics 34,
 # determinism 32, evolution 30, bptt 29.
 # The ~20 others (under 21 s each) follow in their usual order.
 SLOW_FIRST = (
     "test_notebooks.py",
     "test_gpes.py",
+    "test_deer.py",
     "test_rtrl.py",
     "test_sharding.py",
     "test_properties.py",
