@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from unroll.system import check_positive_int, from_real_parts, is_inexact, real_parts
+from unroll.system import check_positive_int, from_real_parts, real_parts, split_discrete
 
 PyTree = Any
 
@@ -263,32 +263,34 @@ def sequential_recurrence(fn: Callable, x0: jax.Array, xs: PyTree) -> jax.Array:
 
 class EpisodeView(NamedTuple):
     """One episode on its real float view: ``x0`` ``[N]`` from ``init``, its other leaves
-    ``discrete`` and ``step(x, (discrete, t)) -> (x', loss, discrete')``."""
+    ``discrete`` and ``step(x, (discrete, t)) -> (x', loss, discrete')``; ``advance`` and
+    ``loss`` are the first two of those alone."""
 
     x0: jax.Array
     discrete: list
     step: Any
+
+    def advance(self, x: jax.Array, xs: tuple) -> jax.Array:
+        return self.step(x, xs)[0]
+
+    def loss(self, x: jax.Array, xs: tuple) -> jax.Array:
+        return self.step(x, xs)[1]
 
 
 def episode_view(system, theta: PyTree, key: jax.Array) -> EpisodeView:
     """The episode ``init(theta, key)`` starts, as a recurrence on the real vector of the
     state's float and complex leaves (complex as real and imaginary parts); the int and
     key leaves are carried beside it, as inputs of each step."""
-    leaves, treedef = jax.tree_util.tree_flatten(system.init(theta, key))
-    is_float = [is_inexact(x) for x in leaves]
-    floats = [x for x, f in zip(leaves, is_float) if f]
-    x0, unravel = ravel_pytree(real_parts(floats))
+    start = split_discrete(system.init(theta, key))
+    x0, unravel = ravel_pytree(real_parts(start.floats))
 
     def step(x, xs):
         discrete, t = xs
-        values, others = iter(from_real_parts(unravel(x), floats)), iter(discrete)
-        state = treedef.unflatten([next(values) if f else next(others) for f in is_float])
-        new, loss = system.step(theta, state, t)
-        new = jax.tree_util.tree_leaves(new)
-        new_floats = ravel_pytree(real_parts([y for y, f in zip(new, is_float) if f]))[0]
-        return new_floats, loss, [y for y, f in zip(new, is_float) if not f]
+        new, loss = system.step(theta, start.merge(from_real_parts(unravel(x), start.floats), discrete), t)
+        new = split_discrete(new)
+        return ravel_pytree(real_parts(new.floats))[0], loss, new.discrete
 
-    return EpisodeView(x0, [x for x, f in zip(leaves, is_float) if not f], step)
+    return EpisodeView(x0, start.discrete, step)
 
 
 def discrete_inputs(view: EpisodeView, horizon: int) -> tuple[list, jax.Array]:
@@ -333,9 +335,9 @@ def solve_episode(
     view = episode_view(system, theta, key)
     xs = discrete_inputs(view, system.horizon)
     solution = solve_recurrence(
-        lambda x, a: view.step(x, a)[0], view.x0, xs, solver=solver, guess=guess, tolerance=tolerance,
+        view.advance, view.x0, xs, solver=solver, guess=guess, tolerance=tolerance,
         max_iterations=max_iterations,
     )  # fmt: skip
     previous = jnp.concatenate([view.x0[None], solution.trajectory[:-1]])
-    losses = jax.vmap(lambda x, a: view.step(x, a)[1])(previous, xs)
+    losses = jax.vmap(view.loss)(previous, xs)
     return EpisodeSolution(solution.trajectory, losses, *solution[1:])

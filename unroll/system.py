@@ -323,32 +323,45 @@ def check_episode_against_theta(system: Any, theta: PyTree, key: jax.Array) -> N
         )
 
 
+class StateSplit(NamedTuple):
+    """A state's leaves in two lists, in order: the ``floats`` (float and complex: the ones
+    that carry tangents) and the ``discrete`` others (ints, PRNG keys), with
+    ``merge(floats, discrete) -> state`` putting such lists back into its structure."""
+
+    floats: list
+    discrete: list
+    merge: Callable[[list, list], PyTree]
+
+
+def split_discrete(state: PyTree) -> StateSplit:
+    """``state`` split into its float and its discrete leaves (``StateSplit``)."""
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    is_float = [is_inexact(x) for x in leaves]
+
+    def merge(floats, discrete):
+        floats, discrete = iter(floats), iter(discrete)
+        return treedef.unflatten([next(floats) if f else next(discrete) for f in is_float])
+
+    return StateSplit([x for x, f in zip(leaves, is_float) if f], [x for x, f in zip(leaves, is_float) if not f], merge)
+
+
 def check_discrete_independent(system: Any, theta: PyTree, key: jax.Array, estimator: str) -> None:
     """Trace-time check that the state's int and key leaves after ``step`` do not depend on
     its float leaves before it (so solvers that iterate on the floats can compute the
     discrete leaves once); found by dead-code elimination of the step's jaxpr."""
     check_against_theta(system, theta, key)
     state = jax.eval_shape(system.init, theta, key)
-    leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(state)
-    is_float = [is_inexact(x) for _, x in leaves_with_paths]
-    if all(is_float):
+    split = split_discrete(state)
+    if not split.discrete:
         return
     from jax._src.interpreters import partial_eval as pe  # (no public API finds a jaxpr's used inputs)
 
-    def discrete_after(floats, others, t):
-        floats, others = iter(floats), iter(others)
-        state = treedef.unflatten([next(floats) if f else next(others) for f in is_float])
-        new = jax.tree_util.tree_leaves(system.step(theta, state, t)[0])
-        return [x for x, f in zip(new, is_float) if not f]
+    def discrete_after(floats, discrete, t):
+        return split_discrete(system.step(theta, split.merge(floats, discrete), t)[0]).discrete
 
-    leaves = [x for _, x in leaves_with_paths]
-    closed = jax.make_jaxpr(discrete_after)(
-        [x for x, f in zip(leaves, is_float) if f],
-        [x for x, f in zip(leaves, is_float) if not f],
-        jax.ShapeDtypeStruct((), jnp.int32),
-    )
+    closed = jax.make_jaxpr(discrete_after)(split.floats, split.discrete, jax.ShapeDtypeStruct((), jnp.int32))
     _, used = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))
-    float_paths = [path for (path, _), f in zip(leaves_with_paths, is_float) if f]
+    float_paths = [path for path, x in jax.tree_util.tree_leaves_with_path(state) if is_inexact(x)]
     read = [jax.tree_util.keystr(path) or "(the state)" for path, u in zip(float_paths, used) if u]
     if read:
         raise ValueError(

@@ -49,9 +49,8 @@ def _solve(system, settings: Settings, theta, keys, guesses):
     def one(key, guess):
         view = episode_view(system, theta, key)
         xs = discrete_inputs(view, system.horizon)
-        fn = lambda x, a: view.step(x, a)[0]
         solution = solve_recurrence(
-            fn, view.x0, xs, solver=settings.solver, guess=guess, tolerance=settings.tolerance,
+            view.advance, view.x0, xs, solver=settings.solver, guess=guess, tolerance=settings.tolerance,
             max_iterations=settings.max_iterations,
         )  # fmt: skip
         return xs, solution
@@ -60,7 +59,7 @@ def _solve(system, settings: Settings, theta, keys, guesses):
 
     def exact(key, inputs):
         view = episode_view(system, theta, key)
-        return sequential_recurrence(lambda x, a: view.step(x, a)[0], view.x0, inputs)
+        return sequential_recurrence(view.advance, view.x0, inputs)
 
     trajectory = _or_sequential(solution.trajectory, solution.converged, lambda: jax.vmap(exact)(keys, xs))
     return trajectory, xs, solution
@@ -92,8 +91,8 @@ class _Adjoint(NamedTuple):
 def _adjoint(system, theta, key, xs, trajectory) -> _Adjoint:
     view = episode_view(system, theta, key)
     previous = jnp.concatenate([view.x0[None], trajectory[:-1]])
-    fn = lambda x, a: view.step(x, a)[0]
-    g = jax.vmap(jax.grad(lambda x, a: view.step(x, a)[1]))(previous, xs)
+    fn = view.advance
+    g = jax.vmap(jax.grad(view.loss))(previous, xs)
     after = jax.tree_util.tree_map(lambda z: jnp.flip(jnp.roll(z, -1, axis=0), 0), (previous, xs, g))
     live = jnp.arange(system.horizon) > 0
 

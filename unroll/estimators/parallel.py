@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from unroll.estimators._newton import Settings, newton_gradient
-from unroll.parallel import SOLVERS
+from unroll.parallel import SOLVERS, episode_view
 from unroll.system import (
     check_discrete_independent,
     check_episode_against_theta,
@@ -19,7 +19,6 @@ from unroll.system import (
     check_positive_float,
     check_positive_int,
     check_system,
-    inexact_leaves,
 )
 from unroll.window import Estimator, Gradient, keyword_only, plain_rule, windowed
 
@@ -150,9 +149,7 @@ def _previous_trajectories(system, num_workers: int):
     """The warm-start state: ``[W, T, N]`` zeros, replaced by each call's trajectories."""
 
     def extra(theta, key):
-        state = jax.eval_shape(system.init, theta, key)
-        size = sum(x.size * (2 if jnp.iscomplexobj(x) else 1) for x in inexact_leaves(state))
-        dtype = jnp.result_type(*[jnp.real(jnp.zeros((), x.dtype)).dtype for x in inexact_leaves(state)])
-        return jnp.zeros((num_workers, system.horizon, size), dtype)
+        x0 = jax.eval_shape(lambda th, k: episode_view(system, th, k).x0, theta, key)  # the real view, [N]
+        return jnp.zeros((num_workers, system.horizon) + x0.shape, x0.dtype)
 
     return extra
