@@ -1,5 +1,6 @@
-"""Memory-budgeted backpropagation schedules: the BPTT-HSM dynamic program of
-Gruslys et al. (2016), "Memory-Efficient Backpropagation Through Time".
+"""Memory-budgeted backpropagation schedules: binomial checkpointing (Griewank & Walther
+2000, "revolve"), which is also the optimum of the BPTT-HSM dynamic program of Gruslys
+et al. (2016), "Memory-Efficient Backpropagation Through Time", in closed form.
 
 The cost model. Backpropagating ``t`` steps means running the step function forward
 ("forward steps") and backward. A *slot* holds one hidden state; with ``m`` slots the
@@ -16,31 +17,154 @@ every time it is re-run to reach a later state. Then
   slots left (``s_y`` being one of them), free the slot, then solve the left part
   ``[0, y)`` with all ``m`` slots.
 
-No other base cases are needed (``y`` ranges over ``1..t-1``, so ``C(0, .)`` never
-occurs). With ``m >= t`` the cost is ``2 t - 1``, not ``t``: the first sweep stores every
-state (``t - 1`` steps) and each step is evaluated once more for its backward pass. It is
-the least possible cost for every ``m`` (each step but the last runs at least twice), so
-``C(t, m) = C(t, min(m, t))`` and a budget above the horizon changes nothing. This
-definition gives the published values ``C(10, 2) = 30`` and ``C(100, 10) = 322``.
+The closed form. Let ``beta(m, r) = binom(m + r, m)`` (the longest horizon ``m`` slots
+reverse with every step run at most ``r + 1`` times) and ``rho_m(t)`` the unique ``r >= 0``
+with ``beta(m, r - 1) < t <= beta(m, r)``. Then
 
-``plan(horizon, memory_budget)`` solves the program (numpy, one vectorized minimum per
-``t`` over all splits and budgets, ``O(T^2 m)`` element operations); ``Plan.split_tree()``
-is the recursive schedule and ``Plan.actions()`` the same schedule flattened into the
-stack-machine program; ``program`` regroups it into ops and ``checkpointed_episode``
-executes them in JAX (one ``lax.scan``), which ``unroll.checkpointed_bptt`` calls.
+    C(t, m) = (rho_m(t) + 1) t - beta(m + 1, rho_m(t) - 1),
+
+Griewank's ``r t - beta(m + 1, r - 1)`` extra advances plus the ``t`` evaluations for the
+backward passes (``C(10, 2) = 30``, ``C(100, 10) = 322``; ``2 t - 1`` once ``m >= t - 1``).
+``C(., m)`` is convex and piecewise linear, slope ``rho_m(t) + 1`` on ``(beta(m, r - 1),
+beta(m, r)]``, so the split cost is convex in ``y`` and its *smallest* minimizer is the
+first ``y`` whose forward difference is ``>= 0``: ``1 + rho_m(y + 1) >= rho_{m-1}(t - y)``.
+Within the band ``rho_m(y + 1) = q`` (``beta(m, q - 1) <= y < beta(m, q)``) this reads
+``y >= t - beta(m - 1, q + 1)``; the first band where it holds is ``q = max(1, rho_m(t + 1)
+- 1)`` (Pascal: ``beta(m, q) + beta(m - 1, q + 1) = beta(m, q + 1)``), so
+
+    y*(t, m) = min(t - 1, max(beta(m, q - 1), t - beta(m - 1, q + 1))).
+
+A schedule costs ``O(log t)`` binomials per distinct ``(length, slots)`` in its split tree
+(a few hundred at ``t = 10^6``), and ``O(actions)`` numpy work to flatten. The dynamic
+program it replaces (``O(t^2 m)``) is kept in the tests, as the reference it is checked
+against.
+
+``plan(horizon, memory_budget)`` is the schedule; ``Plan.split_tree()`` its recursive form
+and ``Plan.actions()`` the same schedule flattened into the stack-machine program;
+``program`` regroups it into ops and ``checkpointed_episode`` executes them in JAX (one
+``lax.scan``), which ``unroll.checkpointed_bptt`` calls.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unroll.system import check_memory_budget, check_positive_int, inexact_leaves, with_inexact_leaves
+from unroll.system import (
+    MemoryBytes,
+    check_memory_budget,
+    check_positive_int,
+    inexact_leaves,
+    with_inexact_leaves,
+)
 
-__all__ = ["Action", "Plan", "Program", "Segment", "checkpointed_episode", "plan", "program"]
+__all__ = [
+    "Action",
+    "Plan",
+    "Program",
+    "Segment",
+    "budget_slots",
+    "checkpointed_episode",
+    "forward_steps",
+    "plan",
+    "program",
+    "repetitions",
+    "spine",
+    "split",
+    "state_bytes",
+]
+
+
+def _beta(m: int, r: int) -> int:
+    """``binom(m + r, m)``, 0 for ``r < 0``."""
+    return math.comb(m + r, m) if r >= 0 else 0
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def repetitions(length: int, slots: int) -> int:
+    """``rho_m(t)``: the unique ``r >= 0`` with ``binom(m + r - 1, m) < t <= binom(m + r, m)``
+    (``t = length``, ``m = slots``), the most times any step runs beyond its first in an
+    optimal schedule. Galloping then bisection: ``O(log t)`` binomials."""
+    hi = 1
+    while _beta(slots, hi) < length:
+        hi *= 2
+    lo = hi // 2 if hi > 1 else 0
+    while lo < hi:  # the smallest r in [lo, hi] with beta(m, r) >= t
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _beta(slots, mid) >= length else (mid + 1, hi)
+    return lo
+
+
+def forward_steps(length: int, slots: int) -> int:
+    """``C(t, m) = (r + 1) t - binom(m + r, m + 1)`` with ``r = rho_m(t)``: the least number
+    of step evaluations that backpropagate ``t`` steps with ``m`` slots."""
+    r = repetitions(length, slots)
+    return (r + 1) * length - _beta(slots + 1, r - 1)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def split(length: int, slots: int) -> int:
+    """The smallest optimal first advance ``y*(t, m)`` (0 for a leaf: ``t == 1`` or
+    ``m == 1``); see the module docstring for the derivation."""
+    if length == 1 or slots == 1:
+        return 0
+    q = max(1, repetitions(length + 1, slots) - 1)
+    return min(length - 1, max(_beta(slots, q - 1), length - _beta(slots - 1, q + 1)))
+
+
+def _unit_split(length: int, slots: int) -> bool:
+    """``y*(t, m) == 1`` (an internal node that stores the very next state): exactly when
+    ``t <= 1 + m (m + 1) / 2`` (``q = 1`` and ``t - beta(m - 1, 2) <= 1`` above)."""
+    return length >= 2 and slots >= 2 and 2 * (length - 1) <= slots * (slots + 1)
+
+
+def spine(length: int, slots: int) -> int:
+    """How many nodes in a row, down the right path from ``(t, m)``, split off one step:
+    the largest ``K`` with ``y*(t - k, m - k) == 1`` for all ``k < K``. ``1 + (m - k)(m - k
+    + 1) / 2 - (t - k)`` decreases in ``k``, so bisection finds it; every such node is a
+    store of the next state and a one-step leaf, so ``actions()`` emits the ``K`` nodes
+    at once (with ``m >= t`` the whole episode is one spine: store every state)."""
+    lo, hi = 0, min(length, slots) - 1  # the count of unit splits lies in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if _unit_split(length - mid + 1, slots - mid + 1) else (lo, mid - 1)
+    return lo
+
+
+def _subtrees(length: int, slots: int) -> dict:
+    """For every distinct ``(length, slots)`` in the split tree of ``(length, slots)``, a
+    spine of unit splits counted as one node: ``(split, number of actions, deepest slot
+    index, spine length K)`` (``K == 0`` unless ``split == 1``; the spine's child is
+    ``(t - K, m - K)``), children before parents (an explicit stack)."""
+    stats, todo = {}, [(length, slots)]
+    while todo:
+        key = todo[-1]
+        if key in stats:
+            todo.pop()
+            continue
+        t, m = key
+        y = split(t, m)
+        if y == 0:
+            stats[todo.pop()] = (0, t, 0, 0)
+            continue
+        k = spine(t, m) if y == 1 else 0
+        children = [(t - k, m - k)] if k else [(y, m), (t - y, m - 1)]
+        missing = [c for c in children if c not in stats]
+        if missing:
+            todo += missing
+            continue
+        if k:  # k stores, the child's subtree, k one-step leaves
+            _, size, depth, _ = stats[children[0]]
+            stats[todo.pop()] = (1, 2 * k + size, k + depth, k)
+        else:
+            (_, left_size, left_depth, _), (_, right_size, right_depth, _) = stats[children[0]], stats[children[1]]
+            stats[todo.pop()] = (y, 1 + left_size + right_size, max(left_depth, 1 + right_depth), 0)
+    return stats
 
 
 class Segment(NamedTuple):
@@ -79,15 +203,15 @@ class Action(NamedTuple):
 
 
 class Plan(NamedTuple):
-    """The BPTT-HSM schedule for ``horizon`` steps and ``memory_budget`` state slots.
+    """The optimal schedule for ``horizon`` steps and ``memory_budget`` state slots.
 
     * ``forward_steps``: ``C(horizon, memory_budget)``, the least number of forward step
       evaluations (each step's evaluation for its own backward pass included);
-    * ``split``: the top-level argmin ``y`` (0 if ``horizon == 1`` or ``memory_budget == 1``);
+    * ``split``: the top-level smallest optimal split ``y`` (0 if ``horizon == 1`` or
+      ``memory_budget == 1``);
     * ``slots_used``: the slots the schedule actually fills (``<= memory_budget``);
-    * ``costs[t, m]`` / ``splits[t, m]``: ``C(t, m)`` and its argmin (the smallest ``y``
-      on ties; 0 for leaves) for ``1 <= t <= horizon``, ``1 <= m <= min(memory_budget,
-      horizon)``; row and column 0 are unused. Larger budgets equal the last column.
+    * ``num_actions``: the length of ``actions()``, ``horizon`` backward actions plus one
+      store per split.
     """
 
     horizon: int
@@ -95,16 +219,15 @@ class Plan(NamedTuple):
     forward_steps: int
     split: int
     slots_used: int
-    costs: np.ndarray
-    splits: np.ndarray
+    num_actions: int
 
     def cost(self, length: int, slots: int) -> int:
-        """``C(length, slots)`` for ``1 <= length <= horizon``, ``slots >= 1``."""
-        return int(self.costs[length, min(slots, self.costs.shape[1] - 1)])
+        """``C(length, slots)`` (closed form; any ``length, slots >= 1``)."""
+        return forward_steps(length, slots)
 
     def split_of(self, length: int, slots: int) -> int:
-        """The argmin ``y`` of ``C(length, slots)`` (0 for a leaf)."""
-        return int(self.splits[length, min(slots, self.splits.shape[1] - 1)])
+        """The smallest optimal split ``y`` of ``C(length, slots)`` (0 for a leaf)."""
+        return split(length, min(slots, length))
 
     def split_tree(self, start: int = 0, length: int | None = None, slots: int | None = None) -> Segment:
         """The recursive schedule as a tree of ``Segment`` (the whole episode by default)."""
@@ -123,61 +246,111 @@ class Plan(NamedTuple):
         )
 
     def actions(self) -> Action:
-        """The schedule as the stack-machine program of ``Action`` (see its docstring)."""
-        src, time, count, store, dst = [], [], [], [], []
-        # (start, length, slots, slot holding the state at `start`), solved last-in first-out
-        todo = [(0, self.horizon, self.memory_budget, 0)]
-        while todo:
-            start, length, slots, slot = todo.pop()
-            y = self.split_of(length, slots)
-            if y == 0:  # one step, or one slot: recompute every step from the start
-                for k in range(length - 1, -1, -1):
-                    src.append(slot), time.append(start), count.append(k), store.append(False), dst.append(-1)
-                continue
-            src.append(slot), time.append(start), count.append(y), store.append(True), dst.append(slot + 1)
-            todo.append((start, y, slots, slot))  # left part, after the right part
-            todo.append((start + y, length - y, slots - 1, slot + 1))
-        as_int = lambda v: np.asarray(v, np.int32)
-        return Action(as_int(src), as_int(time), as_int(count), np.asarray(store, bool), as_int(dst))
+        """The schedule as the stack-machine program of ``Action`` (see its docstring).
 
+        Depth-first order (a split's store, its right part, its left part), built level by
+        level of the split tree with numpy: every node's place in the list is its parent's
+        plus the sizes of the subtrees before it, known per distinct ``(length, slots)``;
+        a run of unit splits (``spine``) is one node."""
+        budget = min(self.memory_budget, self.horizon)
+        stats, width = _subtrees(self.horizon, budget), budget + 1
+        out = Action(*(np.empty(self.num_actions, d) for d in (np.int32, np.int32, np.int32, bool, np.int32)))
 
-def _solve(horizon: int, budget: int) -> tuple[np.ndarray, np.ndarray]:
-    """``costs[t, m]`` and ``splits[t, m]`` for ``t <= horizon``, ``m <= budget``."""
-    # work in [m, t] layout (the minimum runs over contiguous memory), int32 while it fits
-    dtype = np.int32 if horizon * (horizon + 1) // 2 + horizon < 2**31 - 1 else np.int64
-    costs = np.zeros((budget + 1, horizon + 1), dtype)
-    splits = np.zeros((budget + 1, horizon + 1), dtype)
-    t = np.arange(horizon + 1, dtype=np.int64)
-    costs[1, :] = t * (t + 1) // 2
-    costs[1:, 1] = 1
-    ys = np.arange(horizon + 1, dtype=dtype)
-    for length in range(2, horizon + 1) if budget >= 2 else ():
-        # y + C(length - y, m - 1) + C(y, m) for every split 1 <= y < length and budget
-        # m >= 2 at once (columns: y; the first operand is C(length - y, .) read backwards)
-        total = costs[1:budget, length - 1 : 0 : -1] + costs[2:, 1:length]
-        total += ys[1:length]
-        best = np.argmin(total, axis=1)  # the first (smallest) y on ties
-        costs[2:, length] = np.take_along_axis(total, best[:, None], axis=1)[:, 0]
-        splits[2:, length] = best + 1
-    return np.ascontiguousarray(costs.T, np.int64), np.ascontiguousarray(splits.T, np.int64)
+        def emit(at, src, time, count, store, dst):
+            out.src[at], out.time[at], out.count[at], out.store[at], out.dst[at] = src, time, count, store, dst
+
+        def expand(lengths):  # (owner, i) for i < lengths[owner], flattened
+            owner = np.repeat(np.arange(lengths.size), lengths)
+            return owner, np.arange(owner.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+
+        one = lambda v: np.asarray([v], np.int64)
+        start, length, slots, slot, offset = one(0), one(self.horizon), one(budget), one(0), one(0)
+        while length.size:
+            keys, inverse = np.unique(length * width + slots, return_inverse=True)
+            table = []
+            for key in keys.tolist():
+                t, m = divmod(key, width)
+                y, _, _, k = stats[(t, m)]
+                table.append((y, k, stats[(t - k, m - k) if k else (t - y, m - 1)][1] if y else 0))
+            y, k, right_size = np.asarray(table, np.int64).reshape(-1, 3)[inverse].T
+            # leaves: `length` backward actions, recomputing length - 1, ..., 0 steps from `slot`
+            leaf = y == 0
+            owner, i = expand(length[leaf])
+            emit(offset[leaf][owner] + i, slot[leaf][owner], start[leaf][owner], length[leaf][owner] - 1 - i, False, -1)
+            # spines: k stores of the next state, the child's actions, then k one-step backward passes
+            run = k > 0
+            owner, i = expand(k[run])
+            at, first, into = offset[run][owner], start[run][owner], slot[run][owner]
+            emit(at + i, into + i, first + i, 1, True, into + i + 1)
+            back = k[run][owner] - 1 - i
+            emit(at + k[run][owner] + right_size[run][owner] + i, into + back, first + back, 0, False, -1)
+            spines = (
+                start[run] + k[run],
+                length[run] - k[run],
+                slots[run] - k[run],
+                slot[run] + k[run],
+                offset[run] + k[run],
+            )
+            # splits: one store of the state `y` steps on into the next slot, then the children
+            node = ~leaf & ~run
+            start, length, slots, slot, offset, y = (v[node] for v in (start, length, slots, slot, offset, y))
+            emit(offset, slot, start, y, True, slot + 1)
+            right = (start + y, length - y, slots - 1, slot + 1, offset + 1)
+            left = (start, y, slots, slot, offset + 1 + right_size[node])
+            start, length, slots, slot, offset = (np.concatenate(parts) for parts in zip(spines, right, left))
+        return out
 
 
 def plan(horizon: int, memory_budget: int) -> Plan:
-    """The BPTT-HSM schedule backpropagating ``horizon`` steps with ``memory_budget``
-    hidden-state slots (the initial state included) in the fewest forward steps.
+    """The schedule backpropagating ``horizon`` steps with ``memory_budget`` hidden-state
+    slots (the initial state included) in the fewest forward steps (closed form: a few
+    hundred binomials even at ``horizon = 10^6``; ``Plan.actions()`` flattens it).
 
     >>> plan(10, 2).forward_steps, plan(100, 10).forward_steps
     (30, 322)
     """
     horizon = check_positive_int(horizon, "horizon", "It is the number of steps to backpropagate, e.g. horizon=100.")
-    memory_budget = check_memory_budget(memory_budget)
-    costs, splits = _solve(horizon, min(memory_budget, horizon))
-    p = Plan(horizon, memory_budget, 0, 0, 0, costs, splits)
-    actions = p.actions()
-    slots_used = int(max(actions.dst.max(initial=-1), actions.src.max(initial=0))) + 1
-    return p._replace(
-        forward_steps=p.cost(horizon, memory_budget), split=p.split_of(horizon, memory_budget), slots_used=slots_used
-    )
+    memory_budget = check_memory_budget(memory_budget, allow_bytes=False)
+    budget = min(memory_budget, horizon)
+    y, num_actions, depth, _ = _subtrees(horizon, budget)[(horizon, budget)]
+    return Plan(horizon, memory_budget, forward_steps(horizon, budget), y, depth + 1, num_actions)
+
+
+# --------------------------------------------------------------------------- budgets in bytes
+
+
+def state_bytes(state) -> int:
+    """The bytes of one state (a pytree of arrays or ``jax.ShapeDtypeStruct``; PRNG key
+    leaves by their key data): what one slot of the executor's buffer holds."""
+    total = 0
+    for leaf in jax.tree_util.tree_leaves(jax.eval_shape(lambda s: s, state)):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.eval_shape(jax.random.key_data, leaf)
+        total += math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+    return total
+
+
+def _size(num_bytes: float) -> str:
+    """``4104`` -> ``"4.008 KiB"``."""
+    power = min(int(math.log(max(num_bytes, 1), 1024)), 4)
+    return f"{num_bytes / 1024**power:.4g} {('B', 'KiB', 'MiB', 'GiB', 'TiB')[power]}"
+
+
+def budget_slots(memory_budget: int | str | MemoryBytes, state) -> int:
+    """The number of state slots ``memory_budget`` gives for states like ``state`` (one
+    episode's state): a count as it is; bytes (``"64MiB"``) as ``floor(bytes / state_bytes(
+    state))``. A bytes budget that cannot hold one state is refused, naming the minimum."""
+    budget = check_memory_budget(memory_budget)
+    if not isinstance(budget, MemoryBytes):
+        return budget
+    one = state_bytes(state)
+    if budget.size < one:
+        raise ValueError(
+            f"`memory_budget`={budget.text!r} ({budget.size:,} B) cannot hold one state: a state of this system "
+            f"takes {one:,} B{f' ({_size(one)})' if one >= 1024 else ''}, so the least bytes budget is memory_budget='{one}B'; pass at least "
+            f"that (or a count of states, e.g. memory_budget=1)."
+        )
+    return budget.size // one
 
 
 # --------------------------------------------------------------------------- executing a plan
@@ -186,62 +359,65 @@ def plan(horizon: int, memory_budget: int) -> Plan:
 class Program(NamedTuple):
     """A schedule (``checkpointing.Plan.actions()``) regrouped for execution.
 
-    Every *op* runs a forward chain from slot ``src`` (the state at step ``time``), writing
-    each new state into the slot ``chain_slot`` gives (the scratch slot ``slots`` when the
-    schedule does not keep it), then backpropagates the steps listed in its backward table
-    entries (each from the state in slot ``back_slot``, at step ``back_time``). The
-    executor runs both lists in blocks of ``block`` steps, unrolled.
+    Every *op* runs a forward chain of ``chain_length`` steps from slot ``src`` (the state
+    at step ``time``), then backpropagates the steps of its backward entries, each from
+    the state in slot ``back_slot``; backward entry ``j`` (over all ops) is episode step
+    ``T - 1 - j``. A chain writes each new state into the scratch slot ``slots``, except
+    where one of the op's stores ends: store ``i`` of the op (``store_begin <= i <
+    store_begin + store_count`` in ``store_end``) ends after ``store_end[i]`` chain steps
+    and its state goes to slot ``src + 1 + i - store_begin`` (a chain's stores fill
+    consecutive slots). The executor runs both lists in blocks of ``block`` steps, unrolled.
+
+    Sizes, all ``O(actions)``: ``ops`` one row of 7 ``int32`` per op (at most one per
+    action), ``store_end`` one ``int32`` per store (at most ``T``), ``back_slot`` one per
+    step (``uint8`` while the slots fit). At ``T = 10^6``, ``m = 100``: about 105k ops,
+    946k stores and 1M backward entries, 7.7 MB in all.
     """
 
     block: int
     slots: int  # kept slots; the buffer has one more, the scratch slot
-    ops: tuple  # (src, time, chain_begin, chain_length, back_begin, back_length): int arrays [num_ops]
-    chain_slot: np.ndarray
+    # (src, time, chain_length, store_begin, store_count, back_begin, back_length): int32 arrays [num_ops]
+    ops: tuple
+    store_end: np.ndarray
     back_slot: np.ndarray
-    back_time: np.ndarray
+
+
+def _slot_dtype(num_slots: int):
+    return np.uint8 if num_slots <= 255 else np.int16 if num_slots <= 32767 else np.int32
 
 
 def program(schedule, block: int = 4) -> Program:
     """Regroups ``schedule.actions()`` into ops: a run of store actions continuing one
-    another is one chain; the backward actions after it are its backward list; a backward
-    action that first recomputes ``count > 0`` steps becomes a chain into the scratch slot
-    plus a backward pass from it. Same steps, same order, same results."""
-    actions, slots = schedule.actions(), schedule.slots_used
-    scratch = slots
-    ops = []  # [src, time, chain (slots), backward [(slot, time)]]
-    op, chain_end = None, None  # chain_end: (slot, time) of the state the chain reached
-    for src, time, count, store, dst in zip(*actions):
-        if store:
-            if op is None or op[3] or chain_end != (src, time):
-                op = [int(src), int(time), [], []]
-                ops.append(op)
-            op[2] += [scratch] * (int(count) - 1) + [int(dst)]
-            chain_end = (dst, time + count)
-        elif count == 0:
-            if op is None:
-                op = [int(src), int(time), [], []]
-                ops.append(op)
-            op[3].append((int(src), int(time)))
-        else:  # recompute `count` steps into the scratch slot, then backpropagate from it
-            op = [int(src), int(time), [scratch] * int(count), [(scratch, int(time + count))]]
-            ops.append(op)
-            chain_end = None
-    chain_slot, back, table = [], [], []
-    for src, time, chain, backward in ops:
-        table.append((src, time, len(chain_slot), len(chain), len(back), len(backward)))
-        chain_slot += chain
-        back += backward
-    as_int = lambda v: np.asarray(v, np.int32)
-    # horizon 1 has no forward chain; one never-read entry keeps the (traced) index valid
-    chain_slot = chain_slot or [0]
-    return Program(
-        block,
-        slots,
-        tuple(as_int(c) for c in zip(*table)),
-        as_int(chain_slot),
-        as_int([s for s, _ in back]),
-        as_int([t for _, t in back]),
+    another is one chain; the backward actions after it that recompute nothing are its
+    backward list; a backward action that first recomputes ``count > 0`` steps starts an
+    op of its own, a chain into the scratch slot plus a backward pass from it. Same steps,
+    same order, same results (numpy over the actions, no Python loop)."""
+    a, slots = schedule.actions(), schedule.slots_used
+    count, n = a.count.astype(np.int64), a.src.size
+    # a store continues the chain when the action before it stored exactly the state it loads
+    continues = np.zeros(n, bool)
+    continues[1:] = a.store[1:] & a.store[:-1] & (a.dst[:-1] == a.src[1:]) & (a.time[:-1] + a.count[:-1] == a.time[1:])
+    begins = np.where(a.store, ~continues, count > 0)
+    begins[0] = True
+    first = np.flatnonzero(begins)
+    op = np.cumsum(begins) - 1  # the op of every action
+    before = lambda v: np.concatenate([[0], np.cumsum(v)])[first]  # totals over the ops before each op
+    stores, backward = a.store.astype(np.int64), (~a.store).astype(np.int64)
+    chain_begin = before(count)
+    store_end = (np.cumsum(count) - chain_begin[op])[a.store]  # chain steps done when each store lands
+    ops = (
+        a.src[first],
+        a.time[first],
+        np.add.reduceat(count, first),
+        before(stores),
+        np.add.reduceat(stores, first),
+        before(backward),
+        np.add.reduceat(backward, first),
     )
+    back_slot = np.where(a.count == 0, a.src, slots)[~a.store].astype(_slot_dtype(slots + 1))
+    # a never-read entry keeps the (traced) index valid when there is no store (m = 1, T = 1)
+    store_end = np.asarray(store_end if store_end.size else [0], np.int32)
+    return Program(block, slots, tuple(np.asarray(c, np.int32) for c in ops), store_end, back_slot)
 
 
 def _blocked_loop(length, block: int, body, carry):
@@ -271,7 +447,7 @@ def checkpointed_episode(system, program: Program, theta, state0):
     horizon, block = system.horizon, program.block
     step_out = jax.eval_shape(system.step, theta, state0, jnp.int32(0))
     ct_loss = jnp.asarray(1.0 / horizon, step_out[1].dtype)
-    chain_slot, back_slot, back_time = (jnp.asarray(a) for a in program[3:])
+    store_end, back_slot = jnp.asarray(program.store_end), jnp.asarray(program.back_slot)
     load = lambda stack, i: jax.tree_util.tree_map(lambda s: jax.lax.dynamic_index_in_dim(s, i, keepdims=False), stack)
 
     def backward(x, k, ct_next):
@@ -285,19 +461,21 @@ def checkpointed_episode(system, program: Program, theta, state0):
 
     def body(carry, op):
         stack, ct, grad, losses, final, num_forward = carry
-        src, time, chain_begin, chain_length, back_begin, back_length = op
+        src, time, chain_length, store_begin, store_count, back_begin, back_length = op
 
         def forward_one(j, c):
-            x, stack = c
+            x, stack, i = c  # i: the op's next store
             x = system.step(theta, x, time + j)[0]
-            slot = chain_slot[chain_begin + j]
-            return x, jax.tree_util.tree_map(lambda s, v: jax.lax.dynamic_update_index_in_dim(s, v, slot, 0), stack, x)
+            lands = (i < store_begin + store_count) & (store_end[i] == j + 1)
+            slot = jnp.where(lands, src + 1 + i - store_begin, program.slots)
+            stack = jax.tree_util.tree_map(lambda s, v: jax.lax.dynamic_update_index_in_dim(s, v, slot, 0), stack, x)
+            return x, stack, i + lands
 
-        _, stack = _blocked_loop(chain_length, block, forward_one, (load(stack, src), stack))
+        _, stack, _ = _blocked_loop(chain_length, block, forward_one, (load(stack, src), stack, store_begin))
 
         def backward_one(j, c):
             ct, grad, losses, final = c
-            k = back_time[back_begin + j]
+            k = horizon - 1 - (back_begin + j)  # backward passes run T - 1, T - 2, ..., 0
             d_theta, ct, loss, x_next = backward(load(stack, back_slot[back_begin + j]), k, ct)
             grad = jax.tree_util.tree_map(jnp.add, grad, d_theta)
             final = jax.tree_util.tree_map(lambda a, b: jnp.where(k == horizon - 1, a, b), x_next, final)

@@ -18,6 +18,7 @@ The objective is the mean per-step loss of an episode,
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -136,15 +137,48 @@ def check_particles(num_particles: Any, antithetic: Any, name: str = "num_partic
     return num_particles
 
 
-def check_memory_budget(memory_budget: Any) -> int:
-    """A number of stored state slots: a positive int (1, the initial state alone, is the
-    feasible minimum)."""
-    return check_positive_int(
-        memory_budget,
-        "memory_budget",
-        "It counts the hidden states kept at once, the episode's initial state included, so the "
-        "feasible minimum is 1 (e.g. memory_budget=10); use full_bptt to store every state.",
-    )
+_BYTE_UNITS = {"B": 1, "kB": 10**3, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_BYTE_UNITS |= {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+_BUDGET_FIX = (
+    "It counts the hidden states kept at once, the episode's initial state included, so the feasible minimum "
+    "is 1 (e.g. memory_budget=10); or it is the bytes for those states, a string such as memory_budget='64MiB'. "
+    "Use full_bptt to store every state."
+)
+
+
+class MemoryBytes(NamedTuple):
+    """A memory budget in bytes: ``text`` as given (``"64MiB"``), ``size`` in bytes."""
+
+    text: str
+    size: int
+
+
+def check_memory_budget(memory_budget: Any, *, allow_bytes: bool = True) -> int | MemoryBytes:
+    """A number of stored state slots, a positive int (1, the initial state alone, is the
+    feasible minimum); or, with ``allow_bytes``, a size in bytes as a string: a number and
+    a unit, one of B, kB (1000 B), MB, GB, TB, KiB (1024 B), MiB, GiB, TiB."""
+    if isinstance(memory_budget, MemoryBytes) and allow_bytes:
+        return memory_budget
+    if isinstance(memory_budget, str) and allow_bytes:
+        match = re.fullmatch(r"\s*(\d+\.?\d*|\.\d+)\s*([A-Za-z]+)\s*", memory_budget)
+        if not match or match.group(2) not in _BYTE_UNITS:
+            raise ValueError(
+                f"`memory_budget`={memory_budget!r} is not a size in bytes: write a number and a unit, one of "
+                f"{', '.join(_BYTE_UNITS)} (e.g. memory_budget='64MiB'), or pass a count of states as an int "
+                "(e.g. memory_budget=10)."
+            )
+        size = int(float(match.group(1)) * _BYTE_UNITS[match.group(2)])
+        if size < 1:
+            raise ValueError(f"`memory_budget`={memory_budget!r} is less than one byte. {_BUDGET_FIX}")
+        return MemoryBytes(memory_budget, size)
+    fix = _BUDGET_FIX
+    if isinstance(memory_budget, str):
+        fix = (
+            "`plan` counts states (the feasible minimum is 1, e.g. memory_budget=10); checkpointed_bptt takes bytes "
+            "such as '64MiB' and converts them with the state's size: unroll.checkpointing.budget_slots(memory_budget, "
+            "state) gives the count."
+        )
+    return check_positive_int(memory_budget, "memory_budget", fix)
 
 
 def check_real_state(estimator: str, leaves: list) -> None:

@@ -1,21 +1,34 @@
-"""Checkpointed BPTT: full BPTT's gradient with at most ``m`` stored states, on the
-schedule of ``unroll.checkpointing`` (Gruslys et al. 2016), executed by
-``unroll.checkpointing.checkpointed_episode``."""
+"""Checkpointed BPTT: full BPTT's gradient with at most ``m`` stored states, on the optimal
+binomial schedule of ``unroll.checkpointing`` (Griewank & Walther 2000; Gruslys et al.
+2016), executed by ``unroll.checkpointing.checkpointed_episode``."""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 
-from unroll.checkpointing import checkpointed_episode, plan, program
+from unroll.checkpointing import Program, budget_slots, checkpointed_episode, plan, program
 from unroll.system import check_memory_budget, check_num_workers, check_system, inexact_leaves
 from unroll.window import Estimator, Gradient, keyword_only, plain_rule, windowed
+
+
+@functools.lru_cache(maxsize=16)
+def _program(horizon: int, slots: int) -> Program:
+    return program(plan(horizon, slots))
+
+
+def _episode_state(states):
+    """One episode's state from the ``[W, P, ...]`` trajectories' states (shapes only)."""
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[2:], x.dtype), states)
 
 
 def _checkpointed_gradient(system, schedule):
     """A ``WindowGradient`` for whole episodes: each trajectory starts its next episode
     (``Window.restart``, differentiated by one vjp), the executor backpropagates it in
-    the plan's memory, and the cotangent of the initial state flows into ``init``."""
+    the plan's memory (``schedule(states)``, at trace time), and the cotangent of the
+    initial state flows into ``init``."""
 
     def gradient(window, theta, extra):
         def start(theta):
@@ -23,8 +36,8 @@ def _checkpointed_gradient(system, schedule):
             return inexact_leaves(states), (states, finish)
 
         _, init_vjp, (states, finish) = jax.vjp(start, theta, has_aux=True)
-        episode = lambda state: checkpointed_episode(system, schedule, theta, state)[:4]
-        grads, ct0, losses, final = jax.vmap(jax.vmap(episode))(states)
+        episode = functools.partial(checkpointed_episode, system, schedule(states), theta)
+        grads, ct0, losses, final = jax.vmap(jax.vmap(lambda state: episode(state)[:4]))(states)
         (d_init,) = init_vjp(ct0)
         num = window.num_steps // system.horizon  # trajectories: the estimate is their mean
         grad = jax.tree_util.tree_map(lambda g, d: jnp.sum(g, axis=(0, 1)) / num + d / num, grads, d_init)
@@ -34,32 +47,43 @@ def _checkpointed_gradient(system, schedule):
 
 
 @keyword_only
-def checkpointed_bptt(system, *, num_workers: int = 1, memory_budget: int) -> Estimator:
-    """Full BPTT storing at most ``memory_budget`` hidden states (Gruslys et al. 2016,
-    BPTT-HSM): the exact gradient ``grad (1/T) sum_t l_t`` of ``num_workers`` whole
-    episodes, the same estimate (and worker state, and ``info``) as
-    ``full_bptt(system, num_workers=...)``, in ``C(T, memory_budget)`` step evaluations
-    per episode (``unroll.checkpointing.plan``) instead of ``O(T)`` stored states.
+def checkpointed_bptt(system, *, num_workers: int = 1, memory_budget: int | str) -> Estimator:
+    """Full BPTT storing at most ``memory_budget`` hidden states (binomial checkpointing,
+    Griewank & Walther 2000; Gruslys et al. 2016): the exact gradient
+    ``grad (1/T) sum_t l_t`` of ``num_workers`` whole episodes, the same estimate (and
+    worker state, and ``info``) as ``full_bptt(system, num_workers=...)``, in
+    ``C(T, m) = (r + 1) T - binom(m + r, m + 1)`` step evaluations per episode
+    (``r = rho_m(T)``, ``unroll.checkpointing.plan``) instead of ``O(T)`` stored states.
 
-    ``memory_budget`` counts the hidden states kept at once per episode, the episode's
-    initial state included (1 is the minimum: every step is then recomputed from the
-    start, ``T (T + 1) / 2`` evaluations). Besides those slots the computation holds a
-    scratch slot, one working state, the state cotangent, one block of steps'
-    activations and the ``T`` scalar losses.
+    ``memory_budget`` is per episode (each of the ``num_workers`` trajectories keeps its
+    own states), either
 
-    The schedule is planned at construction and executed inside one compiled ``lax.scan``
-    over its ops (a chain of forward steps from a slot, storing the states the schedule
-    keeps, then the backward passes that follow it), each step differentiated by
-    ``jax.vjp``; the inner loops run blocks of 4 steps, unrolled, so loop overhead is paid
-    once per block. The program size does not grow with ``T``.
+    * a count ``m`` of the hidden states kept at once, the episode's initial state
+      included (1 is the minimum: every step is then recomputed from the start,
+      ``T (T + 1) / 2`` evaluations; ``m >= T`` stores every state, ``2 T - 1``); or
+    * bytes for those states, a string such as ``"64MiB"`` (units B, kB, MB, GB, KiB,
+      MiB, GiB, ...): ``m = floor(bytes / bytes of one state)``, found from the state's
+      shapes when ``init`` (or ``estimate``) is traced
+      (``unroll.checkpointing.budget_slots``). A budget below one state is refused there,
+      naming the minimum.
+
+    Besides those slots the computation holds a scratch slot, one working state, the
+    state cotangent, one block of steps' activations and the ``T`` scalar losses.
+
+    The schedule is planned in closed form (well under a second at ``T = 10^6``) and
+    executed inside one compiled ``lax.scan`` over its ops (a chain of forward steps from
+    a slot, storing the states the schedule keeps, then the backward passes that follow
+    it), each step differentiated by ``jax.vjp``; the inner loops run blocks of 4 steps,
+    unrolled. The compiled program is the same for every ``T``; only its action arrays
+    (``unroll.checkpointing.Program``: about 8 bytes per step) grow with it.
     ``info['steps']`` is ``num_workers * T`` (the episodes' steps, as for ``full_bptt``),
     not the recomputations.
     """
     check_system(system)
     num_workers = check_num_workers(num_workers)
-    memory_budget = check_memory_budget(memory_budget)
-    schedule = program(plan(system.horizon, memory_budget))
-    return windowed(
+    budget = check_memory_budget(memory_budget)
+    schedule = lambda states: _program(system.horizon, budget_slots(budget, _episode_state(states)))
+    estimator = windowed(
         system,
         plain_rule(system),
         truncation=system.horizon,
@@ -67,3 +91,10 @@ def checkpointed_bptt(system, *, num_workers: int = 1, memory_budget: int) -> Es
         gradient=_checkpointed_gradient(system, schedule),
         stagger=False,
     )
+
+    def init(theta, key):
+        state = estimator.init(theta, key)
+        schedule(state.workers.state)  # a bytes budget below one state fails here, not at the first estimate
+        return state
+
+    return Estimator(init, estimator.estimate)
