@@ -148,6 +148,7 @@ def test_published_values():
     """Q(10, 2), Q(100, 5), Q(100, 10), Q(100, 20) (Griewank & Walther's counts of extra
     advances, ``r T - binom(m + r, m + 1)``, plus the T evaluations with a backward pass)."""
     assert [plan(t, m).forward_steps for t, m in [(10, 2), (100, 5), (100, 10), (100, 20)]] == [30, 416, 322, 278]
+    assert plan(1000, 10).forward_steps == 4636  # ../shared/algorithms.md
 
 
 @pytest.mark.parametrize("t", [1, 2, 3, 10, 57])
