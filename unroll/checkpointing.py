@@ -70,6 +70,7 @@ __all__ = [
     "Segment",
     "budget_slots",
     "checkpointed_episode",
+    "checkpointed_episodes",
     "forward_steps",
     "plan",
     "program",
@@ -434,25 +435,30 @@ def _blocked_loop(length, block: int, body, carry):
     return jax.lax.fori_loop(whole * block, length, body, carry)
 
 
-def checkpointed_episode(system, program: Program, theta, state0):
-    """Backpropagates one episode from ``state0`` by executing ``program`` (``program``)
-    with a buffer of ``program.slots + 1`` hidden states: one ``lax.scan`` over its ops,
-    each a blocked loop over its chain's forward steps then one over its backward passes.
+def checkpointed_episodes(system, program: Program, theta, states0):
+    """Backpropagates a batch of episodes (``B``, the leading axis of every leaf of
+    ``states0``) by executing ``program`` with a buffer of ``program.slots + 1`` hidden
+    states per episode: one ``lax.scan`` over its ops, each a blocked loop over its
+    chain's forward steps then one over its backward passes. The step runs vmapped over
+    the batch; the buffer is indexed with scalar slots (batch inside), which costs
+    XLA:CPU less than vmapping the whole executor.
 
-    Returns ``(theta_grad, state0_cotangent, losses [T], final_state, forward_steps)``:
-    the gradient of ``(1/T) sum_t l_t`` through the steps (``state0`` held as an input),
-    the cotangent of the float leaves of ``state0``, the per-step losses, the state after
-    the last step, and the number of step evaluations done (``C(T, m)``).
+    Returns ``(theta_grad, state0_cotangents, losses [B, T], final_states, forward_steps)``:
+    the gradient of ``sum_b (1/T) sum_t l_t^b`` through the steps (``states0`` held as an
+    input), the cotangents of the float leaves of ``states0``, the per-step losses, the
+    states after the last step, and the number of step evaluations per episode
+    (``C(T, m)``).
     """
     horizon, block = system.horizon, program.block
-    step_out = jax.eval_shape(system.step, theta, state0, jnp.int32(0))
-    ct_loss = jnp.asarray(1.0 / horizon, step_out[1].dtype)
+    step = jax.vmap(system.step, in_axes=(None, 0, None))
+    step_out = jax.eval_shape(step, theta, states0, jnp.int32(0))
+    ct_loss = jnp.full(step_out[1].shape, 1.0 / horizon, step_out[1].dtype)
     store_end, back_slot = jnp.asarray(program.store_end), jnp.asarray(program.back_slot)
     load = lambda stack, i: jax.tree_util.tree_map(lambda s: jax.lax.dynamic_index_in_dim(s, i, keepdims=False), stack)
 
     def backward(x, k, ct_next):
         def f(theta, floats):  # only inexact leaves carry cotangents (not keys or counters)
-            x_next, loss = system.step(theta, with_inexact_leaves(x, floats), k)
+            x_next, loss = step(theta, with_inexact_leaves(x, floats), k)
             return (inexact_leaves(x_next), loss), x_next
 
         (_, loss), vjp_fn, x_next = jax.vjp(f, theta, inexact_leaves(x), has_aux=True)
@@ -465,7 +471,7 @@ def checkpointed_episode(system, program: Program, theta, state0):
 
         def forward_one(j, c):
             x, stack, i = c  # i: the op's next store
-            x = system.step(theta, x, time + j)[0]
+            x = step(theta, x, time + j)[0]
             lands = (i < store_begin + store_count) & (store_end[i] == j + 1)
             slot = jnp.where(lands, src + 1 + i - store_begin, program.slots)
             stack = jax.tree_util.tree_map(lambda s, v: jax.lax.dynamic_update_index_in_dim(s, v, slot, 0), stack, x)
@@ -479,16 +485,25 @@ def checkpointed_episode(system, program: Program, theta, state0):
             d_theta, ct, loss, x_next = backward(load(stack, back_slot[back_begin + j]), k, ct)
             grad = jax.tree_util.tree_map(jnp.add, grad, d_theta)
             final = jax.tree_util.tree_map(lambda a, b: jnp.where(k == horizon - 1, a, b), x_next, final)
-            return ct, grad, losses.at[k].set(loss), final
+            return ct, grad, jax.lax.dynamic_update_index_in_dim(losses, loss, k, 0), final
 
         ct, grad, losses, final = _blocked_loop(back_length, block, backward_one, (ct, grad, losses, final))
         return (stack, ct, grad, losses, final, num_forward + chain_length + back_length), None
 
-    stack = jax.tree_util.tree_map(lambda x: jnp.repeat(x[None], program.slots + 1, axis=0), state0)  # slot 0: state0
-    ct = [jnp.zeros_like(x) for x in inexact_leaves(state0)]
+    stack = jax.tree_util.tree_map(lambda x: jnp.repeat(x[None], program.slots + 1, axis=0), states0)  # slot 0
+    ct = [jnp.zeros_like(x) for x in inexact_leaves(states0)]
     grad = jax.tree_util.tree_map(jnp.zeros_like, theta)
-    losses = jnp.zeros((horizon,), step_out[1].dtype)
-    carry = (stack, ct, grad, losses, state0, jnp.zeros((), jnp.int32))
+    losses = jnp.zeros((horizon,) + step_out[1].shape, step_out[1].dtype)
+    carry = (stack, ct, grad, losses, states0, jnp.zeros((), jnp.int32))
     ops = tuple(jnp.asarray(a) for a in program.ops)
     (_, ct, grad, losses, final, num_forward), _ = jax.lax.scan(body, carry, ops)
-    return grad, ct, losses, final, num_forward
+    return grad, ct, losses.T, final, num_forward
+
+
+def checkpointed_episode(system, program: Program, theta, state0):
+    """``checkpointed_episodes`` for one episode: ``(theta_grad, state0_cotangent,
+    losses [T], final_state, forward_steps)``."""
+    batch = lambda tree: jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], tree)
+    grad, ct, losses, final, num_forward = checkpointed_episodes(system, program, theta, batch(state0))
+    first = lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)
+    return grad, first(ct), losses[0], first(final), num_forward

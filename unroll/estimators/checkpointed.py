@@ -7,9 +7,8 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 
-from unroll.checkpointing import Program, budget_slots, checkpointed_episode, plan, program
+from unroll.checkpointing import Program, budget_slots, checkpointed_episodes, plan, program
 from unroll.system import check_memory_budget, check_num_workers, check_system, inexact_leaves
 from unroll.window import Estimator, Gradient, keyword_only, plain_rule, windowed
 
@@ -26,9 +25,10 @@ def _episode_state(states):
 
 def _checkpointed_gradient(system, schedule):
     """A ``WindowGradient`` for whole episodes: each trajectory starts its next episode
-    (``Window.restart``, differentiated by one vjp), the executor backpropagates it in
-    the plan's memory (``schedule(states)``, at trace time), and the cotangent of the
-    initial state flows into ``init``."""
+    (``Window.restart``, differentiated by one vjp), the executor backpropagates them
+    all at once (the trajectories as one batch axis) in the plan's memory
+    (``schedule(states)``, at trace time), and the cotangents of the initial states flow
+    into ``init``."""
 
     def gradient(window, theta, extra):
         def start(theta):
@@ -36,11 +36,14 @@ def _checkpointed_gradient(system, schedule):
             return inexact_leaves(states), (states, finish)
 
         _, init_vjp, (states, finish) = jax.vjp(start, theta, has_aux=True)
-        episode = functools.partial(checkpointed_episode, system, schedule(states), theta)
-        grads, ct0, losses, final = jax.vmap(jax.vmap(lambda state: episode(state)[:4]))(states)
+        shape = jax.tree_util.tree_leaves(states)[0].shape[:2]  # [W, P]
+        flat = lambda tree: jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
+        unflat = lambda tree: jax.tree_util.tree_map(lambda x: x.reshape(shape + x.shape[1:]), tree)
+        grad, ct0, losses, final, _ = checkpointed_episodes(system, schedule(states), theta, flat(states))
+        ct0, losses, final = unflat((ct0, losses, final))
         (d_init,) = init_vjp(ct0)
         num = window.num_steps // system.horizon  # trajectories: the estimate is their mean
-        grad = jax.tree_util.tree_map(lambda g, d: jnp.sum(g, axis=(0, 1)) / num + d / num, grads, d_init)
+        grad = jax.tree_util.tree_map(lambda g, d: (g + d) / num, grad, d_init)
         return Gradient(grad, finish(final, losses), extra)
 
     return gradient
