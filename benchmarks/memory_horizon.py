@@ -6,16 +6,18 @@ What is measured
    system itself grows with the horizon) at horizons 1e3, 1e4 and 1e5: the compiled
    temporary memory of one ``estimate`` call (XLA's ``memory_analysis`` of the
    jit-compiled function: the buffers it allocates while running) and the size of the
-   estimator state carried between calls, for ``pes``, ``nres``, ``rtrl``, ``uoro``,
-   ``dni``, ``truncated_bptt`` (truncation 10, 4 workers, PES/NRES 8 particles each) and,
-   for contrast, ``full_bptt`` and ``checkpointed_bptt`` (budget 100; its Gruslys planner
-   is O(T^2 m), so it is left out above T = 20,000, where planning takes minutes). Each online
-   estimator then really runs one window at every horizon (to show it runs).
+   estimator state carried between calls, for every estimator of ``unroll.registry``
+   with the same settings (truncation 10, 4 workers, PES/NRES 8 particles each,
+   ``checkpointed_bptt`` budget 100 states) but ``parallel_bptt`` (it needs a parallel
+   form, which this RNN has not). Each online (windowed) estimator then really runs one
+   window at every horizon (to show it runs); the others are only compiled.
 2. The character language model (``unroll.tasks.char_lm``, LSTM hidden 128) at a sequence
-   length (20,000 characters) where ``full_bptt`` would need more than a stated budget
-   (64 MiB; compiled, not run):
-   ``checkpointed_bptt`` trains there within the budget; its loss before and after a few
-   outer steps and its seconds per step are printed.
+   length (100,000 characters) where ``full_bptt`` would need more than a stated budget
+   (64 MiB; compiled, not run): ``checkpointed_bptt`` (1000 stored states) trains there
+   within the budget, 100 outer steps of adam. Its loss curve (the training loss of
+   every outer step and the validation bits per character every tenth of the run), its
+   seconds per step and forward steps per character are printed and plotted (second
+   panel of ``--png``).
 
 Run ``python -m benchmarks.memory_horizon`` (``--quick`` for a smoke run).
 """
@@ -26,11 +28,13 @@ import argparse
 import functools
 import math
 import platform
+import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import unroll
@@ -42,8 +46,9 @@ TRUNCATION = 10
 WORKERS = 4
 PARTICLES = 8
 CHECKPOINT_BUDGET = 100
-# the Gruslys planner is O(T^2 m) (numpy): 0.6 s at T = 4000, m = 50; about 10 min at T = 1e5
-CHECKPOINT_MAX_HORIZON = 20_000
+LM_HIDDEN = 128
+LM_LEARNING_RATE = 3e-3
+LM_EVALUATIONS = 10  # validation points over the run, besides the one before the first step
 
 # every registered estimator, with the same workers, particles and window (unroll.registry)
 SETTINGS = dict(
@@ -120,8 +125,6 @@ def measure_horizons(horizons: Sequence[int]) -> dict[tuple[str, int], Cost]:
     for horizon in horizons:
         system = rnn_system(horizon)
         for name, make in ESTIMATORS.items():
-            if name == "checkpointed-bptt" and horizon > CHECKPOINT_MAX_HORIZON:
-                continue  # its plan would take minutes (see CHECKPOINT_MAX_HORIZON)
             if name == "parallel-bptt":
                 continue  # it needs a parallel form `episode`, which this tanh RNN has not (deer solves it)
             costs[name, horizon] = estimate_cost(make(system), theta, run=name in ONLINE)
@@ -140,37 +143,10 @@ def horizon_table(costs: dict[tuple[str, int], Cost], horizons: Sequence[int]) -
         grows = done[-1].temp_bytes + done[-1].state_bytes > 1.5 * (done[0].temp_bytes + done[0].state_bytes)
         lines.append(
             f"| {name} | "
-            + " | ".join(
-                "not planned (O(T^2 m) planner)" if c is None else f"{mb(c.temp_bytes)} / {mb(c.state_bytes)}"
-                for c in row
-            )
+            + " | ".join("-" if c is None else f"{mb(c.temp_bytes)} / {mb(c.state_bytes)}" for c in row)
             + f" | {'yes' if grows else 'no'} |"
         )
     return "\n".join(lines)
-
-
-def plot(costs: dict[tuple[str, int], Cost], horizons: Sequence[int], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, name in enumerate(ESTIMATORS):
-        done = [h for h in horizons if (name, h) in costs]
-        if not done:
-            continue
-        total = [costs[name, h].temp_bytes + costs[name, h].state_bytes for h in done]
-        ax.plot(done, total, "o-" if name in ONLINE else "s--", color=f"C{i}", label=name)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("horizon T")
-    ax.set_ylabel("bytes: compiled temp of one estimate + state")
-    ax.set_title("memory against the horizon (solid: online estimators)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 class LMResult(NamedTuple):
@@ -178,54 +154,121 @@ class LMResult(NamedTuple):
     budget_bytes: float
     full_temp_bytes: int
     checkpointed_temp_bytes: int
-    memory_budget: int
-    steps: int
-    loss_before: float
-    loss_after: float
-    seconds_per_step: float
+    memory_budget: int  # states
     forward_steps_per_char: float
+    vocab_size: int
+    steps: int  # outer steps run
+    train_loss: np.ndarray  # [steps] nats per character of each step's training sequence, before its update
+    eval_steps: np.ndarray  # outer steps at which ...
+    eval_bits: np.ndarray  # ... the validation bits per character was measured
+    seconds_per_step: float  # training only (compile and evaluation excluded)
+    seconds: float  # the whole char LM part: compiling both, training and evaluating
+
+    @property
+    def loss_decreased(self) -> bool:
+        return bool(self.eval_bits[-1] < self.eval_bits[0])
 
 
 def char_lm_run(length: int, budget_gib: float, memory_budget: int, steps: int) -> LMResult:
-    """Compiles (only) full_bptt and trains checkpointed_bptt on the character LM."""
-    system, theta, _ = tasks.char_lm(horizon=length, cell="lstm", hidden=128)
+    """Compiles (only) full_bptt and trains checkpointed_bptt on the character LM, evaluating
+    the validation bits per character ``LM_EVALUATIONS`` times over the run."""
+    start = time.perf_counter()
+    system, theta, evaluate = tasks.char_lm(horizon=length, cell="lstm", hidden=LM_HIDDEN)
     full = estimate_cost(unroll.full_bptt(system), theta, run=False)
     estimator = unroll.checkpointed_bptt(system, memory_budget=memory_budget)
     checkpointed = estimate_cost(estimator, theta, run=False)
-    fixed_loss = jax.jit(lambda th: unroll.episode_loss(system, th, jax.random.PRNGKey(5)))
-    loss_before = float(fixed_loss(theta))
-    trained, history = unroll.train(estimator, optax.adam(3e-3), theta, jax.random.PRNGKey(0), steps, progress=False)
-    plan = unroll.checkpointing.plan(length, memory_budget)
-    return LMResult(
-        length,
-        budget_gib * 2**30,
-        full.temp_bytes,
-        checkpointed.temp_bytes,
-        memory_budget,
+    print(f"  char LM at {length:,}: full_bptt {mb(full.temp_bytes)}, checkpointed_bptt {mb(checkpointed.temp_bytes)}")
+    _, history = unroll.train(
+        estimator,
+        optax.adam(LM_LEARNING_RATE),
+        theta,
+        jax.random.PRNGKey(0),
         steps,
-        loss_before,
-        float(fixed_loss(trained)),
-        float(history["train_time_s"]) / steps,
-        plan.forward_steps / length,
+        eval_fn=lambda th: {"bits_per_char": evaluate(th)["bits_per_char"]},
+        eval_every=max(1, steps // LM_EVALUATIONS),
+        progress=False,
+    )
+    done = len(history["loss"])
+    return LMResult(
+        length=length,
+        budget_bytes=budget_gib * 2**30,
+        full_temp_bytes=full.temp_bytes,
+        checkpointed_temp_bytes=checkpointed.temp_bytes,
+        memory_budget=memory_budget,
+        forward_steps_per_char=unroll.checkpointing.plan(length, memory_budget).forward_steps / length,
+        vocab_size=int(theta["embedding"].shape[0]),
+        steps=done,
+        train_loss=np.asarray(history["loss"]),
+        eval_steps=np.asarray(history["eval_step"]),
+        eval_bits=np.asarray(history["eval/bits_per_char"]),
+        seconds_per_step=float(history["train_time_s"]) / done,
+        seconds=time.perf_counter() - start,
     )
 
 
 def char_lm_table(r: LMResult) -> str:
     within = lambda b: "yes" if b <= r.budget_bytes else "no"
+    points = ", ".join(f"({s}, {b:.2f})" for s, b in zip(r.eval_steps, r.eval_bits))
+    first, last = r.train_loss[0] / math.log(2), r.train_loss[-1] / math.log(2)
     return "\n".join(
         [
-            f"Character LM (LSTM hidden 128, python docs corpus), one sequence of {r.length:,} characters per outer step; "
-            f"memory budget {mb(r.budget_bytes)}.",
+            f"Character LM (LSTM hidden {LM_HIDDEN}, python docs corpus, {r.vocab_size} characters), one sequence of "
+            f"{r.length:,} characters per outer step; memory budget {mb(r.budget_bytes)}.",
             "",
             "| estimator | compiled temp memory | within the budget? | ran |",
             "|---|---:|:---:|---|",
             f"| full_bptt | {mb(r.full_temp_bytes)} | {within(r.full_temp_bytes)} | no (compiled only) |",
             f"| checkpointed_bptt ({r.memory_budget} states) | {mb(r.checkpointed_temp_bytes)} | "
-            f"{within(r.checkpointed_temp_bytes)} | {r.steps} outer steps of adam(3e-3): loss on a fixed sequence "
-            f"{r.loss_before:.3f} -> {r.loss_after:.3f} nats, {r.seconds_per_step:.1f} s per step "
-            f"({r.forward_steps_per_char:.2f} forward steps per character) |",
+            f"{within(r.checkpointed_temp_bytes)} | {r.steps} outer steps of adam({LM_LEARNING_RATE:g}), "
+            f"{r.seconds_per_step:.1f} s per step ({r.forward_steps_per_char:.2f} forward steps per character); "
+            f"{r.seconds:.0f} s in all, compiling and evaluating included |",
+            "",
+            f"Loss curve: validation bits per character (64 sequences of 256 characters; uniform: "
+            f"{math.log2(r.vocab_size):.2f}) at (outer step, bits): {points}. "
+            f"Training loss of each step's own sequence (before its update): {first:.2f} bits per character at "
+            f"step 0, {last:.2f} at step {r.steps - 1}. "
+            f"The validation loss {'decreased' if r.loss_decreased else 'did not decrease'}.",
         ]
     )
+
+
+def plot(costs: dict[tuple[str, int], Cost], horizons: Sequence[int], lm: LMResult, path: str) -> None:
+    """Two panels: memory against the horizon, and the char LM's loss curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, curve) = plt.subplots(1, 2, figsize=(13, 5.5))
+    for i, name in enumerate(ESTIMATORS):
+        done = [h for h in horizons if (name, h) in costs]
+        if not done:
+            continue
+        total = [costs[name, h].temp_bytes + costs[name, h].state_bytes for h in done]
+        ax.plot(done, total, "o-" if name in ONLINE else "s--", color=plt.cm.tab20(i % 20), label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("horizon T")
+    ax.set_ylabel("bytes: compiled temp of one estimate + state")
+    ax.set_title("memory against the horizon (solid: online estimators)")
+    ax.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.13))
+    plot_lm_curve(curve, lm)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_lm_curve(ax, lm: LMResult) -> None:
+    steps = range(len(lm.train_loss))  # step k's loss is that of theta after k updates, as eval_steps count
+    ax.plot(steps, lm.train_loss / math.log(2), "-", color="C0", lw=1, label="training sequence (this step's)")
+    ax.plot(lm.eval_steps, lm.eval_bits, "o-", color="C3", label="validation (64 x 256 characters)")
+    ax.axhline(math.log2(lm.vocab_size), color="gray", ls=":", lw=1, label=f"uniform over {lm.vocab_size} characters")
+    ax.set_xlabel("outer step")
+    ax.set_ylabel("bits per character")
+    ax.set_title(
+        f"char LM, checkpointed_bptt ({lm.memory_budget} states) at T = {lm.length:,}, adam({LM_LEARNING_RATE:g})"
+    )
+    ax.legend(fontsize=8)
 
 
 def header() -> str:
@@ -242,21 +285,21 @@ def header() -> str:
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--horizons", type=int, nargs="+", default=[1_000, 10_000, 100_000])
-    parser.add_argument("--lm-length", type=int, default=20_000, help="char LM sequence length")
+    parser.add_argument("--lm-length", type=int, default=100_000, help="char LM sequence length")
     parser.add_argument("--lm-budget-gib", type=float, default=1 / 16, help="the stated memory budget (GiB)")
-    parser.add_argument("--lm-states", type=int, default=100, help="checkpointed_bptt memory_budget (states)")
-    parser.add_argument("--lm-steps", type=int, default=5, help="outer steps of char LM training")
-    parser.add_argument("--quick", action="store_true", help="horizons 1e3, 1e4; char LM length 20,000, 2 steps")
+    parser.add_argument("--lm-states", type=int, default=1000, help="checkpointed_bptt memory_budget (states)")
+    parser.add_argument("--lm-steps", type=int, default=100, help="outer steps of char LM training")
+    parser.add_argument("--quick", action="store_true", help="horizons 1e3, 1e4; char LM length 5,000, 2 steps")
     parser.add_argument("--out", help="also write the tables (markdown) here")
-    parser.add_argument("--png", help="write the memory-vs-horizon plot here")
+    parser.add_argument("--png", help="write the plots here (memory against the horizon; the char LM's loss curve)")
     args = parser.parse_args(argv)
     if args.quick:
         args.horizons, args.lm_length, args.lm_steps = [1_000, 10_000], 5_000, 2
     print(header(), flush=True)
     costs = measure_horizons(args.horizons)
-    if args.png:
-        plot(costs, args.horizons, args.png)
     lm = char_lm_run(args.lm_length, args.lm_budget_gib, args.lm_states, args.lm_steps)
+    if args.png:
+        plot(costs, args.horizons, lm, args.png)
     text = header() + "\n\n" + horizon_table(costs, args.horizons) + "\n\n" + char_lm_table(lm)
     report(text, args.out)
     return {"costs": costs, "horizons": args.horizons, "lm": lm}

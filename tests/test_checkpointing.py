@@ -37,6 +37,7 @@ from unroll.checkpointing import (
     forward_steps,
     plan,
     repetitions,
+    spine,
     split,
     state_bytes,
 )
@@ -165,6 +166,18 @@ def test_repetitions_bracket_the_horizon():
     for t, m in [(1, 1), (2, 1), (10, 2), (11, 2), (10**6, 100), (10**6, 3), (123457, 17)]:
         r = repetitions(t, m)
         assert math.comb(m + r - 1, m) * (r > 0) < t <= math.comb(m + r, m)
+
+
+def test_spines_are_runs_of_unit_splits():
+    """``spine(t, m)``, the run of one-step splits ``actions()`` emits at once, against the
+    splits themselves."""
+    for t in range(2, 200):
+        for m in range(2, 40):
+            if split(t, m) != 1:
+                continue
+            k = spine(t, m)
+            assert all(split(t - i, m - i) == 1 for i in range(k)), (t, m, k)
+            assert split(t - k, m - k) != 1, (t, m, k)
 
 
 def tree_cost(seg):
