@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import unroll
@@ -92,3 +93,154 @@ def test_mlp_hyperparameters_step_is_sgd_with_momentum_and_weight_decay():
     metrics = jax.jit(evaluate)(theta)
     assert 0.0 <= float(metrics["validation_accuracy"]) <= 1.0
     assert float(metrics["momentum"]) == pytest.approx(mu)
+
+
+# --------------------------------------------------------------------------- architectures and optax
+
+
+def _perturbed(theta, scale=0.05, seed=3):
+    """Theta off its baseline, so the hidden paths and heads all act."""
+    keys = jax.random.split(jax.random.key(seed), len(theta))
+    return {k: v + scale * jax.random.normal(key, v.shape, v.dtype) for key, (k, v) in zip(keys, sorted(theta.items()))}
+
+
+def _inner_run(problem, update, horizon):
+    """An independent loop over the inner problem: ``update(g, w, t) -> w``; returns the
+    losses and the final parameters."""
+    init_params, loss, _, _ = lopt.inner_problem(problem, dtype=jnp.float64)
+    w, losses = init_params(KEY), []
+    for t in range(horizon):
+        value, g = jax.value_and_grad(loss)(w, KEY, t)
+        losses.append(float(value))
+        w = update(g, w, t)
+    return losses, w
+
+
+@pytest.mark.parametrize("problem", lopt.PROBLEMS)
+def test_adam_mlp_at_its_init_is_optax_adam(problem):
+    """(b) at ``init_theta``: the inner run is ``optax.adam(lr)``, step for step (float64)."""
+    horizon, lr = 12, 1e-2
+    system, theta, _ = tasks.learned_optimizer(
+        problem, horizon=horizon, learning_rate=lr, dtype=jnp.float64, architecture="adam-mlp"
+    )
+    adam = optax.adam(lr)
+    opt_state = [None]
+
+    def update(g, w, t):
+        if opt_state[0] is None:
+            opt_state[0] = adam.init(w)
+        step, opt_state[0] = adam.update(g, opt_state[0], w)
+        return optax.apply_updates(w, step)
+
+    expected, w = _inner_run(problem, update, horizon)
+    state, got = step_losses(system, theta, KEY, horizon)
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(state[0]), np.asarray(w), rtol=1e-10, atol=1e-12)
+
+
+def test_controller_at_its_init_is_heavy_ball_sgd():
+    horizon, lr, mu = 10, 0.05, 0.8
+    arch = lopt.controller_optimizer(learning_rate=lr, momentum=mu)
+    system, theta, _ = tasks.learned_optimizer("digits", horizon=horizon, dtype=jnp.float64, architecture=arch)
+    velocity = [0.0]
+
+    def update(g, w, t):
+        velocity[0] = mu * velocity[0] + g
+        return w - lr * velocity[0]
+
+    expected, w = _inner_run("digits", update, horizon)
+    state, got = step_losses(system, theta, KEY, horizon)
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(state[0]), np.asarray(w), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", lopt.ARCHITECTURES)
+def test_as_optax_is_the_systems_inner_step_bit_for_bit(name):
+    """The exported optimizer on the system's flat inner parameters (with the inner
+    problem's layout) gives exactly the system's iterates, theta off its baseline, op for
+    op (eager: compiled into different programs, XLA may fuse and so round differently,
+    by 1e-14); on the same parameters as a pytree of the MLP's tensors (one optax leaf
+    per layer) it agrees to rounding."""
+    horizon = 5
+    system, theta, _ = tasks.learned_optimizer("digits", horizon=horizon, architecture=name)
+    theta = _perturbed(theta)
+    _, loss, _, _ = lopt.inner_problem("digits")
+    layout = lopt.inner_layout("digits")
+    split = lambda w: list(jnp.split(w, np.cumsum(np.bincount(layout.groups))[:-1]))
+    flat_opt, tree_opt = lopt.as_optax(theta, name, layout=layout), lopt.as_optax(theta, name)
+
+    def make_step(opt, wrap, unwrap):
+        def optax_step(params, opt_state, t):
+            _, g = jax.value_and_grad(loss)(unwrap(params), KEY, t)  # as the system step computes it
+            updates, opt_state = opt.update(wrap(g), opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        return optax_step
+
+    flat_step = make_step(flat_opt, lambda g: g, lambda w: w)
+    tree_step = make_step(tree_opt, split, jnp.concatenate)
+    state = system.init(theta, KEY)
+    flat, tree = state[0], split(state[0])
+    flat_state, tree_state = flat_opt.init(flat), tree_opt.init(tree)
+    step = system.step  # eager, op by op on both sides: compiled, XLA fuses the two programs differently
+    for t in range(horizon):
+        state, _ = step(theta, state, jnp.int32(t))
+        flat, flat_state = flat_step(flat, flat_state, jnp.int32(t))
+        tree, tree_state = tree_step(tree, tree_state, jnp.int32(t))
+        np.testing.assert_array_equal(np.asarray(flat), np.asarray(state[0]), err_msg=f"step {t}")
+        np.testing.assert_allclose(np.asarray(jnp.concatenate(tree)), np.asarray(state[0]), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", lopt.ARCHITECTURES)
+def test_save_and_load_round_trip(tmp_path, name):
+    arch = lopt.get_architecture(name, hidden=8)
+    theta = _perturbed(arch.init_theta(0, jnp.float32))
+    path = str(tmp_path / "opt.npz")
+    lopt.save(path, theta, arch)
+    read_theta, read_arch = lopt.read(path)
+    assert (read_arch.name, read_arch.config) == (arch.name, arch.config)
+    assert set(read_theta) == set(theta)
+    for k in theta:
+        assert read_theta[k].dtype == theta[k].dtype
+        np.testing.assert_array_equal(np.asarray(read_theta[k]), np.asarray(theta[k]))
+    params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.ones(4)}
+    grads = jax.tree_util.tree_map(lambda x: 0.3 * x + 0.1, params)
+    a, b = lopt.as_optax(theta, arch), lopt.load(path)
+    ua, _ = a.update(grads, a.init(params), params)
+    ub, _ = b.update(grads, b.init(params), params)
+    for x, y in zip(jax.tree_util.tree_leaves(ua), jax.tree_util.tree_leaves(ub)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("name, problem", [("adam-mlp", "quadratic"), ("controller", "digits")])
+def test_meta_gradients_match_finite_differences(name, problem):
+    """Full BPTT through the inner run against central differences. The Adam-feature MLP
+    on the quadratic: 20 parameters, so no ReLU of its 32 x P units sits within the
+    difference step of its kink (on the digits MLP's 2410 some do)."""
+    system, theta, _ = tasks.learned_optimizer(problem, horizon=6, dtype=jnp.float64, architecture=name)
+    theta = _perturbed(theta)
+    f = lambda th: unroll.episode_loss(system, th, KEY)
+    grad = jax.grad(f)(theta)
+    direction = _perturbed(jax.tree_util.tree_map(jnp.zeros_like, theta), scale=1.0, seed=7)
+    eps = 1e-5
+    shifted = lambda s: jax.tree_util.tree_map(lambda x, d: x + s * eps * d, theta, direction)
+    fd = (f(shifted(1.0)) - f(shifted(-1.0))) / (2 * eps)
+    analytic = sum(jnp.vdot(grad[k], direction[k]) for k in theta)
+    assert float(analytic) == pytest.approx(float(fd), rel=1e-6)
+
+
+def test_bad_architecture_input_fails_clearly(tmp_path):
+    with pytest.raises(
+        ValueError, match="`architecture`='adam' is not a learned-optimizer architecture; choose one of"
+    ):
+        tasks.learned_optimizer(architecture="adam")
+    opt = lopt.as_optax(lopt.adam_mlp_optimizer().init_theta(), "adam-mlp")
+    params = jnp.ones(3)
+    with pytest.raises(ValueError, match=r"reads the parameters as a feature: call update\(grads, state, params\)"):
+        opt.update(params, opt.init(params))
+    path = str(tmp_path / "other.npz")
+    np.savez(path, x=np.zeros(2))
+    with pytest.raises(ValueError, match="is not a learned optimizer saved by unroll.tasks.lopt.save"):
+        lopt.read(path)
+    with pytest.raises(ValueError, match="`momentum`=1.0 must lie in"):
+        lopt.controller_optimizer(momentum=1.0)

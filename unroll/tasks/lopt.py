@@ -13,6 +13,15 @@ free) and ``f`` the raw features (a linear skip path). With ``W_out[:H] = 0``,
 ``W_out[H:] = (c, 0, 0, 0, 0)`` and ``b_out = 0`` this is SGD with learning rate ``lr c``
 (``sgd_theta``), where meta-training starts by default.
 
+That is architecture (a), ``"mlp"``. ``ARCHITECTURES`` also has (b) ``"adam-mlp"``, a
+per-parameter MLP on Adam's features (bias-corrected momenta and second moments, their
+ratios, training progress) with a direction and a log-magnitude head, initialized at
+Adam; and (c) ``"controller"``, a small network that sets each layer's learning rate and
+momentum from training features. Each is an ``Architecture`` of pure functions on a flat
+parameter vector; ``as_optax(theta, architecture)`` exports a meta-trained one as an
+``optax.GradientTransformation`` on any pytree, and ``save`` / ``load`` (``read``) store it
+in a ``.npz`` with its architecture and settings.
+
 Inner problems: ``"digits"`` (a 64-32-10 tanh MLP on scikit-learn's digits, minibatches of
 64, a fresh random init per episode) and ``"quadratic"`` (a random 20-dimensional
 quadratic ``0.5 w^T A w`` per episode, eigenvalues log-uniform in [0.01, 1]). The step loss
@@ -21,11 +30,17 @@ is the inner training loss at the current parameters (the minibatch loss for dig
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
 
-from unroll.system import System, check_positive_int
+from unroll.system import System, check_positive_float, check_positive_int
 from unroll.tasks.evaluation import episode_evaluator
 from unroll.tasks.inner import digits, minibatch, mlp
 from unroll.tasks.setup import TaskSetup, adam_cosine, standard_settings
@@ -53,6 +68,287 @@ def learned_update(theta: dict, features: jax.Array) -> jax.Array:
     rms = jnp.sqrt(jnp.mean(features**2, axis=0) + 1e-12)
     h = jax.nn.relu((features / rms) @ theta["W1"] + theta["b1"])
     return h @ theta["W_out"][:hidden] + features @ theta["W_out"][hidden:] + theta["b_out"]
+
+
+# --------------------------------------------------------------------------- architectures
+
+
+class Layout(NamedTuple):
+    """How the flat inner parameter vector splits into tensors ("layers"): ``groups[i]``
+    is the tensor of parameter ``i`` (``0 <= groups < num_groups``). Per-layer optimizers
+    (the controller) read it; the per-parameter ones ignore it."""
+
+    groups: np.ndarray
+    num_groups: int
+
+
+def _layout(sizes) -> Layout:
+    return Layout(np.repeat(np.arange(len(sizes), dtype=np.int32), sizes), len(sizes))
+
+
+def single_layout(num_params: int) -> Layout:
+    return _layout([num_params])
+
+
+def pytree_layout(tree) -> Layout:
+    """One group per leaf of ``tree``, in ``ravel_pytree`` order."""
+    return _layout([int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(tree)])
+
+
+class Architecture(NamedTuple):
+    """A learned optimizer's form: pure functions on a flat parameter vector, as optax has
+    them on pytrees.
+
+    * ``init_theta(seed=0, dtype) -> theta``: meta-parameters (a dict of arrays) at the
+      architecture's baseline (SGD, Adam, SGD with momentum; ``seed`` draws the hidden
+      layer's input weights, whose output weights start at zero);
+    * ``init_state(num_params, dtype) -> state``: the per-parameter optimizer state;
+    * ``update(theta, grad, state, params, t, layout) -> (updates, state)``: the next
+      iterate is ``params + updates``; ``t`` counts steps from 0.
+
+    ``name`` and ``config`` (the settings that fix the form: learning rate, widths)
+    identify it in a saved file (``save`` / ``load``)."""
+
+    name: str
+    config: dict
+    init_theta: Callable
+    init_state: Callable
+    update: Callable
+
+
+def mlp_optimizer(learning_rate: float = 0.1, hidden: int = 32) -> Architecture:
+    """(a) The per-parameter MLP of the module docstring: features ``[g, m_0.5, m_0.9,
+    m_0.99, w]``, ``w <- w - lr u``; ``init_theta`` is SGD with learning rate ``lr``."""
+    learning_rate = check_positive_float(learning_rate, "learning_rate", "e.g. learning_rate=0.1")
+    hidden = check_positive_int(hidden, "hidden")
+    decays = DECAYS
+
+    def update(theta, grad, momenta, params, t, layout):
+        b = jnp.asarray(decays, grad.dtype)[:, None]
+        momenta = b * momenta + (1 - b) * grad
+        features = jnp.concatenate([grad[:, None], momenta.T, params[:, None]], axis=1)
+        return -learning_rate * learned_update(theta, features), momenta
+
+    return Architecture(
+        "mlp",
+        {"learning_rate": learning_rate, "hidden": hidden},
+        lambda seed=0, dtype=jnp.float32: sgd_theta(hidden, 1.0, seed, dtype),
+        lambda num_params, dtype=jnp.float32: jnp.zeros((len(decays), num_params), dtype),
+        update,
+    )
+
+
+BETA1 = (0.5, 0.9, 0.99)  # momentum decays of the Adam-feature MLP
+BETA2 = (0.99, 0.999)  # second-moment decays
+TIMESCALES = (3, 10, 30, 100, 300, 1000, 3000)  # training-progress features tanh(t / tau)
+ADAM_EPS = 1e-8
+NUM_ADAM_FEATURES = 1 + len(BETA1) + len(BETA2) + len(BETA1) * len(BETA2) + 1
+_ADAM_INDEX = 1 + len(BETA1) + len(BETA2) + BETA1.index(0.9) * len(BETA2) + BETA2.index(0.999)
+
+
+def adam_mlp_optimizer(learning_rate: float = 1e-2, hidden: int = 32, magnitude_scale: float = 0.1) -> Architecture:
+    """(b) A per-parameter MLP on Adam's features (after Metz et al. 2022's small
+    per-parameter learned optimizers). Per parameter, with bias-corrected moments
+    ``m^_b = m_b / (1 - b^(t+1))`` (``m_b = b m_b + (1 - b) g``, ``b`` in ``BETA1``) and
+    ``v^_c`` (of ``g^2``, ``c`` in ``BETA2``), the features are
+
+        x = [g, m^_b (3), sqrt(v^_c) (2), m^_b / (sqrt(v^_c) + eps) (6), w]
+
+    and, shared by all parameters, ``p = tanh(t / tau)`` for ``tau`` in ``TIMESCALES``. The
+    hidden layer reads ``x`` divided by its root mean square over the parameters (scale
+    free) and ``p``: ``h = relu([x / rms(x), p] W_1 + b_1)``. Two heads give a direction
+    and a log-magnitude, each a hidden path plus a linear skip from the raw ``x``:
+
+        d = h . W_d[:H] + x . W_d[H:] + b_d,   a = h . W_a[:H] + x . W_a[H:] + b_a,
+        update = -d exp(magnitude_scale * a) exp(log_step).
+
+    ``init_theta`` is Adam (b1 0.9, b2 0.999, eps 1e-8) with ``learning_rate``: the
+    direction head is the skip from ``m^_0.9 / (sqrt(v^_0.999) + eps)`` alone, the
+    magnitude head is zero and ``log_step = log(learning_rate)``, so meta-training starts
+    at parity with Adam."""
+    learning_rate = check_positive_float(learning_rate, "learning_rate", "e.g. learning_rate=1e-2")
+    hidden = check_positive_int(hidden, "hidden")
+    magnitude_scale = check_positive_float(magnitude_scale, "magnitude_scale", "e.g. magnitude_scale=0.1")
+    num_inputs = NUM_ADAM_FEATURES + len(TIMESCALES)
+
+    def init_theta(seed=0, dtype=jnp.float32):
+        key = jax.random.key(seed)
+        heads = jnp.zeros(hidden + NUM_ADAM_FEATURES, dtype)
+        return {
+            "W1": jax.random.normal(key, (num_inputs, hidden), dtype) / np.sqrt(num_inputs),
+            "b1": jnp.zeros(hidden, dtype),
+            "W_direction": heads.at[hidden + _ADAM_INDEX].set(1.0),
+            "b_direction": jnp.zeros((), dtype),
+            "W_magnitude": heads,
+            "b_magnitude": jnp.zeros((), dtype),
+            "log_step": jnp.asarray(np.log(learning_rate), dtype),
+        }
+
+    def init_state(num_params, dtype=jnp.float32):
+        return jnp.zeros((len(BETA1), num_params), dtype), jnp.zeros((len(BETA2), num_params), dtype)
+
+    def update(theta, grad, state, params, t, layout):
+        m, v = state
+        b1, b2 = (jnp.asarray(b, grad.dtype)[:, None] for b in (BETA1, BETA2))
+        m, v = b1 * m + (1 - b1) * grad, b2 * v + (1 - b2) * grad**2
+        count = jnp.asarray(t, grad.dtype) + 1
+        m_hat, v_hat = m / (1 - b1**count), v / (1 - b2**count)
+        positive = v_hat > 0  # sqrt(v) with a zero derivative at v = 0 (a pixel never lit): no inf * 0
+        root = jnp.where(positive, jnp.sqrt(jnp.where(positive, v_hat, 1)), 0)
+        ratios = (m_hat[:, None] / (root[None] + ADAM_EPS)).reshape(-1, grad.shape[0])
+        x = jnp.concatenate([grad[None], m_hat, root, ratios, params[None]]).T  # [P, F]
+        progress = jnp.tanh((count - 1) / jnp.asarray(TIMESCALES, grad.dtype))
+        rms = jnp.sqrt(jnp.mean(x**2, axis=0) + 1e-12)
+        inputs = jnp.concatenate([x / rms, jnp.broadcast_to(progress, (x.shape[0], len(TIMESCALES)))], axis=1)
+        h = jax.nn.relu(inputs @ theta["W1"] + theta["b1"])
+        head = lambda w, b: h @ w[:hidden] + x @ w[hidden:] + b
+        direction = head(theta["W_direction"], theta["b_direction"])
+        magnitude = head(theta["W_magnitude"], theta["b_magnitude"])
+        return -direction * jnp.exp(magnitude_scale * magnitude) * jnp.exp(theta["log_step"]), (m, v)
+
+    config = {"learning_rate": learning_rate, "hidden": hidden, "magnitude_scale": magnitude_scale}
+    return Architecture("adam-mlp", config, init_theta, init_state, update)
+
+
+def controller_optimizer(learning_rate: float = 0.1, momentum: float = 0.9, hidden: int = 16) -> Architecture:
+    """(c) A hyperparameter controller: SGD with momentum whose learning rate and momentum
+    each layer (``Layout`` group) gets from a small network of training features. For
+    group ``k`` at step ``t``, with ``g_k`` and ``w_k`` its gradient and parameters,
+
+        z_k = [log10 rms(g_k), log10 rms(w_k), tanh(t / tau) for tau in TIMESCALES],
+        (a_k, c_k) = tanh(z_k W_1 + b_1) W_out + b_out,
+        lr_k = learning_rate exp(a_k),  mu_k = sigmoid(logit(momentum) + c_k),
+        v <- mu_k v + g,  w <- w - lr_k v.
+
+    ``init_theta`` (``W_out = 0``, ``b_out = 0``) is heavy-ball SGD with ``learning_rate``
+    and ``momentum`` in every layer."""
+    learning_rate = check_positive_float(learning_rate, "learning_rate", "e.g. learning_rate=0.1")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"`momentum`={momentum!r} must lie in [0, 1); e.g. momentum=0.9.")
+    hidden = check_positive_int(hidden, "hidden")
+    num_inputs = 2 + len(TIMESCALES)
+    logit = float(np.log(momentum / (1 - momentum))) if momentum > 0 else -30.0
+
+    def init_theta(seed=0, dtype=jnp.float32):
+        return {
+            "W1": jax.random.normal(jax.random.key(seed), (num_inputs, hidden), dtype) / np.sqrt(num_inputs),
+            "b1": jnp.zeros(hidden, dtype),
+            "W_out": jnp.zeros((hidden, 2), dtype),
+            "b_out": jnp.zeros(2, dtype),
+        }
+
+    def update(theta, grad, velocity, params, t, layout):
+        groups, num_groups = jnp.asarray(layout.groups), layout.num_groups
+        counts = jnp.maximum(jax.ops.segment_sum(jnp.ones_like(grad), groups, num_groups), 1)
+        rms = lambda x: jnp.sqrt(jax.ops.segment_sum(x**2, groups, num_groups) / counts + 1e-30)
+        progress = jnp.tanh(jnp.asarray(t, grad.dtype) / jnp.asarray(TIMESCALES, grad.dtype))
+        z = jnp.concatenate(
+            [
+                jnp.log10(rms(grad))[:, None],
+                jnp.log10(rms(params))[:, None],
+                jnp.broadcast_to(progress, (num_groups, len(TIMESCALES))),
+            ],
+            axis=1,
+        )
+        out = jnp.tanh(z @ theta["W1"] + theta["b1"]) @ theta["W_out"] + theta["b_out"]
+        lr = learning_rate * jnp.exp(out[:, 0])
+        mu = jax.nn.sigmoid(logit + out[:, 1])
+        velocity = mu[groups] * velocity + grad
+        return -lr[groups] * velocity, velocity
+
+    config = {"learning_rate": learning_rate, "momentum": momentum, "hidden": hidden}
+    return Architecture(
+        "controller", config, init_theta, lambda num_params, dtype=jnp.float32: jnp.zeros(num_params, dtype), update
+    )
+
+
+ARCHITECTURES: dict[str, Callable[..., Architecture]] = {
+    "mlp": mlp_optimizer,
+    "adam-mlp": adam_mlp_optimizer,
+    "controller": controller_optimizer,
+}
+
+
+def get_architecture(name: str | Architecture, **config) -> Architecture:
+    """The architecture called ``name`` (one of ``ARCHITECTURES``) with ``config``; an
+    ``Architecture`` is returned as it is."""
+    if isinstance(name, Architecture):
+        return name
+    if name not in ARCHITECTURES:
+        raise ValueError(
+            f"`architecture`={name!r} is not a learned-optimizer architecture; choose one of {', '.join(ARCHITECTURES)}."
+        )
+    return ARCHITECTURES[name](**config)
+
+
+class LearnedOptimizerState(NamedTuple):
+    """``as_optax``'s state: the step count and the architecture's per-parameter state."""
+
+    count: jax.Array
+    inner: object
+
+
+def as_optax(
+    theta: dict, architecture: str | Architecture = "mlp", layout: Layout | None = None
+) -> optax.GradientTransformation:
+    """The learned optimizer with meta-parameters ``theta`` as an
+    ``optax.GradientTransformation`` on any pytree of parameters (raveled to one vector;
+    each leaf is one ``Layout`` group). ``update`` needs ``params`` (a feature):
+    ``updates, state = opt.update(grads, state, params)``, then
+    ``optax.apply_updates(params, updates)``. ``layout`` overrides the groups (e.g.
+    ``inner_layout(problem)`` for a flat vector): on the meta-training system's flat
+    parameters with its layout, the iterates are its inner step's, bit for bit."""
+    arch = get_architecture(architecture)
+
+    def init(params):
+        flat, _ = ravel_pytree(params)
+        return LearnedOptimizerState(jnp.zeros((), jnp.int32), arch.init_state(flat.size, flat.dtype))
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError(
+                f"the learned optimizer ({arch.name}) reads the parameters as a feature: call update(grads, state, params)."
+            )
+        grad, unravel = ravel_pytree(updates)
+        flat, _ = ravel_pytree(params)
+        groups = pytree_layout(params) if layout is None else layout
+        step, inner = arch.update(theta, grad, state.inner, flat, state.count, groups)
+        return unravel(step), LearnedOptimizerState(state.count + 1, inner)
+
+    return optax.GradientTransformation(init, update)
+
+
+FILE_FORMAT = "unroll-learned-optimizer/1"
+
+
+def save(path: str, theta: dict, architecture: str | Architecture = "mlp") -> None:
+    """Writes a learned optimizer to ``path`` (a ``.npz``): one array per entry of
+    ``theta`` under ``theta/<name>``, and ``meta``, a JSON string ``{"format":
+    "unroll-learned-optimizer/1", "architecture": name, "config": {...}, "dtypes": ...}``.
+    ``load(path)`` reads it back as an optax optimizer, ``read(path)`` as ``(theta,
+    architecture)``."""
+    arch = get_architecture(architecture)
+    arrays = {f"theta/{k}": np.asarray(v) for k, v in theta.items()}
+    meta = {"format": FILE_FORMAT, "architecture": arch.name, "config": arch.config}
+    with open(path, "wb") as f:
+        np.savez(f, meta=np.asarray(json.dumps(meta)), **arrays)
+
+
+def read(path: str) -> tuple[dict, Architecture]:
+    """``(theta, architecture)`` from a file ``save`` wrote (checked to be one)."""
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
+        if meta.get("format") != FILE_FORMAT:
+            raise ValueError(
+                f"{path!r} is not a learned optimizer saved by unroll.tasks.lopt.save (format {FILE_FORMAT})."
+            )
+        theta = {k.removeprefix("theta/"): jnp.asarray(data[k]) for k in data.files if k.startswith("theta/")}
+    return theta, get_architecture(meta["architecture"], **meta["config"])
+
+
+def load(path: str) -> optax.GradientTransformation:
+    """The optax optimizer saved at ``path``: ``as_optax(*read(path))``."""
+    return as_optax(*read(path))
 
 
 def _quadratic(key, dim: int, dtype):
@@ -85,41 +381,54 @@ def inner_problem(problem: str, batch_size: int = 64, dim: int = 20, dtype=jnp.f
     raise ValueError(f"`problem`={problem!r} is not a known inner problem; choose one of {', '.join(PROBLEMS)}.")
 
 
+def inner_layout(problem: str, dim: int = 20) -> Layout:
+    """The inner problem's tensors: the digits MLP's weight matrices and biases, in its
+    flat order; the quadratic's one vector."""
+    if problem != "digits":
+        return single_layout(dim)
+    sizes = mlp((64, 32, 10)).sizes
+    return _layout([n for fan_in, fan_out in zip(sizes[:-1], sizes[1:]) for n in (fan_in * fan_out, fan_out)])
+
+
 def learned_optimizer(
     problem: str = "digits",
     horizon: int = 200,
-    learning_rate: float = 0.1,
-    hidden: int = 32,
+    learning_rate: float | None = None,
+    hidden: int | None = None,
     batch_size: int = 64,
     seed: int = 0,
     dtype=jnp.float32,
     num_eval_tasks: int = 16,
+    architecture: str | Architecture = "mlp",
 ):
     """Meta-training a learned optimizer on ``problem``: returns ``(system, theta,
-    evaluate)``; theta starts at SGD with ``learning_rate`` (``sgd_theta``), the state is
-    ``(inner params, momenta [3, P], episode key)``, ``evaluate`` gives the mean inner
-    training loss over ``num_eval_tasks`` held-out inner tasks (``"objective"``) and, for
-    digits, the validation accuracy and loss of the final inner parameters."""
+    evaluate)``. ``architecture`` is one of ``ARCHITECTURES`` (built with
+    ``learning_rate`` and ``hidden`` when given) or an ``Architecture``; theta starts at
+    its baseline (``init_theta(seed)``: SGD for ``"mlp"``, Adam for ``"adam-mlp"``, SGD
+    with momentum for ``"controller"``). The state is ``(inner params, optimizer state,
+    episode key)``; ``evaluate`` gives the mean inner training loss over
+    ``num_eval_tasks`` held-out inner tasks (``"objective"``) and, for digits, the
+    validation accuracy and loss of the final inner parameters."""
     horizon = check_positive_int(horizon, "horizon")
-    hidden = check_positive_int(hidden, "hidden")
+    config = {k: v for k, v in (("learning_rate", learning_rate), ("hidden", hidden)) if v is not None}
+    arch = get_architecture(architecture, **config)
     init_params, loss, num_params, metrics = inner_problem(problem, batch_size, dtype=dtype)
-    decays = jnp.asarray(DECAYS, dtype)
+    layout = inner_layout(problem)
 
     def init(theta, key):
-        return init_params(key), jnp.zeros((len(DECAYS), num_params), dtype), key
+        return init_params(key), arch.init_state(num_params, dtype), key
 
     def step(theta, state, t):
-        w, momenta, key = state
+        w, opt_state, key = state
         value, g = jax.value_and_grad(loss)(w, key, t)
-        momenta = decays[:, None] * momenta + (1 - decays[:, None]) * g
-        features = jnp.concatenate([g[:, None], momenta.T, w[:, None]], axis=1)
-        return (w - learning_rate * learned_update(theta, features), momenta, key), value
+        updates, opt_state = arch.update(theta, g, opt_state, w, t, layout)
+        return (w + updates, opt_state, key), value
 
     system = System(init, step, horizon)
     evaluate = episode_evaluator(
         system, jax.random.key(seed + 10_000), num_eval_tasks, final_metrics=lambda state: metrics(state[0])
     )
-    return system, sgd_theta(hidden, 1.0, seed, dtype), evaluate
+    return system, arch.init_theta(seed, dtype), evaluate
 
 
 def adam_system(problem: str = "digits", horizon: int = 200, batch_size: int = 64, dtype=jnp.float32) -> System:
