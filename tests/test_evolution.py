@@ -8,6 +8,7 @@ position, and an episode-random target (particles of a worker share it).
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import unroll
@@ -138,3 +139,65 @@ def test_nres_aligned_windows_average_to_full_es():
     full_es = (eps * losses[:, None]).sum(0) / (particles * SIGMA**2)
     np.testing.assert_allclose(np.mean(grads, axis=0), full_es, rtol=1e-9)
     assert np.all(np.asarray(state.workers.t) == horizon)
+
+
+# --------------------------------------------------------------------------- nonfinite="drop"
+
+TARGET = jnp.array([1.0, -1.0])
+KEY = jax.random.key(0)
+
+
+def cliff_system(horizon=4, radius=2.5):
+    """The loss ``|theta - (1, -1)|^2`` each step, infinite beyond ``radius`` of the
+    optimum: perturbations that reach past it diverge."""
+
+    def step(theta, state, t):
+        d = jnp.sum((theta - TARGET) ** 2)
+        return state + 1.0, jnp.where(d < radius**2, d, jnp.inf)
+
+    return unroll.System(lambda theta, key: jnp.zeros(()), step, horizon)
+
+
+ES_FAMILY = {
+    "pes": lambda s, **kw: unroll.pes(s, truncation=2, **kw),
+    "nres": lambda s, **kw: unroll.nres(s, truncation=2, **kw),
+    "gpes": lambda s, **kw: unroll.gpes(s, truncation=1, reuse=2, **kw),
+    "es": lambda s, **kw: unroll.es(s, **kw),
+    "truncated_es": lambda s, **kw: unroll.truncated_es(s, truncation=2, **kw),
+}
+
+
+@pytest.mark.parametrize("name", ES_FAMILY)
+def test_drop_meta_trains_past_a_cliff_to_the_optimum(name):
+    """sigma = 1 from theta = 0: many perturbations land past the cliff. With
+    nonfinite='drop' the run reaches the optimum (1, -1) and says how many it dropped; by
+    default it stops, and the warning names the option."""
+    system, theta = cliff_system(), jnp.zeros(2)
+    settings = {"sigma": 1.0, "num_particles": 8, "num_workers": 2}
+    dropping = ES_FAMILY[name](system, nonfinite="drop", **settings)
+    trained, history = unroll.train(dropping, optax.sgd(0.05), theta, KEY, 300, progress=False)
+    assert int(history["first_nonfinite"]) == -1
+    assert np.sum(history["dropped"]) > 0 and np.all(np.isfinite(history["loss"]))
+    np.testing.assert_allclose(np.asarray(trained), np.asarray(TARGET), atol=0.15)
+    stopping = ES_FAMILY[name](system, **settings)
+    with pytest.warns(RuntimeWarning, match="nonfinite='drop'"):
+        _, history = unroll.train(stopping, optax.sgd(0.05), theta, KEY, 300, progress=False)
+    assert int(history["first_nonfinite"]) >= 0
+
+
+@pytest.mark.parametrize("name", ES_FAMILY)
+def test_drop_is_the_plain_estimate_when_nothing_diverges(name):
+    system, theta = cliff_system(radius=1e6), jnp.zeros(2)
+    settings = {"sigma": 0.3, "num_particles": 4, "num_workers": 3}
+    a, b = (ES_FAMILY[name](system, nonfinite=mode, **settings) for mode in ("stop", "drop"))
+    sa, sb = a.init(theta, KEY), b.init(theta, KEY)
+    for i in range(3):
+        (ga, sa, ia), (gb, sb, ib) = (e.estimate(theta, s, jax.random.fold_in(KEY, i)) for e, s in ((a, sa), (b, sb)))
+        np.testing.assert_allclose(np.asarray(gb), np.asarray(ga), rtol=1e-12)
+        np.testing.assert_allclose(float(ib["loss"]), float(ia["loss"]), rtol=1e-12)
+        assert int(ib["dropped"]) == 0
+
+
+def test_bad_nonfinite_fails_at_construction():
+    with pytest.raises(ValueError, match="`nonfinite`='skip' must be 'stop'.*or 'drop'"):
+        unroll.pes(cliff_system(), truncation=2, sigma=0.1, num_particles=4, nonfinite="skip")

@@ -454,7 +454,9 @@ def _finish(state: TrainState, log: _Log, on_nonfinite: str, name: str):
         warnings.warn(
             f"{name.strip()}: a non-finite loss, gradient or theta appeared; {int(np.sum(bad >= 0))} of {bad.size} "
             f"run(s) {what} outer step(s) {sorted({int(b) for b in bad if b >= 0})}. The returned theta is the "
-            "last finite one; lower the learning rate or sigma, or clip gradients (optax.clip_by_global_norm).",
+            "last finite one; lower the learning rate or sigma, or clip gradients (optax.clip_by_global_norm). "
+            "The ES-family estimators (pes, nres, gpes, es, truncated_es) can leave diverging trajectories out of "
+            "the estimate instead: nonfinite='drop'.",
             RuntimeWarning,
             stacklevel=3,  # train's caller: train calls this itself
         )

@@ -31,7 +31,14 @@ from unroll.window import EpisodeStart, Estimator, Rule, Step, keyword_only
 
 @keyword_only
 def pes(
-    system, *, truncation: int, sigma: float, num_particles: int, num_workers: int = 1, antithetic: bool = True
+    system,
+    *,
+    truncation: int,
+    sigma: float,
+    num_particles: int,
+    num_workers: int = 1,
+    antithetic: bool = True,
+    nonfinite: str = "stop",
 ) -> Estimator:
     """Persistent evolution strategies (Vicol et al. 2021), unbiased for the episode
     objective: ``g = 1/(N K sigma^2) sum_i xi_i sum_k l_{i,k}``, ``xi_i`` the sum of the
@@ -40,39 +47,55 @@ def pes(
     Staggered workers are advanced at ``init`` with the PES dynamics themselves (one
     first window of the stagger length), so their ``xi`` holds their whole episode.
     """
-    settings = check_es(system, truncation, sigma, num_particles, num_workers, antithetic)
+    settings = check_es(system, truncation, sigma, num_particles, num_workers, antithetic, nonfinite)
     return es_windowed(system, perturbed_rule(system), settings)
 
 
 @keyword_only
-def es(system, *, sigma: float, num_particles: int, num_workers: int = 1, antithetic: bool = True) -> Estimator:
+def es(
+    system, *, sigma: float, num_particles: int, num_workers: int = 1, antithetic: bool = True, nonfinite: str = "stop"
+) -> Estimator:
     """Evolution strategies over whole episodes: ``g = 1/(N sigma^2) sum_i eps_i L(theta + eps_i)``,
     an unbiased estimate of the gradient of the Gaussian-smoothed objective."""
-    settings = check_es(system, system.horizon, sigma, num_particles, num_workers, antithetic)
+    settings = check_es(system, system.horizon, sigma, num_particles, num_workers, antithetic, nonfinite)
     return es_windowed(system, perturbed_rule(system), settings, stagger=False)
 
 
 @keyword_only
 def truncated_es(
-    system, *, truncation: int, sigma: float, num_particles: int, num_workers: int = 1, antithetic: bool = True
+    system,
+    *,
+    truncation: int,
+    sigma: float,
+    num_particles: int,
+    num_workers: int = 1,
+    antithetic: bool = True,
+    nonfinite: str = "stop",
 ) -> Estimator:
     """Truncated ES: every window, particles branch from the unperturbed worker state,
     run with fresh ``theta + eps_i``, and ``g = 1/(N K sigma^2) sum_i eps_i sum_k l_{i,k}``.
     The past of the window is not perturbed, so the estimate is biased."""
-    settings = check_es(system, truncation, sigma, num_particles, num_workers, antithetic)
+    settings = check_es(system, truncation, sigma, num_particles, num_workers, antithetic, nonfinite)
     rule = perturbed_rule(system, begin=lambda _, eps: eps)  # xi: this window's noise only
     return es_windowed(system, rule, settings, branch=True)
 
 
 @keyword_only
 def nres(
-    system, *, truncation: int, sigma: float, num_particles: int, num_workers: int = 1, antithetic: bool = True
+    system,
+    *,
+    truncation: int,
+    sigma: float,
+    num_particles: int,
+    num_workers: int = 1,
+    antithetic: bool = True,
+    nonfinite: str = "stop",
 ) -> Estimator:
     """Noise-reuse ES (Li et al. 2023): particle ``i`` draws ``eps_i`` when its episode
     starts and runs every window of the episode at ``theta + eps_i``;
     ``g = 1/(N K sigma^2) sum_i eps_i sum_k l_{i,k}``. Unbiased; over the windows of an
     aligned episode it sums to full ES with the same noise."""
-    settings = check_es(system, truncation, sigma, num_particles, num_workers, antithetic)
+    settings = check_es(system, truncation, sigma, num_particles, num_workers, antithetic, nonfinite)
     num_particles, sigma = settings.num_particles, settings.sigma
     shape = (settings.num_workers, num_particles)
     half = num_particles // 2 if antithetic else num_particles

@@ -69,12 +69,13 @@ def gpes(
     num_workers: int = 1,
     reuse: int,
     antithetic: bool = True,
+    nonfinite: str = "stop",
 ) -> Estimator:
     """GPES-``reuse`` (Li et al. 2023): each particle redraws its noise every ``reuse``
     windows of its episode and weighs a step's loss by the sum of its episode's noises,
     ``g = 1/(N K sigma^2) sum_i sum_k xi_{i,k} l_{i,k}``; unbiased. ``reuse=1`` is PES, a
     ``reuse`` covering the whole episode is NRES (see the module)."""
-    settings = check_es(system, truncation, sigma, num_particles, num_workers, antithetic)
+    settings = check_es(system, truncation, sigma, num_particles, num_workers, antithetic, nonfinite)
     reuse = check_positive_int(
         reuse,
         "reuse",
