@@ -36,6 +36,12 @@ if os.environ.get("UNROLL_TEST_XLA_OPT") != "1" and "xla_backend_optimization_le
 # once another computation has run in the process. Single-threaded Eigen avoids it.
 if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+# That was not all of it: the LAPACK calls (the learned optimizer's quadratic draws its
+# matrix by a QR every step) go to scipy-openblas, whose own thread pool can deadlock when
+# XLA runs two such calls at once (reproduced: with --xla_cpu_use_thunk_runtime=false the
+# DEER gradient test on that loop hung 2 runs of 2; with OPENBLAS_NUM_THREADS=1, 0 of 2,
+# and once in a full suite run at the defaults). Set before numpy or jaxlib load OpenBLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # made by the first process of the session (the xdist controller); its workers find it set
 _OWN_CACHE_DIR = None
