@@ -402,17 +402,17 @@ def program(schedule, block: int = 4) -> Program:
     begins[0] = True
     first = np.flatnonzero(begins)
     op = np.cumsum(begins) - 1  # the op of every action
-    before = lambda v: np.concatenate([[0], np.cumsum(v)])[first]  # totals over the ops before each op
+    before = lambda total: np.concatenate([[0], total])[first]  # totals over the ops before each op
     stores, backward = a.store.astype(np.int64), (~a.store).astype(np.int64)
-    chain_begin = before(count)
-    store_end = (np.cumsum(count) - chain_begin[op])[a.store]  # chain steps done when each store lands
+    steps_done = np.cumsum(count)
+    store_end = (steps_done - before(steps_done)[op])[a.store]  # chain steps done when each store lands
     ops = (
         a.src[first],
         a.time[first],
         np.add.reduceat(count, first),
-        before(stores),
+        before(np.cumsum(stores)),
         np.add.reduceat(stores, first),
-        before(backward),
+        before(np.cumsum(backward)),
         np.add.reduceat(backward, first),
     )
     back_slot = np.where(a.count == 0, a.src, slots)[~a.store].astype(_slot_dtype(slots + 1))

@@ -1,6 +1,6 @@
 """Checkpointed BPTT: full BPTT's gradient with at most ``m`` stored states, on the optimal
 binomial schedule of ``unroll.checkpointing`` (Griewank & Walther 2000; Gruslys et al.
-2016), executed by ``unroll.checkpointing.checkpointed_episode``."""
+2016), executed by ``unroll.checkpointing.checkpointed_episodes``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jax
 
 from unroll.checkpointing import Program, budget_slots, checkpointed_episodes, plan, program
 from unroll.system import check_memory_budget, check_num_workers, check_system, inexact_leaves
-from unroll.window import Estimator, Gradient, keyword_only, plain_rule, windowed
+from unroll.window import Estimator, Gradient, _flat, _unflat, keyword_only, plain_rule, windowed
 
 
 @functools.lru_cache(maxsize=16)
@@ -37,10 +37,8 @@ def _checkpointed_gradient(system, schedule):
 
         _, init_vjp, (states, finish) = jax.vjp(start, theta, has_aux=True)
         shape = jax.tree_util.tree_leaves(states)[0].shape[:2]  # [W, P]
-        flat = lambda tree: jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
-        unflat = lambda tree: jax.tree_util.tree_map(lambda x: x.reshape(shape + x.shape[1:]), tree)
-        grad, ct0, losses, final, _ = checkpointed_episodes(system, schedule(states), theta, flat(states))
-        ct0, losses, final = unflat((ct0, losses, final))
+        grad, ct0, losses, final, _ = checkpointed_episodes(system, schedule(states), theta, _flat(states))
+        ct0, losses, final = _unflat((ct0, losses, final), shape)
         (d_init,) = init_vjp(ct0)
         num = window.num_steps // system.horizon  # trajectories: the estimate is their mean
         grad = jax.tree_util.tree_map(lambda g, d: (g + d) / num, grad, d_init)
