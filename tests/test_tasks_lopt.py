@@ -32,8 +32,8 @@ def test_learned_optimizer_with_identity_output_is_sgd(problem):
     horizon, lr, c = 6, 0.1, 0.7
     system, _, _ = tasks.learned_optimizer(problem, horizon=horizon, learning_rate=lr, dtype=jnp.float64)
     theta = lopt.sgd_theta(scale=c, dtype=jnp.float64)
-    init_params, loss, _, _ = lopt.inner_problem(problem, dtype=jnp.float64)
-    w, expected = init_params(KEY), []
+    task = lopt.inner_problem(problem, dtype=jnp.float64)
+    loss, w, expected = task.loss, task.init(KEY), []
     for t in range(horizon):
         value, g = jax.value_and_grad(loss)(w, KEY, t)
         expected.append(float(value))
@@ -107,8 +107,8 @@ def _perturbed(theta, scale=0.05, seed=3):
 def _inner_run(problem, update, horizon):
     """An independent loop over the inner problem: ``update(g, w, t) -> w``; returns the
     losses and the final parameters."""
-    init_params, loss, _, _ = lopt.inner_problem(problem, dtype=jnp.float64)
-    w, losses = init_params(KEY), []
+    task = lopt.inner_problem(problem, dtype=jnp.float64)
+    loss, w, losses = task.loss, task.init(KEY), []
     for t in range(horizon):
         value, g = jax.value_and_grad(loss)(w, KEY, t)
         losses.append(float(value))
@@ -164,7 +164,7 @@ def test_as_optax_is_the_systems_inner_step_bit_for_bit(name):
     horizon = 5
     system, theta, _ = tasks.learned_optimizer("digits", horizon=horizon, architecture=name)
     theta = _perturbed(theta)
-    _, loss, _, _ = lopt.inner_problem("digits")
+    loss = lopt.inner_problem("digits").loss
     layout = lopt.inner_layout("digits")
     split = lambda w: list(jnp.split(w, np.cumsum(np.bincount(layout.groups))[:-1]))
     flat_opt, tree_opt = lopt.as_optax(theta, name, layout=layout), lopt.as_optax(theta, name)
@@ -244,3 +244,179 @@ def test_bad_architecture_input_fails_clearly(tmp_path):
         lopt.read(path)
     with pytest.raises(ValueError, match="`momentum`=1.0 must lie in"):
         lopt.controller_optimizer(momentum=1.0)
+
+
+# --------------------------------------------------------------------------- task distribution, normalizer, baselines
+
+
+def test_family_member_is_its_unpadded_network():
+    """A sampled member of the MLP family, padded to 64-32-32-10, trains exactly as the
+    unpadded network (built by slicing its live parameters out) under the Adam-feature
+    optimizer off its baseline: the padding gets no gradient, no update and no weight in
+    the optimizer's statistics (float64, 1e-10)."""
+    family = inner.digits_mlp_family(jnp.float64)
+    arch = lopt.adam_mlp_optimizer(hidden=8)
+    theta = _perturbed(arch.init_theta(0, jnp.float64))
+    horizon = 6
+    system, _, _ = tasks.learned_optimizer(family, horizon=horizon, dtype=jnp.float64, architecture=arch)
+    for seed in range(40):  # a depth-2 and a depth-1 member of different widths
+        key = jax.random.key(seed)
+        config = jax.tree_util.tree_map(np.asarray, inner.mlp_family_config(key))
+        if int(config["depth"]) == 2 and len(set(config["widths"].tolist())) == 2:
+            break
+    depth_one = [s for s in range(40, 80) if int(inner.mlp_family_config(jax.random.key(s))["depth"]) == 1]
+    keys = [key, jax.random.key(depth_one[0])]
+    data = inner.digits()
+    x, y = jnp.asarray(data.x_train, jnp.float64), jnp.asarray(data.y_train)
+    for key in keys:
+        config = jax.tree_util.tree_map(np.asarray, inner.mlp_family_config(key))
+        widths = [int(w) for w in config["widths"][: int(config["depth"])]]
+        act = inner._ACTIVATIONS[inner.FAMILY_ACTIVATIONS[int(config["activation"])]]
+        mask = np.asarray(family.mask(key)) > 0
+        sizes = (64, *widths, 10)
+
+        def small_loss(w, t, sizes=sizes, act=act, config=config):
+            layers, offset = [], 0
+            for a, b in zip(sizes[:-1], sizes[1:]):
+                layers.append((w[offset : offset + a * b].reshape(a, b), w[offset + a * b : offset + a * b + b]))
+                offset += a * b + b
+            xb, yb = inner.minibatch(key, t, x, y, 64)
+            n = int(config["batch_size"])
+            h = xb[:n]
+            for weight, bias in layers[:-1]:
+                h = act(h @ weight + bias)
+            logits = h @ layers[-1][0] + layers[-1][1]
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), yb[:n, None], axis=1))
+
+        w0 = np.asarray(family.init(key))
+        assert np.all(w0[~mask] == 0)
+        small = jnp.asarray(w0[mask])  # the live parameters, in the small network's flat order
+        assert small.size == inner.mlp(sizes).num_params
+        layout = lopt._layout([n for a, b in zip(sizes[:-1], sizes[1:]) for n in (a * b, b)])
+        state_small, expected = arch.init_state(small.size, jnp.float64), []
+        for t in range(horizon):
+            value, g = jax.value_and_grad(small_loss)(small, t)
+            expected.append(float(value))
+            update, state_small = arch.update(theta, g, state_small, small, t, layout)
+            small = small + update
+        state, got = step_losses(system, theta, key, horizon)
+        np.testing.assert_allclose(got, expected, rtol=1e-10)
+        final = np.asarray(state.params)
+        np.testing.assert_allclose(final[mask], np.asarray(small), rtol=1e-10, atol=1e-13)
+        assert np.all(final[~mask] == 0)
+
+
+def test_normalizer_bounds_a_diverging_run():
+    """Adam at learning rate 10 blows up every digits network: each step loss stays in
+    [0, ceiling] (never NaN), the steps after divergence score the ceiling, and the
+    parameters stop moving; the final metrics report it."""
+    arch = lopt.baseline_optimizer("adam")
+    theta = {"log10_learning_rate": jnp.asarray(1.0)}
+    horizon = 60
+    for problem in ("digits-mlp-family", "digits-conv"):
+        system, _, evaluate = tasks.learned_optimizer(problem, horizon=horizon, architecture=arch, num_eval_tasks=4)
+        state = system.init(theta, KEY)
+        losses, params, flags = [], [], []
+        for t in range(horizon):
+            state, loss = jax.jit(system.step)(theta, state, jnp.int32(t))
+            losses.append(float(loss)), params.append(np.asarray(state.params)), flags.append(float(state.diverged))
+        losses, ceiling = np.asarray(losses), np.float32(inner.CLASSIFIER_CEILING)  # the system's dtype
+        assert np.all(np.isfinite(losses)) and np.all((0 <= losses) & (losses <= ceiling))
+        first = flags.index(1.0)
+        assert first < horizon - 5
+        assert np.all(losses[first + 1 :] == ceiling)
+        for later in params[first:]:
+            np.testing.assert_array_equal(later, params[first])
+        metrics = jax.jit(evaluate)(theta)
+        assert float(metrics["diverged"]) == 1.0
+        assert float(metrics["final_train_loss"]) == pytest.approx(ceiling)
+        assert float(metrics["objective"]) <= ceiling
+
+
+@pytest.mark.parametrize("name", lopt.BASELINES)
+def test_baselines_are_optax(name):
+    """The tuned baselines step for step against optax's own (float64): adam,
+    adam(cosine_decay_schedule), sgd(momentum)."""
+    horizon, lr = 12, 10**-1.5
+    arch = lopt.baseline_optimizer(name, horizon)
+    theta = {"log10_learning_rate": jnp.asarray(-1.5, jnp.float64)}
+    if name == "sgd-momentum":
+        theta["momentum"] = jnp.asarray(0.8, jnp.float64)
+        reference = optax.sgd(lr, momentum=0.8)
+    elif name == "adam":
+        reference = optax.adam(lr)
+    else:
+        reference = optax.adam(optax.cosine_decay_schedule(lr, horizon))
+    system, _, _ = tasks.learned_optimizer("digits", horizon=horizon, dtype=jnp.float64, architecture=arch)
+    opt_state = [None]
+
+    def update(g, w, t):
+        if opt_state[0] is None:
+            opt_state[0] = reference.init(w)
+        step, opt_state[0] = reference.update(g, opt_state[0], w)
+        return optax.apply_updates(w, step)
+
+    expected, w = _inner_run("digits", update, horizon)
+    state, got = step_losses(system, theta, KEY, horizon)
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(state[0]), np.asarray(w), rtol=1e-9, atol=1e-12)
+
+
+def test_tune_baseline_picks_the_best_grid_point():
+    result = lopt.tune_baseline(
+        "sgd-momentum",
+        "quadratic",
+        30,
+        log10_learning_rates=np.linspace(-2, 1, 6),
+        momenta=(0.0, 0.9),
+        num_eval_tasks=4,
+    )
+    scores = np.asarray(result["scores"])
+    assert len(scores) == 12 and np.all(np.isfinite(scores)) and np.max(scores) <= inner.QUADRATIC_CEILING
+    best = int(np.argmin(scores))
+    assert result["best"]["final_train_loss"] == pytest.approx(scores[best])
+    assert result["best_theta"]["momentum"] == result["grid"]["momentum"][best]
+    assert scores.max() == pytest.approx(inner.QUADRATIC_CEILING)  # lr 10 diverges
+
+
+def test_run_lengths_restart_inner_runs_inside_the_episode():
+    """With ``run_lengths``, an episode is a sequence of inner runs of log-uniform lengths:
+    each starts from its own fresh init and optimizer state (the step count restarts), and
+    its losses are those of a standalone run of that task."""
+    lengths = (3, 9)
+    arch = lopt.baseline_optimizer("adam")
+    theta = {"log10_learning_rate": jnp.asarray(-2.0, jnp.float64)}
+    system, _, _ = tasks.learned_optimizer(
+        "quadratic", horizon=40, dtype=jnp.float64, architecture=arch, run_lengths=lengths
+    )
+    state, counts, keys, losses = system.init(theta, KEY), [], [], []
+    for t in range(40):
+        counts.append(int(state.count)), keys.append(state.key)
+        state, loss = system.step(theta, state, jnp.int32(t))
+        losses.append(float(loss))
+    starts = [t for t, c in enumerate(counts) if c == 0]
+    assert len(starts) >= 5
+    draws = set()
+    for a, b in zip(starts[:-1], starts[1:]):
+        assert b - a == int(lopt.run_length(keys[a], lengths)) and lengths[0] <= b - a <= lengths[1]
+        assert counts[a:b] == list(range(b - a))
+        draws.add(b - a)
+        alone, _, _ = tasks.learned_optimizer(
+            inner.quadratic_task(20, jnp.float64), horizon=b - a, dtype=jnp.float64, architecture=arch
+        )
+        _, expected = step_losses(alone, theta, keys[a], b - a)
+        np.testing.assert_allclose(losses[a:b], expected, rtol=1e-12)
+    assert len(draws) >= 2
+    with pytest.raises(ValueError, match="run_lengths"):
+        tasks.learned_optimizer("quadratic", run_lengths=(10, 5))
+
+
+def test_conv_task_gradient_matches_finite_differences():
+    task = inner.digits_conv_task(dtype=jnp.float64)
+    w = task.init(KEY) + 0.01
+    direction = jax.random.normal(jax.random.key(5), w.shape, jnp.float64)
+    f = lambda w: task.loss(w, KEY, 3)
+    eps = 1e-6
+    fd = (f(w + eps * direction) - f(w - eps * direction)) / (2 * eps)
+    assert float(jnp.vdot(jax.grad(f)(w), direction)) == pytest.approx(float(fd), rel=1e-6)
+    assert task.num_params == 9 * 8 + 8 + 128 * 10 + 10

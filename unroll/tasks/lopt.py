@@ -41,13 +41,13 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from unroll.system import System, check_positive_float, check_positive_int
+from unroll.tasks import inner
 from unroll.tasks.evaluation import episode_evaluator
-from unroll.tasks.inner import digits, minibatch, mlp
 from unroll.tasks.setup import TaskSetup, adam_cosine, standard_settings
 
 DECAYS = (0.5, 0.9, 0.99)
 NUM_FEATURES = 2 + len(DECAYS)
-PROBLEMS = ("digits", "quadratic")
+PROBLEMS = ("digits", "quadratic", "digits-mlp-family", "digits-conv")
 
 
 def sgd_theta(hidden: int = 32, scale: float = 1.0, seed: int = 0, dtype=jnp.float32) -> dict:
@@ -62,10 +62,10 @@ def sgd_theta(hidden: int = 32, scale: float = 1.0, seed: int = 0, dtype=jnp.flo
     }
 
 
-def learned_update(theta: dict, features: jax.Array) -> jax.Array:
-    """``u`` for every parameter: ``features`` is ``[P, F]``."""
+def learned_update(theta: dict, features: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """``u`` for every parameter: ``features`` is ``[P, F]`` (``mask``: see ``Layout``)."""
     hidden = theta["W1"].shape[1]
-    rms = jnp.sqrt(jnp.mean(features**2, axis=0) + 1e-12)
+    rms = _rms(features, mask)
     h = jax.nn.relu((features / rms) @ theta["W1"] + theta["b1"])
     return h @ theta["W_out"][:hidden] + features @ theta["W_out"][hidden:] + theta["b_out"]
 
@@ -76,10 +76,21 @@ def learned_update(theta: dict, features: jax.Array) -> jax.Array:
 class Layout(NamedTuple):
     """How the flat inner parameter vector splits into tensors ("layers"): ``groups[i]``
     is the tensor of parameter ``i`` (``0 <= groups < num_groups``). Per-layer optimizers
-    (the controller) read it; the per-parameter ones ignore it."""
+    (the controller) read it; the per-parameter ones ignore it. ``mask`` (``[P]``, 1.0 or
+    0.0; ``None``: all 1) marks the parameters that exist: the padding of a task family's
+    narrower members (``unroll.tasks.inner.digits_mlp_family``) counts in no statistic an
+    optimizer takes over parameters, and gets no update."""
 
     groups: np.ndarray
     num_groups: int
+    mask: jax.Array | None = None
+
+
+def _rms(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Root mean square of ``x`` (``[P, F]``) over the parameters (axis 0) that ``mask`` keeps."""
+    if mask is None:
+        return jnp.sqrt(jnp.mean(x**2, axis=0) + 1e-12)
+    return jnp.sqrt(jnp.sum(mask[:, None] * x**2, axis=0) / jnp.maximum(jnp.sum(mask), 1) + 1e-12)
 
 
 def _layout(sizes) -> Layout:
@@ -127,7 +138,7 @@ def mlp_optimizer(learning_rate: float = 0.1, hidden: int = 32) -> Architecture:
         b = jnp.asarray(decays, grad.dtype)[:, None]
         momenta = b * momenta + (1 - b) * grad
         features = jnp.concatenate([grad[:, None], momenta.T, params[:, None]], axis=1)
-        return -learning_rate * learned_update(theta, features), momenta
+        return -learning_rate * learned_update(theta, features, layout.mask), momenta
 
     return Architecture(
         "mlp",
@@ -198,8 +209,9 @@ def adam_mlp_optimizer(learning_rate: float = 1e-2, hidden: int = 32, magnitude_
         ratios = (m_hat[:, None] / (root[None] + ADAM_EPS)).reshape(-1, grad.shape[0])
         x = jnp.concatenate([grad[None], m_hat, root, ratios, params[None]]).T  # [P, F]
         progress = jnp.tanh((count - 1) / jnp.asarray(TIMESCALES, grad.dtype))
-        rms = jnp.sqrt(jnp.mean(x**2, axis=0) + 1e-12)
-        inputs = jnp.concatenate([x / rms, jnp.broadcast_to(progress, (x.shape[0], len(TIMESCALES)))], axis=1)
+        inputs = jnp.concatenate(
+            [x / _rms(x, layout.mask), jnp.broadcast_to(progress, (x.shape[0], len(TIMESCALES)))], axis=1
+        )
         h = jax.nn.relu(inputs @ theta["W1"] + theta["b1"])
         head = lambda w, b: h @ w[:hidden] + x @ w[hidden:] + b
         direction = head(theta["W_direction"], theta["b_direction"])
@@ -239,8 +251,9 @@ def controller_optimizer(learning_rate: float = 0.1, momentum: float = 0.9, hidd
 
     def update(theta, grad, velocity, params, t, layout):
         groups, num_groups = jnp.asarray(layout.groups), layout.num_groups
-        counts = jnp.maximum(jax.ops.segment_sum(jnp.ones_like(grad), groups, num_groups), 1)
-        rms = lambda x: jnp.sqrt(jax.ops.segment_sum(x**2, groups, num_groups) / counts + 1e-30)
+        weight = jnp.ones_like(grad) if layout.mask is None else layout.mask
+        counts = jnp.maximum(jax.ops.segment_sum(weight, groups, num_groups), 1)
+        rms = lambda x: jnp.sqrt(jax.ops.segment_sum(weight * x**2, groups, num_groups) / counts + 1e-30)
         progress = jnp.tanh(jnp.asarray(t, grad.dtype) / jnp.asarray(TIMESCALES, grad.dtype))
         z = jnp.concatenate(
             [
@@ -351,47 +364,71 @@ def load(path: str) -> optax.GradientTransformation:
     return as_optax(*read(path))
 
 
-def _quadratic(key, dim: int, dtype):
-    """``(A, w_0)`` of the episode's random quadratic."""
-    k1, k2, k3 = jax.random.split(key, 3)
-    q, _ = jnp.linalg.qr(jax.random.normal(k1, (dim, dim), dtype))
-    eigenvalues = 10.0 ** jax.random.uniform(k2, (dim,), dtype, -2.0, 0.0)
-    return (q * eigenvalues) @ q.T, jax.random.normal(k3, (dim,), dtype)
-
-
-def inner_problem(problem: str, batch_size: int = 64, dim: int = 20, dtype=jnp.float32):
-    """``(init_params(key) -> w_0, loss(w, key, t) -> step loss, num_params, metrics(w))``."""
+def inner_problem(
+    problem: str | inner.InnerTask, batch_size: int = 64, dim: int = 20, dtype=jnp.float32
+) -> inner.InnerTask:
+    """The inner task called ``problem`` (one of ``PROBLEMS``; an ``InnerTask`` is returned
+    as it is): ``"digits"`` (a 64-32-10 tanh MLP, minibatches of ``batch_size``),
+    ``"quadratic"`` (``dim``-d), ``"digits-mlp-family"`` (sampled MLPs) or
+    ``"digits-conv"`` (a small convolutional network)."""
+    if isinstance(problem, inner.InnerTask):
+        return problem
     if problem == "digits":
-        data, net = digits(), mlp((64, 32, 10))
-        x, y = jnp.asarray(data.x_train, dtype), jnp.asarray(data.y_train)
-        xv, yv = jnp.asarray(data.x_validation, dtype), jnp.asarray(data.y_validation)
-
-        def loss(w, key, t):
-            return net.loss(w, *minibatch(key, t, x, y, batch_size))
-
-        metrics = lambda w: {"validation_accuracy": net.accuracy(w, xv, yv), "validation_loss": net.loss(w, xv, yv)}
-        return lambda key: net.init(jax.random.fold_in(key, 0x7FFFFFFF), dtype), loss, net.num_params, metrics
+        return inner.digits_mlp_task((64, 32, 10), batch_size, dtype)
     if problem == "quadratic":
-
-        def loss(w, key, t):
-            a, _ = _quadratic(key, dim, dtype)
-            return 0.5 * w @ a @ w
-
-        return lambda key: _quadratic(key, dim, dtype)[1], loss, dim, lambda w: {}
+        return inner.quadratic_task(dim, dtype)
+    if problem == "digits-mlp-family":
+        return inner.digits_mlp_family(dtype)
+    if problem == "digits-conv":
+        return inner.digits_conv_task(dtype=dtype)
     raise ValueError(f"`problem`={problem!r} is not a known inner problem; choose one of {', '.join(PROBLEMS)}.")
 
 
-def inner_layout(problem: str, dim: int = 20) -> Layout:
-    """The inner problem's tensors: the digits MLP's weight matrices and biases, in its
-    flat order; the quadratic's one vector."""
-    if problem != "digits":
-        return single_layout(dim)
-    sizes = mlp((64, 32, 10)).sizes
-    return _layout([n for fan_in, fan_out in zip(sizes[:-1], sizes[1:]) for n in (fan_in * fan_out, fan_out)])
+def inner_layout(problem: str | inner.InnerTask, dim: int = 20) -> Layout:
+    """The inner problem's tensors (e.g. the digits MLP's weight matrices and biases) in its
+    flat order."""
+    return _layout(inner_problem(problem, dim=dim).sizes)
+
+
+class InnerState(NamedTuple):
+    """The state of a learned-optimizer system: the inner parameters, the optimizer's
+    state, the inner run's key (its task, init and minibatches), ``diverged`` (1.0 once
+    the run passed the loss ceiling: its parameters are frozen) and, with
+    ``run_lengths``, the step inside the current inner run (``None`` without)."""
+
+    params: jax.Array
+    opt_state: object
+    key: jax.Array
+    diverged: jax.Array
+    count: jax.Array | None = None
+
+
+def _check_run_lengths(run_lengths, horizon: int):
+    if run_lengths is None:
+        return None
+    try:
+        low, high = (int(v) for v in run_lengths)
+    except (TypeError, ValueError):
+        low = high = None
+    if low is None or not 1 <= low <= high:
+        raise ValueError(
+            f"`run_lengths`={run_lengths!r} must be a pair (shortest, longest) of inner-run lengths with "
+            "1 <= shortest <= longest, e.g. run_lengths=(100, 2000); None runs one inner run per episode."
+        )
+    return low, high
+
+
+def run_length(key, run_lengths: tuple[int, int]) -> jax.Array:
+    """The length of the inner run ``key`` starts: ``floor(exp(u))``, ``u`` uniform in
+    ``[log shortest, log (longest + 1))`` (log-uniform, as learned_optimization's
+    truncation schedules draw them)."""
+    low, high = run_lengths
+    u = jax.random.uniform(jax.random.fold_in(key, 2), (), jnp.float32, np.log(low), np.log(high + 1))
+    return jnp.clip(jnp.floor(jnp.exp(u)).astype(jnp.int32), low, high)
 
 
 def learned_optimizer(
-    problem: str = "digits",
+    problem: str | inner.InnerTask = "digits",
     horizon: int = 200,
     learning_rate: float | None = None,
     hidden: int | None = None,
@@ -400,54 +437,200 @@ def learned_optimizer(
     dtype=jnp.float32,
     num_eval_tasks: int = 16,
     architecture: str | Architecture = "mlp",
+    run_lengths: tuple[int, int] | None = None,
 ):
-    """Meta-training a learned optimizer on ``problem``: returns ``(system, theta,
-    evaluate)``. ``architecture`` is one of ``ARCHITECTURES`` (built with
-    ``learning_rate`` and ``hidden`` when given) or an ``Architecture``; theta starts at
-    its baseline (``init_theta(seed)``: SGD for ``"mlp"``, Adam for ``"adam-mlp"``, SGD
-    with momentum for ``"controller"``). The state is ``(inner params, optimizer state,
-    episode key)``; ``evaluate`` gives the mean inner training loss over
-    ``num_eval_tasks`` held-out inner tasks (``"objective"``) and, for digits, the
-    validation accuracy and loss of the final inner parameters."""
+    """Meta-training a learned optimizer on ``problem`` (``inner_problem``): returns
+    ``(system, theta, evaluate)``.
+
+    ``architecture`` is one of ``ARCHITECTURES`` (built with ``learning_rate`` and
+    ``hidden`` when given) or any ``Architecture`` (``baseline_optimizer`` ones too);
+    theta starts at its baseline (``init_theta(seed)``: SGD for ``"mlp"``, Adam for
+    ``"adam-mlp"``, SGD with momentum for ``"controller"``). The state is an
+    ``InnerState``. Step ``t`` of an inner run at parameters ``w`` with gradient ``g``:
+
+        w <- w + mask * update(theta, g, state, w, t),   loss_t = L(w; batch_t),
+
+    scored through the task's loss normalizer: once ``loss_t`` is not finite or above the
+    task's ``ceiling`` (or the update would make ``w`` non-finite) the run has diverged,
+    scores ``ceiling`` at every later step, and its parameters and optimizer state stop
+    moving. So every step loss lies in ``[0, ceiling]``: never NaN, and one diverging inner
+    run costs a bounded amount, not a whole ES population (its meta-gradient through the
+    frozen steps is zero).
+
+    ``run_lengths=(shortest, longest)``: instead of one inner run per episode, the
+    episode (``horizon`` steps) is a sequence of inner runs whose lengths are log-uniform
+    in that range (``run_length``): when one ends, a fresh task, init and optimizer state
+    start inside the same episode (the System interface has one fixed ``horizon``, so a
+    length schedule lives in the task). The optimizer's step count is the inner run's.
+
+    ``evaluate`` gives the mean (normalized) step loss over ``num_eval_tasks`` held-out
+    tasks (``"objective"``, keys ``split(key(seed + 10_000))``), and, at the final
+    parameters, ``final_train_loss`` (the whole training set, ceiling for a diverged
+    run), ``diverged`` (the fraction of runs) and, for classifiers,
+    ``validation_accuracy`` and ``validation_loss``."""
     horizon = check_positive_int(horizon, "horizon")
+    run_lengths = _check_run_lengths(run_lengths, horizon)
     config = {k: v for k, v in (("learning_rate", learning_rate), ("hidden", hidden)) if v is not None}
     arch = get_architecture(architecture, **config)
-    init_params, loss, num_params, metrics = inner_problem(problem, batch_size, dtype=dtype)
-    layout = inner_layout(problem)
+    task = inner_problem(problem, batch_size, dtype=dtype)
+    layout, ceiling = _layout(task.sizes), task.ceiling
 
-    def init(theta, key):
-        return init_params(key), arch.init_state(num_params, dtype), key
+    def fresh(key):
+        return InnerState(
+            task.init(key),
+            arch.init_state(task.num_params, dtype),
+            key,
+            jnp.zeros((), dtype),
+            None if run_lengths is None else jnp.zeros((), jnp.int32),
+        )
 
     def step(theta, state, t):
-        w, opt_state, key = state
-        value, g = jax.value_and_grad(loss)(w, key, t)
-        updates, opt_state = arch.update(theta, g, opt_state, w, t, layout)
-        return (w + updates, opt_state, key), value
+        count = t if run_lengths is None else state.count
+        mask = None if task.mask is None else task.mask(state.key)
+        value, g = jax.value_and_grad(task.loss)(state.params, state.key, count)
+        bad = (state.diverged > 0) | ~jnp.isfinite(value) | (value > ceiling)
+        g = jnp.where(bad, 0, g)
+        updates, opt_state = arch.update(theta, g, state.opt_state, state.params, count, layout._replace(mask=mask))
+        proposed = state.params + (updates if mask is None else mask * updates)
+        bad = bad | ~jnp.all(jnp.isfinite(proposed))
+        keep = lambda new, old: jnp.where(bad, old, new)
+        new = InnerState(
+            keep(proposed, state.params),
+            jax.tree_util.tree_map(keep, opt_state, state.opt_state),
+            state.key,
+            jnp.maximum(state.diverged, bad.astype(dtype)),
+            None if run_lengths is None else count + 1,
+        )
+        if run_lengths is not None:  # the inner run ends: the next starts inside the episode
+            ended = new.count >= run_length(state.key, run_lengths)
+            restart = fresh(jax.random.fold_in(state.key, t))
+            new = jax.tree_util.tree_map(lambda a, b: jnp.where(ended, a, b), restart, new)
+        return new, jnp.where(bad, jnp.asarray(ceiling, dtype), value)
 
-    system = System(init, step, horizon)
+    system = System(lambda theta, key: fresh(key), step, horizon)
     evaluate = episode_evaluator(
-        system, jax.random.key(seed + 10_000), num_eval_tasks, final_metrics=lambda state: metrics(state[0])
+        system, jax.random.key(seed + 10_000), num_eval_tasks, final_metrics=lambda state: final_metrics(task, state)
     )
     return system, arch.init_theta(seed, dtype), evaluate
+
+
+def final_metrics(task: inner.InnerTask, state: InnerState) -> dict:
+    """The task's metrics at an inner run's final parameters, through its normalizer:
+    ``final_train_loss`` is the whole training set's loss capped at the ceiling (the
+    ceiling for a diverged run); ``diverged`` is 1.0 for a diverged run."""
+    metrics = task.metrics(state.params, state.key)
+    train = metrics.pop("train_loss")
+    capped = jnp.where(jnp.isfinite(train), jnp.minimum(train, task.ceiling), task.ceiling)
+    return {
+        "final_train_loss": jnp.where(state.diverged > 0, task.ceiling, capped),
+        "diverged": state.diverged,
+        **metrics,
+    }
+
+
+# --------------------------------------------------------------------------- tuned baselines
+
+BASELINES = ("adam", "adam-cosine", "sgd-momentum")
+
+
+def baseline_optimizer(name: str, horizon: int | None = None) -> Architecture:
+    """A hand-designed optimizer as an ``Architecture`` whose theta is its hyperparameters,
+    so it runs in the same system as a learned one and is tuned by a grid over theta
+    (``tune_baseline``):
+
+    * ``"adam"``: ``optax.scale_by_adam()`` (b1 0.9, b2 0.999, eps 1e-8) times
+      ``-10^log10_learning_rate``;
+    * ``"adam-cosine"``: the same with the learning rate cosine-decayed to zero over
+      ``horizon`` steps, ``lr_t = lr (1 + cos(pi t / horizon)) / 2``;
+    * ``"sgd-momentum"``: heavy ball, ``v <- momentum v + g``, ``w <- w - lr v``.
+
+    theta: ``{"log10_learning_rate": ()}`` (plus ``"momentum"`` for SGD)."""
+    if name not in BASELINES:
+        raise ValueError(f"`name`={name!r} is not a baseline optimizer; choose one of {', '.join(BASELINES)}.")
+    if name == "adam-cosine":
+        horizon = check_positive_int(horizon, "horizon", "the cosine schedule decays over it, e.g. horizon=1000")
+    if name == "sgd-momentum":
+
+        def update(theta, grad, velocity, params, t, layout):
+            velocity = theta["momentum"] * velocity + grad
+            return -(10.0 ** theta["log10_learning_rate"]) * velocity, velocity
+
+        return Architecture(
+            name,
+            {},
+            lambda seed=0, dtype=jnp.float32: {
+                "log10_learning_rate": jnp.asarray(-1.0, dtype),
+                "momentum": jnp.asarray(0.9, dtype),
+            },
+            lambda num_params, dtype=jnp.float32: jnp.zeros(num_params, dtype),
+            update,
+        )
+    adam = optax.scale_by_adam()
+
+    def update(theta, grad, state, params, t, layout):
+        direction, state = adam.update(grad, state)
+        lr = 10.0 ** theta["log10_learning_rate"]
+        if name == "adam-cosine":
+            lr = lr * 0.5 * (1 + jnp.cos(np.pi * jnp.minimum(t, horizon) / horizon))
+        return (-lr * direction).astype(grad.dtype), state
+
+    return Architecture(
+        name,
+        {} if horizon is None else {"horizon": horizon},
+        lambda seed=0, dtype=jnp.float32: {"log10_learning_rate": jnp.asarray(-2.0, dtype)},
+        lambda num_params, dtype=jnp.float32: adam.init(jnp.zeros(num_params, dtype)),
+        update,
+    )
+
+
+def tune_baseline(
+    name: str,
+    problem: str | inner.InnerTask = "digits",
+    horizon: int = 200,
+    log10_learning_rates=np.linspace(-4, 0, 17),  # noqa: B008 (read, never written)
+    momenta=(0.5, 0.9, 0.99),
+    seed: int = 0,
+    num_eval_tasks: int = 16,
+    measure: str = "final_train_loss",
+    dtype=jnp.float32,
+) -> dict:
+    """A ``baseline_optimizer`` tuned by grid search on the evaluation tasks of
+    ``learned_optimizer(problem, horizon, seed=seed, num_eval_tasks=...)`` (the same
+    held-out tasks a learned optimizer is scored on): the grid (learning rates, and for
+    SGD with momentum every pair with ``momenta``), the ``measure`` at each point, the best
+    point and every metric there. Diverged points score the ceiling, never NaN."""
+    arch = baseline_optimizer(name, horizon)
+    _, _, evaluate = learned_optimizer(
+        problem, horizon, seed=seed, num_eval_tasks=num_eval_tasks, dtype=dtype, architecture=arch
+    )
+    lrs = np.asarray(log10_learning_rates, np.float64)
+    if name == "sgd-momentum":
+        grid = {
+            "log10_learning_rate": np.repeat(lrs, len(momenta)),
+            "momentum": np.tile(np.asarray(momenta, np.float64), len(lrs)),
+        }
+    else:
+        grid = {"log10_learning_rate": lrs}
+    results = jax.jit(jax.vmap(evaluate))({k: jnp.asarray(v, dtype) for k, v in grid.items()})
+    scores = np.asarray(results[measure], np.float64)
+    best = int(np.argmin(np.where(np.isfinite(scores), scores, np.inf)))
+    return {
+        "name": name,
+        "horizon": horizon,
+        "grid": {k: v.tolist() for k, v in grid.items()},
+        "measure": measure,
+        "scores": scores.tolist(),
+        "best_theta": {k: float(v[best]) for k, v in grid.items()},
+        "best": {k: float(v[best]) for k, v in results.items()},
+    }
 
 
 def adam_system(problem: str = "digits", horizon: int = 200, batch_size: int = 64, dtype=jnp.float32) -> System:
     """The same inner training run with Adam (b1 0.9, b2 0.999): theta is ``log10`` of its
     learning rate, so the baseline can be tuned (``adam_baseline``)."""
-    init_params, loss, num_params, _ = inner_problem(problem, batch_size, dtype=dtype)
-
-    def init(theta, key):
-        zeros = jnp.zeros(num_params, dtype)
-        return init_params(key), zeros, zeros, key
-
-    def step(theta, state, t):
-        w, m, v, key = state
-        value, g = jax.value_and_grad(loss)(w, key, t)
-        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g**2
-        m_hat, v_hat = m / (1 - 0.9 ** (t + 1.0)), v / (1 - 0.999 ** (t + 1.0))
-        return (w - 10.0**theta * m_hat / (jnp.sqrt(v_hat) + 1e-8), m, v, key), value
-
-    return System(init, step, horizon)
+    task = inner_problem(problem, batch_size, dtype=dtype)
+    system, _, _ = learned_optimizer(task, horizon, dtype=dtype, architecture=baseline_optimizer("adam"))
+    return System(system.init, lambda theta, state, t: system.step({"log10_learning_rate": theta}, state, t), horizon)
 
 
 def adam_baseline(
@@ -458,24 +641,24 @@ def adam_baseline(
     num_eval_tasks: int = 16,
     dtype=jnp.float32,
 ) -> dict:
-    """Adam with its learning rate tuned by grid search on the evaluation tasks: the grid's
-    objectives, the best ``log10`` learning rate and the metrics there (same held-out inner
-    tasks as ``learned_optimizer(...)[2]``)."""
-    system = adam_system(problem, horizon, dtype=dtype)
-    metrics = inner_problem(problem, dtype=dtype)[3]
-    evaluate = episode_evaluator(
-        system, jax.random.key(seed + 10_000), num_eval_tasks, final_metrics=lambda state: metrics(state[0])
+    """Adam with its learning rate tuned by grid search on the evaluation tasks for the mean
+    inner training loss (``tune_baseline("adam", measure="objective")``): the grid's
+    objectives, the best ``log10`` learning rate and the metrics there."""
+    result = tune_baseline(
+        "adam",
+        problem,
+        horizon,
+        log10_learning_rates,
+        seed=seed,
+        num_eval_tasks=num_eval_tasks,
+        measure="objective",
+        dtype=dtype,
     )
-    grid = jnp.asarray(log10_learning_rates, dtype)
-    results = jax.jit(jax.vmap(evaluate))(grid)
-    objective = np.asarray(results["objective"])
-    objective = np.where(np.isfinite(objective), objective, np.inf)
-    best = int(np.argmin(objective))
     return {
-        "log10_learning_rates": np.asarray(grid).tolist(),
-        "objectives": objective.tolist(),
-        "best_log10_learning_rate": float(grid[best]),
-        "best": {k: float(v[best]) for k, v in results.items()},
+        "log10_learning_rates": result["grid"]["log10_learning_rate"],
+        "objectives": result["scores"],
+        "best_log10_learning_rate": result["best_theta"]["log10_learning_rate"],
+        "best": result["best"],
     }
 
 
