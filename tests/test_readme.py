@@ -28,3 +28,15 @@ def test_readme_test_command_is_what_ci_runs():
         ci = f.read()
     command = re.search(r"\*\*Install and run the tests\*\*.*?```bash\n(.*?)\n```", readme, re.S).group(1)
     assert command.strip() in ci
+
+
+def test_learned_optimizer_snippet_trains_with_the_saved_optimizer(capsys, monkeypatch):
+    """The README's export snippet runs as written: the committed learned optimizer, loaded
+    as an optax optimizer, trains a digits MLP it never saw (full batch, 300 steps) to a
+    training loss below 0.05 (chance: ln 10 = 2.30)."""
+    with open(README) as f:
+        block = next(b for b in re.findall(r"```python\n(.*?)```", f.read(), re.S) if "learned_optimizer.npz" in b)
+    monkeypatch.chdir(os.path.dirname(README))
+    exec(compile(block, "README.md", "exec"), {})
+    value = float(re.search(r"training loss after 300 steps: ([\d.]+)", capsys.readouterr().out).group(1))
+    assert value < 0.05

@@ -420,3 +420,31 @@ def test_conv_task_gradient_matches_finite_differences():
     fd = (f(w + eps * direction) - f(w - eps * direction)) / (2 * eps)
     assert float(jnp.vdot(jax.grad(f)(w), direction)) == pytest.approx(float(fd), rel=1e-6)
     assert task.num_params == 9 * 8 + 8 + 128 * 10 + 10
+
+
+def test_image_patches_is_a_same_convolution():
+    x = inner.digits().x_train[:5]
+    kernel = np.random.default_rng(0).normal(size=(3, 3, 1, 8)).astype(np.float32)
+    reference = jax.lax.conv_general_dilated(
+        x.reshape(-1, 8, 8, 1), kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    got = inner.image_patches(x) @ kernel.reshape(9, 8)
+    np.testing.assert_allclose(got, np.asarray(reference).reshape(5, 64, 8), rtol=1e-6, atol=1e-6)
+
+
+def test_log_meta_loss_is_the_log_of_the_normalized_loss():
+    """``meta_loss="log"`` scores ``log(loss + LOG_FLOOR)`` of the same run, the ceiling's log
+    once it diverges; a bad value is refused."""
+    arch = lopt.baseline_optimizer("adam")
+    for log10_lr in (-2.0, 1.0):  # one run that trains, one that diverges
+        theta = {"log10_learning_rate": jnp.asarray(log10_lr, jnp.float64)}
+        plain, _, _ = tasks.learned_optimizer("quadratic", horizon=20, dtype=jnp.float64, architecture=arch)
+        logged, _, _ = tasks.learned_optimizer(
+            "quadratic", horizon=20, dtype=jnp.float64, architecture=arch, meta_loss="log"
+        )
+        _, raw = step_losses(plain, theta, KEY, 20)
+        _, got = step_losses(logged, theta, KEY, 20)
+        np.testing.assert_allclose(got, np.log(np.asarray(raw) + lopt.LOG_FLOOR), rtol=1e-12)
+    assert got[-1] == pytest.approx(np.log(inner.QUADRATIC_CEILING + lopt.LOG_FLOOR))
+    with pytest.raises(ValueError, match="meta_loss"):
+        tasks.learned_optimizer("quadratic", meta_loss="mean")

@@ -126,9 +126,11 @@ def _cross_entropy(logits, y, weights=None):
     return jnp.mean(nll) if weights is None else jnp.sum(weights * nll) / jnp.sum(weights)
 
 
-def _classifier_metrics(logits_fn, data: Digits, dtype):
-    x, y = jnp.asarray(data.x_train, dtype), jnp.asarray(data.y_train)
-    xv, yv = jnp.asarray(data.x_validation, dtype), jnp.asarray(data.y_validation)
+def _classifier_metrics(logits_fn, data: Digits, dtype, features=lambda x: x):
+    """``metrics(w, key)`` of a classifier ``logits_fn(w, inputs, key)`` on the digits,
+    the inputs ``features(x)`` of the pixels ``x``."""
+    x, y = jnp.asarray(features(data.x_train), dtype), jnp.asarray(data.y_train)
+    xv, yv = jnp.asarray(features(data.x_validation), dtype), jnp.asarray(data.y_validation)
 
     def metrics(w, key):
         logits = logits_fn(w, xv, key)
@@ -252,24 +254,27 @@ def digits_mlp_family(dtype=jnp.float32) -> InnerTask:
 CONV_CHANNELS = 8
 
 
+def image_patches(x: np.ndarray) -> np.ndarray:
+    """The 3x3 neighbourhood of every pixel of the 8x8 images ``x`` (``[n, 64]``), zero
+    beyond the border: ``[n, 64, 9]`` (a 'SAME' 3x3 convolution is ``patches @ kernel``)."""
+    images = np.pad(np.asarray(x).reshape(-1, 8, 8), ((0, 0), (1, 1), (1, 1)))
+    return np.stack([images[:, i : i + 8, j : j + 8] for i in range(3) for j in range(3)], axis=-1).reshape(-1, 64, 9)
+
+
 def digits_conv_task(channels: int = CONV_CHANNELS, batch_size: int = 32, dtype=jnp.float32) -> InnerTask:
     """A small convolutional network on the 8x8 digits, a family the MLP distribution does
-    not contain: a 3x3 convolution to ``channels`` maps ('SAME' padding), relu, 2x2
-    average pooling, and a linear readout of the 4x4x``channels`` features; init
-    ``N(0, 1 / fan_in)``, minibatches of ``batch_size``."""
+    not contain: a 3x3 convolution to ``channels`` maps ('SAME' padding, computed as
+    ``image_patches(x) @ kernel``), relu, 2x2 average pooling, and a linear readout of the
+    4x4x``channels`` features; init ``N(0, 1 / fan_in)``, minibatches of ``batch_size``."""
     data = digits()
-    x, y = jnp.asarray(data.x_train, dtype), jnp.asarray(data.y_train)
+    x, y = jnp.asarray(image_patches(data.x_train), dtype), jnp.asarray(data.y_train)
     features = 16 * channels
     sizes = (9 * channels, channels, features * 10, 10)
     offsets = np.cumsum((0,) + sizes)
 
-    def logits(w, x):
+    def logits(w, patches):
         kernel, bias, readout, out_bias = (w[a:b] for a, b in zip(offsets[:-1], offsets[1:]))
-        images = x.reshape(-1, 8, 8, 1)
-        z = jax.lax.conv_general_dilated(
-            images, kernel.reshape(3, 3, 1, channels), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
-        h = jax.nn.relu(z + bias)
+        h = jax.nn.relu(patches @ kernel.reshape(9, channels) + bias)  # [n, 64, channels]
         h = h.reshape(-1, 4, 2, 4, 2, channels).mean(axis=(2, 4)).reshape(-1, features)
         return h @ readout.reshape(features, 10) + out_bias
 
@@ -284,14 +289,18 @@ def digits_conv_task(channels: int = CONV_CHANNELS, batch_size: int = 32, dtype=
             ]
         )
 
+    def loss(w, key, t):
+        patches, labels = minibatch(key, t, x, y, batch_size)
+        return _cross_entropy(logits(w, patches), labels)
+
     return InnerTask(
         "digits-conv",
         int(offsets[-1]),
         sizes,
         init,
-        lambda w, key, t: (lambda xb, yb: _cross_entropy(logits(w, xb), yb))(*minibatch(key, t, x, y, batch_size)),
+        loss,
         None,
-        _classifier_metrics(lambda w, x, key: logits(w, x), data, dtype),
+        _classifier_metrics(lambda w, x, key: logits(w, x), data, dtype, image_patches),
         CLASSIFIER_CEILING,
     )
 

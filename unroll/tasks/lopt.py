@@ -22,10 +22,17 @@ parameter vector; ``as_optax(theta, architecture)`` exports a meta-trained one a
 ``optax.GradientTransformation`` on any pytree, and ``save`` / ``load`` (``read``) store it
 in a ``.npz`` with its architecture and settings.
 
-Inner problems: ``"digits"`` (a 64-32-10 tanh MLP on scikit-learn's digits, minibatches of
-64, a fresh random init per episode) and ``"quadratic"`` (a random 20-dimensional
-quadratic ``0.5 w^T A w`` per episode, eigenvalues log-uniform in [0.01, 1]). The step loss
-is the inner training loss at the current parameters (the minibatch loss for digits).
+Inner problems (``inner_problem``, built in ``unroll.tasks.inner``): ``"digits"`` (a
+64-32-10 tanh MLP on scikit-learn's digits, minibatches of 64, a fresh random init per
+episode), ``"quadratic"`` (a random 20-dimensional quadratic ``0.5 w^T A w`` per episode,
+eigenvalues log-uniform in [0.01, 1]), ``"digits-mlp-family"`` (MLPs whose depth, widths,
+activation, init scale and batch size are drawn per episode, padded to the widest with a
+``Layout.mask``) and ``"digits-conv"`` (a small convolutional network, a held-out
+architecture). The step loss is the inner training loss at the current parameters (the
+minibatch loss for digits) through the task's loss normalizer: capped at its ceiling, and
+a run that passes it freezes (``learned_optimizer``). ``baseline_optimizer`` and
+``tune_baseline`` give Adam (constant or cosine) and SGD with momentum on the same tasks,
+tuned by grid.
 """
 
 from __future__ import annotations
@@ -390,6 +397,10 @@ def inner_layout(problem: str | inner.InnerTask, dim: int = 20) -> Layout:
     return _layout(inner_problem(problem, dim=dim).sizes)
 
 
+META_LOSSES = ("loss", "log")
+LOG_FLOOR = 1e-4  # meta_loss="log" scores log(loss + LOG_FLOOR)
+
+
 class InnerState(NamedTuple):
     """The state of a learned-optimizer system: the inner parameters, the optimizer's
     state, the inner run's key (its task, init and minibatches), ``diverged`` (1.0 once
@@ -438,6 +449,7 @@ def learned_optimizer(
     num_eval_tasks: int = 16,
     architecture: str | Architecture = "mlp",
     run_lengths: tuple[int, int] | None = None,
+    meta_loss: str = "loss",
 ):
     """Meta-training a learned optimizer on ``problem`` (``inner_problem``): returns
     ``(system, theta, evaluate)``.
@@ -463,6 +475,11 @@ def learned_optimizer(
     start inside the same episode (the System interface has one fixed ``horizon``, so a
     length schedule lives in the task). The optimizer's step count is the inner run's.
 
+    ``meta_loss="log"``: the step loss is ``log(loss_t + LOG_FLOOR)`` (a diverged run:
+    ``log(ceiling + LOG_FLOOR)``), so halving a small loss counts as much as halving a
+    large one; the mean of the raw loss (``"loss"``) is dominated by the early steps, and
+    an optimizer meta-trained on it learns to be fast, not to end low.
+
     ``evaluate`` gives the mean (normalized) step loss over ``num_eval_tasks`` held-out
     tasks (``"objective"``, keys ``split(key(seed + 10_000))``), and, at the final
     parameters, ``final_train_loss`` (the whole training set, ceiling for a diverged
@@ -470,6 +487,11 @@ def learned_optimizer(
     ``validation_accuracy`` and ``validation_loss``."""
     horizon = check_positive_int(horizon, "horizon")
     run_lengths = _check_run_lengths(run_lengths, horizon)
+    if meta_loss not in META_LOSSES:
+        raise ValueError(
+            f"`meta_loss`={meta_loss!r} must be 'loss' (the normalized step loss) or 'log' (its logarithm, "
+            "log(loss + LOG_FLOOR)); e.g. meta_loss='log'."
+        )
     config = {k: v for k, v in (("learning_rate", learning_rate), ("hidden", hidden)) if v is not None}
     arch = get_architecture(architecture, **config)
     task = inner_problem(problem, batch_size, dtype=dtype)
@@ -505,7 +527,8 @@ def learned_optimizer(
             ended = new.count >= run_length(state.key, run_lengths)
             restart = fresh(jax.random.fold_in(state.key, t))
             new = jax.tree_util.tree_map(lambda a, b: jnp.where(ended, a, b), restart, new)
-        return new, jnp.where(bad, jnp.asarray(ceiling, dtype), value)
+        score = jnp.where(bad, jnp.asarray(ceiling, dtype), value)
+        return new, (jnp.log(score + LOG_FLOOR) if meta_loss == "log" else score)
 
     system = System(lambda theta, key: fresh(key), step, horizon)
     evaluate = episode_evaluator(
@@ -687,7 +710,7 @@ def _lopt_setup(problem: str, horizon: int) -> TaskSetup:
         },
         settings=standard_settings(workers=4, particles=16, sigma=0.01, truncation=10),
         default_estimators=DEFAULT_ESTIMATORS[f"lopt-{problem}"],
-        **adam_cosine(3e-3),
+        **adam_cosine(3e-3, clip=1.0),
         default_steps=300,
         default_seeds=2,
         reached=lambda theta, metrics: float(metrics["objective"]) <= best,

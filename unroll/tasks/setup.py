@@ -50,10 +50,17 @@ def standard_settings(
     }
 
 
-def adam_cosine(learning_rate: float) -> dict:
-    """Adam with a cosine-decayed learning rate (to 1% over the outer steps), as TaskSetup fields."""
+def adam_cosine(learning_rate: float, clip: float | None = None) -> dict:
+    """Adam with a cosine-decayed learning rate (to 1% over the outer steps), as TaskSetup
+    fields; ``clip``: the meta-gradient's global norm is clipped to it first."""
+
+    def optimizer(steps):
+        adam = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.01))
+        return adam if clip is None else optax.chain(optax.clip_by_global_norm(clip), adam)
+
+    clipped = "" if clip is None else f" after clipping the gradient to global norm {clip:g}"
     return {
-        "optimizer": lambda steps: optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.01)),
+        "optimizer": optimizer,
         "optimizer_description": f"adam, learning rate {learning_rate:g} cosine-decayed to "
-        f"{learning_rate / 100:g} over the outer steps",
+        f"{learning_rate / 100:g} over the outer steps{clipped}",
     }
