@@ -7,7 +7,8 @@ step loss through the task's normalizer (capped at 3 ln 10; a diverged run freez
 Meta-trained: the Adam-feature MLP (b, ``adam-mlp``, initialized at Adam with learning
 rate 1e-2) by PES, NRES, truncated BPTT (truncation 10: short-horizon bias, Wu et al.
 2018) and ES; the per-parameter MLP (a, ``mlp``, from SGD) and the per-layer controller
-(c, ``controller``, from heavy ball) by PES, as ablations. Each run has the same CPU
+(c, ``controller``, from heavy ball) by PES, as ablations; and (b) by PES on the mean log
+loss (``pes-log``, ``meta_loss="log"``) against the mean loss. Each run has the same CPU
 budget (``--minutes`` of outer steps, all seeds at once as a vmap axis); the outer
 optimizer is Adam after clipping the meta-gradient's global norm (``--clip``).
 
@@ -64,13 +65,16 @@ RUNS = {
     "es": ("adam-mlp", "es", {"num_particles": 8}),
     "pes-mlp": ("mlp", "pes", {"truncation": 50, "num_particles": 8, "num_workers": 4}),
     "pes-controller": ("controller", "pes", {"truncation": 50, "num_particles": 8, "num_workers": 4}),
-    # PES on the mean raw loss (meta_loss="loss"), which favours fast starts over low ends
-    "pes-loss": ("adam-mlp", "pes", {"truncation": 50, "num_particles": 8, "num_workers": 4}),
+    # PES on the mean log loss (meta_loss="log"), which weighs the end of the run as much as its start
+    "pes-log": ("adam-mlp", "pes", {"truncation": 50, "num_particles": 8, "num_workers": 4}),
     # PES on inner runs of log-uniform lengths in [100, 2000] (the truncation schedule)
     "pes-lengths": ("adam-mlp", "pes", {"truncation": 50, "num_particles": 8, "num_workers": 4}),
 }
 RUN_LENGTHS = {"pes-lengths": (100, 2000)}
-META_LOSS = "log"  # every run meta-trains on log(loss + 1e-4) (pes-loss: on the raw loss)
+META_LOSS = {"pes-log": "log"}  # the others meta-train on the mean normalized loss
+
+
+START = {"adam-mlp": "Adam, lr 1e-2", "mlp": "SGD, lr 0.1", "controller": "heavy ball, lr 1e-1.5, mu 0.9"}
 
 
 def architecture(name: str) -> lopt.Architecture:
@@ -132,7 +136,7 @@ def meta_train(run: str, args, path: str) -> dict:
     arch_name = RUNS[run][0]
     arch = architecture(arch_name)
     lengths = RUN_LENGTHS.get(run)  # episodes as long as the longest inner run
-    meta_loss = "loss" if run == "pes-loss" else META_LOSS
+    meta_loss = META_LOSS.get(run, "loss")
     system, theta, _ = lopt.learned_optimizer(
         TRAIN_FAMILY,
         args.horizon if lengths is None else lengths[1],
@@ -270,6 +274,12 @@ def table(results: dict, tuned: dict, args) -> str:
                 f"{best['best']['final_train_loss']:.4f} ({best['best']['validation_accuracy']:.3f}; lr 1e{lr:g}{extra})"
             )
         lines.append(f"| {name} (tuned) | - | " + " | ".join(cells) + " | - |")
+    starts = {}
+    for r in results.values():
+        starts.setdefault(r["architecture"], r["initial"])
+    for arch_name, initial in starts.items():
+        cells = [f"{initial[w]['final_train_loss']:.4f} ({initial[w]['validation_accuracy']:.3f})" for w in wheres]
+        lines.append(f"| {arch_name} at its start ({START[arch_name]}) | 0 | " + " | ".join(cells) + " | - |")
     for run, r in results.items():
         cells, every = [], []
         for w in wheres:
@@ -299,10 +309,11 @@ def main() -> None:
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--outer-learning-rate", type=float, default=3e-3)
     parser.add_argument("--eval-every", type=int, default=50)
-    parser.add_argument("--only", type=str, default="pes,tbptt-10,nres,es,pes-mlp,pes-controller,pes-loss")
+    parser.add_argument("--only", type=str, default="pes,tbptt-10,nres,es,pes-mlp,pes-controller,pes-log")
     parser.add_argument("--no-readme", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--fresh", action="store_true", help="ignore the cached baselines and runs")
+    parser.add_argument("--table-only", action="store_true", help="the table and README from the cached runs, no plot")
     args = parser.parse_args()
     out = results_dir(STUDY)
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
@@ -326,7 +337,8 @@ def main() -> None:
         )
         theta = {k: jnp.asarray(v, jnp.float32) for k, v in r["theta"][best].items()}
         lopt.save(os.path.join(out, "learned_optimizer.npz"), theta, architecture("adam-mlp"))
-    plot(results, tuned, args.horizon, os.path.join(out, "curves.png"))
+    if not args.table_only:
+        plot(results, tuned, args.horizon, os.path.join(out, "curves.png"))
     publish(STUDY, table(results, tuned, args), argparse.Namespace(no_readme=args.no_readme))
 
 

@@ -33,10 +33,11 @@ def test_readme_test_command_is_what_ci_runs():
 def test_learned_optimizer_snippet_trains_with_the_saved_optimizer(capsys, monkeypatch):
     """The README's export snippet runs as written: the committed learned optimizer, loaded
     as an optax optimizer, trains a digits MLP it never saw (full batch, 300 steps) to a
-    training loss below 0.05 (chance: ln 10 = 2.30)."""
+    training loss below 1e-3 (chance: ln 10 = 2.30; Adam at the optimizer's starting
+    learning rate, 1e-2, ends at 0.011)."""
     with open(README) as f:
         block = next(b for b in re.findall(r"```python\n(.*?)```", f.read(), re.S) if "learned_optimizer.npz" in b)
     monkeypatch.chdir(os.path.dirname(README))
     exec(compile(block, "README.md", "exec"), {})
-    value = float(re.search(r"training loss after 300 steps: ([\d.]+)", capsys.readouterr().out).group(1))
-    assert value < 0.05
+    value = float(re.search(r"training loss after 300 steps: ([\d.e+-]+)", capsys.readouterr().out).group(1))
+    assert value < 1e-3
