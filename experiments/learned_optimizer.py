@@ -8,7 +8,9 @@ Meta-trained: the Adam-feature MLP (b, ``adam-mlp``, initialized at Adam with le
 rate 1e-2) by PES, NRES, truncated BPTT (truncation 10: short-horizon bias, Wu et al.
 2018) and ES; the per-parameter MLP (a, ``mlp``, from SGD) and the per-layer controller
 (c, ``controller``, from heavy ball) by PES, as ablations; and (b) by PES on the mean log
-loss (``pes-log``, ``meta_loss="log"``) against the mean loss. Each run has the same CPU
+loss (``pes-log``, ``meta_loss="log"``) against the mean loss, and by PES on inner runs of
+log-uniform lengths in [100, 2000] (``pes-lengths``, ``run_lengths``, the truncation
+schedule). Each run has the same CPU
 budget (``--minutes`` of outer steps, all seeds at once as a vmap axis); the outer
 optimizer is Adam after clipping the meta-gradient's global norm (``--clip``).
 
@@ -21,6 +23,7 @@ horizon: Adam with a constant learning rate, Adam with a cosine schedule to zero
 horizon, SGD with momentum (learning rate x momentum).
 
     python experiments/learned_optimizer.py [--seeds 2] [--minutes 5] [--only pes,tbptt-10]
+    python experiments/learned_optimizer.py --table-only  # the table from the cached runs
 
 Writes ``experiments/results/learned-optimizer/``: ``baselines.json``, ``runs/<name>.json``
 (one per meta-training run, kept as it goes), ``results.md``, ``curves.png``,
@@ -309,7 +312,7 @@ def main() -> None:
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--outer-learning-rate", type=float, default=3e-3)
     parser.add_argument("--eval-every", type=int, default=50)
-    parser.add_argument("--only", type=str, default="pes,tbptt-10,nres,es,pes-mlp,pes-controller,pes-log")
+    parser.add_argument("--only", type=str, default=",".join(RUNS))
     parser.add_argument("--no-readme", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--fresh", action="store_true", help="ignore the cached baselines and runs")
