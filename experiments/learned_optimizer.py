@@ -72,11 +72,9 @@ RUNS = {
     "pes-log": ("adam-mlp", "pes", {"truncation": 50, "num_particles": 8, "num_workers": 4}),
     # PES on inner runs of log-uniform lengths in [100, 2000] (the truncation schedule)
     "pes-lengths": ("adam-mlp", "pes", {"truncation": 50, "num_particles": 8, "num_workers": 4}),
-    # the same at the full budget: 20 min of outer steps
-    "pes-lengths-20min": ("adam-mlp", "pes", {"truncation": 50, "num_particles": 8, "num_workers": 4}),
 }
-RUN_LENGTHS = {"pes-lengths": (100, 2000), "pes-lengths-20min": (100, 2000)}
-RUN_MINUTES = {"pes-lengths-20min": 20.0}  # the others: --minutes
+RUN_LENGTHS = {"pes-lengths": (100, 2000)}
+RUN_MINUTES: dict[str, float] = {}  # a run's own budget in minutes (the others: --minutes)
 META_LOSS = {"pes-log": "log"}  # the others meta-train on the mean normalized loss
 
 
