@@ -45,6 +45,11 @@ class MLP(NamedTuple):
     sizes: tuple
     num_params: int
 
+    @property
+    def tensor_sizes(self) -> tuple:
+        """The sizes of its tensors in flat order: each layer's weight matrix, then its bias."""
+        return tuple(n for a, b in zip(self.sizes[:-1], self.sizes[1:]) for n in (a * b, b))
+
     def _unflatten(self, w):
         layers, offset = [], 0
         for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:]):
@@ -148,11 +153,10 @@ def digits_mlp_task(sizes=(64, 32, 10), batch_size: int = 64, dtype=jnp.float32)
     init per episode."""
     data, net = digits(), mlp(sizes)
     x, y = jnp.asarray(data.x_train, dtype), jnp.asarray(data.y_train)
-    tensors = tuple(n for a, b in zip(net.sizes[:-1], net.sizes[1:]) for n in (a * b, b))
     return InnerTask(
         f"digits-mlp{'-'.join(map(str, sizes[1:-1]))}",
         net.num_params,
-        tensors,
+        net.tensor_sizes,
         lambda key: net.init(jax.random.fold_in(key, 0x7FFFFFFF), dtype),
         lambda w, key, t: net.loss(w, *minibatch(key, t, x, y, batch_size)),
         None,
@@ -199,7 +203,6 @@ def digits_mlp_family(dtype=jnp.float32) -> InnerTask:
     x, y = jnp.asarray(data.x_train, dtype), jnp.asarray(data.y_train)
     width, max_batch = max(FAMILY_WIDTHS), max(FAMILY_BATCH_SIZES)
     net = mlp((64, width, width, 10))
-    tensors = tuple(n for a, b in zip(net.sizes[:-1], net.sizes[1:]) for n in (a * b, b))
 
     def units(config):
         first = (jnp.arange(width) < config["widths"][0]).astype(dtype)
@@ -242,7 +245,7 @@ def digits_mlp_family(dtype=jnp.float32) -> InnerTask:
     return InnerTask(
         "digits-mlp-family",
         net.num_params,
-        tensors,
+        net.tensor_sizes,
         init,
         loss,
         lambda key: mask_of(mlp_family_config(key)),
