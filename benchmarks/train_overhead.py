@@ -23,6 +23,12 @@ small, realistic outer steps, where a per-step overhead would show.
 
 Goal: host overhead **below 1 ms** per outer step.
 
+Metric streaming (``train(..., callback=fn, callback_every=N)``): the same runs, whole
+calls timed (the callback's own time is not in ``train_time_s``), with no callback, a
+no-op one and ``unroll.logging.tensorboard`` every ``N = 10`` steps; the extra seconds
+per outer step against no callback. Goal: the no-op callback costs **below 0.1 ms** per
+outer step (the pipeline stall of handing the metrics to the host every N steps).
+
 Run ``python -m benchmarks.train_overhead`` (``--quick`` for a smoke run).
 """
 
@@ -30,8 +36,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -52,6 +60,8 @@ from unroll import registry
 from unroll.train import TrainState, make_train_step
 
 GOAL_MS = 1.0
+CALLBACK_EVERY = 10
+CALLBACK_GOAL_MS = 0.1
 
 CASES: dict[str, Callable[[unroll.System], unroll.Estimator]] = {
     "pes, 16 trajectories": functools.partial(
@@ -124,6 +134,62 @@ def measure(case: str, num_steps: int, repeats: int) -> Row:
     )
 
 
+class CallbackRow(NamedTuple):
+    case: str
+    plain_s: float  # whole train call, no callback
+    noop_ms: float  # extra milliseconds per outer step with a no-op callback
+    tensorboard_ms: float  # ... with unroll.logging.tensorboard
+
+
+def measure_callbacks(case: str, num_steps: int, repeats: int, logdir: str) -> CallbackRow:
+    """Whole ``train`` calls with no callback, a no-op one and the TensorBoard writer, interleaved (medians)."""
+    system, theta = regression_system(), initial_theta()
+    estimator, optimizer, key = CASES[case](system), optax.adam(1e-3), jax.random.PRNGKey(0)
+    callbacks = {
+        "plain": lambda: None,
+        "noop": lambda: lambda step, metrics: None,
+        "tensorboard": lambda: unroll.logging.tensorboard(os.path.join(logdir, f"run{time.perf_counter_ns()}")),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in callbacks}
+
+    def once(name: str) -> float:
+        callback = callbacks[name]()
+        start = time.perf_counter()
+        unroll.train(
+            estimator,
+            optimizer,
+            theta,
+            key,
+            num_steps,
+            progress=False,
+            callback=callback,
+            callback_every=CALLBACK_EVERY,
+        )
+        return time.perf_counter() - start
+
+    once("plain")  # warm-up
+    for repeat in range(repeats):
+        for name in list(callbacks)[:: 1 if repeat % 2 == 0 else -1]:
+            seconds[name].append(once(name))
+    med = {name: statistics.median(v) for name, v in seconds.items()}
+    extra = lambda name: 1e3 * (med[name] - med["plain"]) / num_steps
+    return CallbackRow(case, med["plain"], extra("noop"), extra("tensorboard"))
+
+
+def callback_table(rows: Sequence[CallbackRow]) -> str:
+    lines = [
+        f"| case | train call, no callback (s) | no-op callback every {CALLBACK_EVERY}: extra per step "
+        f"| goal < {CALLBACK_GOAL_MS:g} ms met? | tensorboard every {CALLBACK_EVERY}: extra per step |",
+        "|---|---:|---:|:---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.case} | {r.plain_s:.2f} | {r.noop_ms:.3f} ms | {'yes' if r.noop_ms < CALLBACK_GOAL_MS else 'no'} "
+            f"| {r.tensorboard_ms:.3f} ms |"
+        )
+    return "\n".join(lines)
+
+
 def markdown_table(rows: Sequence[Row]) -> str:
     lines = [
         "| case | unroll.train outer steps/s | one compiled scan steps/s | train / scan | host overhead per step "
@@ -162,6 +228,9 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     print(header(args.steps, args.repeats), flush=True)
     rows = [measure(case, args.steps, args.repeats) for case in CASES]
     table = markdown_table(rows)
+    with tempfile.TemporaryDirectory() as logdir:
+        streaming = [measure_callbacks(case, args.steps, args.repeats, logdir) for case in CASES]
+    table += "\n\nMetric streaming (whole train calls, medians):\n\n" + callback_table(streaming)
     report(table, args.out, header(args.steps, args.repeats))
     return rows
 

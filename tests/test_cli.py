@@ -236,3 +236,21 @@ def test_a_diverging_estimator_is_recorded_and_the_others_go_on(tmp_path, capsys
     other = summary["estimators"]["tbptt-1"]
     assert other["first_nonfinite_step"] == [-1, -1] and other["outer_steps_run"] == 40
     assert other["final_theta"]["mean"] == pytest.approx(0.7, abs=1e-3)
+
+
+def test_compare_tensorboard_event_files_read_back_to_the_csv(tmp_path):
+    from tests.test_logging import read_scalars
+
+    out, board = tmp_path / "run", tmp_path / "tb"
+    argv = ["compare", "influence-balancing", "--estimators", "pes", "tbptt-1", "--seeds", "2", "--steps", "6"]
+    assert cli.main(argv + ["--horizon", "40", "--out", str(out), "--tensorboard", str(board), "--no-progress"]) == 0
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        scalars = read_scalars(str(board / row["estimator"] / f"seed{row['seed']}"))
+        step = int(row["step"])
+        assert scalars["loss"][step] == pytest.approx(float(row["window_loss"]), rel=1e-6)
+        assert scalars["grad_norm"][step] == pytest.approx(float(row["grad_norm"]), rel=1e-5)
+        if row["objective"]:
+            assert scalars["eval/objective"][step] == pytest.approx(float(row["objective"]), rel=1e-6)
+    assert sum(bool(r["objective"]) for r in rows) == len(rows)  # evaluated at every step of a 6-step run

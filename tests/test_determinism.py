@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.systems import ESTIMATOR_NAMES, build_estimator, noisy_rnn_system, rnn_theta
+import unroll
+from tests.systems import ES_FAMILY, ESTIMATOR_NAMES, build_estimator, noisy_rnn_system, rnn_theta
 
 KEY = jax.random.PRNGKey(42)
 NUM_WINDOWS = 3
@@ -87,3 +88,36 @@ def test_determinism(name):
 
 def assert_differ(a, b, what):
     assert any(not np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b))), what
+
+
+MIXED_W = np.asarray([[0.5, 0.1], [-0.2, 0.4]])
+
+
+def _mixed_system():
+    """A float64 state (x64) driven by a theta that may be float32, as flax and equinox params are by default."""
+
+    def init(theta, key):
+        return jnp.zeros(2, jnp.float64) + 0.1 * jax.random.normal(key, (2,), jnp.float64)
+
+    def step(theta, s, t):
+        s = jnp.tanh(theta["w"] @ s + theta["b"])
+        return s, jnp.sum(s**2)
+
+    return unroll.System(init, step, 6)
+
+
+@pytest.mark.parametrize("name", ESTIMATOR_NAMES)
+def test_float32_theta_with_a_float64_state(name):
+    """Every estimator runs on it and returns theta's dtypes (accumulators such as RTRL's influence keep
+    their dtype across steps); the non-random ones match the same theta in float64 to float32 rounding."""
+    est = build_estimator(name, _mixed_system())
+    theta64 = {"w": jnp.asarray(MIXED_W), "b": jnp.asarray([0.3, -0.1])}
+    theta32 = jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), theta64)
+    estimate = jax.jit(est.estimate)
+    grad32, _, _ = estimate(theta32, est.init(theta32, KEY), jax.random.key(1))
+    assert all(g.dtype == jnp.float32 for g in jax.tree_util.tree_leaves(grad32))
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grad32))
+    if name not in ES_FAMILY and name not in ("forward_gradient", "uoro", "dni"):  # these draw noise in theta's dtype
+        grad64, _, _ = estimate(theta64, est.init(theta64, KEY), jax.random.key(1))
+        for g32, g64 in zip(jax.tree_util.tree_leaves(grad32), jax.tree_util.tree_leaves(grad64)):
+            np.testing.assert_allclose(np.asarray(g32), np.asarray(g64), rtol=1e-4, atol=1e-6)

@@ -389,6 +389,8 @@ BAD_THETA_LEAVES = {  # a bad theta['b']: what the message says about it, and it
     "bool_array": (np.array([True, False, True]), "`theta['b']` has dtype bool", THETA_FIX),
     "string": ("0.1", "`theta['b']` is a str ('0.1')", "theta must be a pytree of float arrays"),
     "complex": (jnp.ones(3, jnp.complex64), "`theta['b']` has dtype complex64", "split it into two real leaves"),
+    "function": (jnp.tanh, "`theta['b']` is a function", "a function is not a parameter: close over it"),
+    "key": (jax.random.key(0), "`theta['b']` has dtype key<fry>", "a PRNG key is not a parameter"),
 }
 
 
@@ -410,6 +412,56 @@ def test_bad_theta_leaf_raises_at_init(name, bad):
 def test_bad_theta_leaf_raises_in_exact_gradient(bad):
     leaf, words, fix = BAD_THETA_LEAVES[bad]
     raises(lambda: unroll.exact_gradient(good_system(), theta_with(leaf), KEY), words, fix, TypeError)
+
+
+def _equinox_cell():
+    eqx = pytest.importorskip("equinox")
+    return eqx.nn.MLP(3, 3, 4, 1, activation=jax.nn.tanh, key=jax.random.key(0))
+
+
+def _nnx_model():
+    nnx = pytest.importorskip("flax.nnx")
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.linear = nnx.Linear(3, 3, rngs=rngs)
+            self.dropout = nnx.Dropout(0.1, rngs=rngs)
+
+    return Net(nnx.Rngs(0))
+
+
+def _nnx_state():
+    nnx = pytest.importorskip("flax.nnx")
+    return nnx.split(_nnx_model())[1]  # the whole state: parameters and the rng streams
+
+
+ECOSYSTEM_THETA = {  # theta['b'] is a whole model: the bad leaf inside it, and that library's fix
+    "equinox_activation": (
+        _equinox_cell,
+        "`theta['b'].activation` is a function",
+        "`theta['b']` is an equinox MLP; pass only the module's arrays as theta: "
+        "`params, static = eqx.partition(model, eqx.is_inexact_array)`",
+    ),
+    "nnx_rng_count": (
+        _nnx_model,
+        "`theta['b'].dropout.rngs.count.value` has dtype uint32",
+        "`theta['b']` is a flax Net; pass only the parameters as theta: "
+        "`graphdef, params, rest = nnx.split(model, nnx.Param, ...)`",
+    ),
+    "nnx_whole_state": (
+        _nnx_state,
+        "`theta['b']['dropout']['rngs']['count'].value` has dtype uint32",
+        "`theta['b']` is a flax State; pass only the parameters as theta: `graphdef, params, rest = nnx.split(",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", ECOSYSTEM_THETA)
+def test_ecosystem_models_as_theta_point_to_their_split(case):
+    make, words, fix = ECOSYSTEM_THETA[case]
+    est = build_estimator("pes", good_system())
+    raises(lambda: est.init(theta_with(make()), KEY), words, fix, TypeError)
+    raises(lambda: unroll.exact_gradient(good_system(), theta_with(make()), KEY), words, fix, TypeError)
 
 
 @pytest.mark.parametrize("empty", [{}, (), None])

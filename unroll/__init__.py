@@ -1,6 +1,6 @@
 """unroll: gradient estimators for long unrolled computations, behind one interface."""
 
-from unroll import checkpointing, diagnostics, parallel, registry, resume, sharding, tasks
+from unroll import checkpointing, diagnostics, logging, parallel, registry, resume, sharding, tasks
 from unroll.estimators.bptt import full_bptt, truncated_bptt
 from unroll.estimators.checkpointed import checkpointed_bptt
 from unroll.estimators.dni import Synthesizer, dni, linear_synthesizer, mlp_synthesizer
@@ -36,6 +36,7 @@ __all__ = [
     "full_bptt",
     "gpes",
     "linear_synthesizer",
+    "logging",
     "mlp_synthesizer",
     "nres",
     "parallel",

@@ -95,6 +95,7 @@ def _compare(args: argparse.Namespace) -> int:
             command=shlex.join(["unroll"] + args.argv),
             seed=settings.seed,
             checkpoint_every=settings.checkpoint_every,
+            tensorboard=args.tensorboard,
         )
     except TrainingInterrupted as err:
         return _interrupted(err, args.argv, settings.out)
@@ -218,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="outer steps between checkpoints of each estimator's run (default: a tenth of --steps)",
     )
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
+    compare.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="also stream every estimator's metrics to TensorBoard event files in DIR/ESTIMATOR/seedI "
+        "(needs tensorboardX: pip install 'unroll[log]')",
+    )
     compare.add_argument(
         "--config",
         help="TOML file with the same settings (flags given here win) and a [task_options] table of task arguments",

@@ -157,6 +157,7 @@ def compare(
     command: str | None = None,
     seed: int = 0,
     checkpoint_every: int | None = None,
+    tensorboard: str | None = None,
 ) -> tuple[str, dict]:
     """Runs every estimator on ``task`` and writes CSV, JSON and PNG to ``out_dir``.
 
@@ -165,7 +166,10 @@ def compare(
     of the run) and on interrupt; an ``out_dir`` that holds checkpoints of the same
     comparison resumes from them (one of another comparison is refused). An estimator
     whose loss or gradient turns non-finite stops there (the warning and the summary's
-    ``first_nonfinite_step`` say where) and the others go on.
+    ``first_nonfinite_step`` say where) and the others go on. With ``tensorboard``, each
+    estimator's metrics are also streamed to ``tensorboard/<estimator>/seed<i>``
+    (``unroll.logging.tensorboard``; an estimator read back finished from its checkpoint
+    writes nothing new).
 
     Returns the output folder and the summary dict.
     """
@@ -179,6 +183,9 @@ def compare(
     os.makedirs(out_dir, exist_ok=True)
     eval_every = max(1, steps // 100)  # about 100 evaluations per run (some tasks evaluate whole inner runs)
 
+    writers = (
+        {name: unroll.logging.tensorboard(os.path.join(tensorboard, name)) for name in names} if tensorboard else {}
+    )
     results = {}
     for name, (family, truncation) in zip(names, parsed):
         theta, history = train(
@@ -195,7 +202,11 @@ def compare(
             checkpoint=os.path.join(out_dir, "checkpoints", f"{name}.npz"),
             checkpoint_every=checkpoint_every,
             run_info={"task": task, "estimator": name, "task_options": json.dumps(task_kwargs or {}, sort_keys=True)},
+            callback=writers.get(name),
+            callback_every=eval_every,
         )
+        if name in writers:
+            writers[name].close()
         results[name] = (theta, history, family, truncation)
 
     _write_csv(os.path.join(out_dir, "metrics.csv"), results)

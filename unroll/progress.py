@@ -1,4 +1,4 @@
-"""A dependency-free progress bar for long runs (terminals and CI logs)."""
+"""Progress bars for long runs: ``tqdm.auto`` (a widget in Jupyter, text in terminals and logs)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
+from tqdm.auto import tqdm
 
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    return (
-        f"{seconds // 60:02d}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds // 60 % 60:02d}"
-    )
+LOG_INTERVAL = 30.0  # seconds between lines when the stream is not a terminal (CI logs, files)
+
+
+def _interactive(stream) -> bool:
+    """A terminal or a notebook (where ``tqdm.auto`` draws a widget)."""
+    notebook = any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__)
+    return notebook or (hasattr(stream, "isatty") and stream.isatty())
 
 
 def progress(
@@ -23,38 +26,42 @@ def progress(
     stream=None,
     start: int = 0,
 ) -> Iterator[int]:
-    """Yields ``start..total-1`` (``start > 0``: a resumed run) and draws ``desc |####   | i/total [elapsed<eta, rate] postfix``.
+    """Yields ``start..total-1`` (``start > 0``: a resumed run) under a tqdm bar
+    ``desc: 40%|####      | i/total [elapsed<eta, rate step/s, postfix]``.
 
-    On a terminal the bar is redrawn in place at most every ``min_interval`` seconds;
-    elsewhere (CI logs, files) a line is written at every tenth of the run.
-    ``postfix()`` is only called when a line is drawn (it may synchronize the device).
+    The bar is redrawn at most every ``min_interval`` seconds on a terminal or in a
+    notebook, every ``LOG_INTERVAL`` seconds elsewhere. ``postfix()`` (e.g. the loss) is
+    called at most that often (it may wait for the device), and once at the end.
+    ``enabled=False`` draws nothing.
     """
+    if not enabled:
+        yield from range(start, total)
+        return
     stream = stream or sys.stderr
-    interactive = hasattr(stream, "isatty") and stream.isatty()
-    first = start
-    start = last = time.perf_counter()
-    next_tenth = first * 10 // max(total, 1) + 1
-
-    def draw(done: int, end: str) -> None:
-        elapsed = time.perf_counter() - start
-        rate = (done - first) / elapsed if elapsed > 0 else 0.0
-        eta = (total - done) / rate if rate > 0 else 0.0
-        filled = int(20 * done / max(total, 1))
-        extra = f" {postfix()}" if postfix is not None else ""
-        line = f"{desc} |{'#' * filled}{' ' * (20 - filled)}| {done}/{total} [{_clock(elapsed)}<{_clock(eta)}, {rate:.1f} it/s]{extra}"
-        stream.write(("\r" if interactive else "") + line + end)
-        stream.flush()
-
-    for i in range(first, total):
-        yield i
-        if not enabled:
-            continue
-        now = time.perf_counter()
-        if interactive and now - last >= min_interval:
-            draw(i + 1, "")
-            last = now
-        elif not interactive and (i + 1) * 10 >= next_tenth * total:
-            draw(i + 1, "\n")
-            next_tenth = (i + 1) * 10 // max(total, 1) + 1
-    if enabled and interactive and first < total:
-        draw(total, "\n")
+    interval = min_interval if _interactive(stream) else LOG_INTERVAL
+    bar = tqdm(
+        total=total,
+        initial=start,
+        desc=desc.strip(),
+        file=stream,
+        mininterval=interval,
+        unit="step",
+        dynamic_ncols=True,
+    )
+    last = time.perf_counter()
+    try:
+        for i in range(start, total):
+            try:
+                yield i
+            except GeneratorExit:  # the loop broke after step i
+                bar.update(1)
+                raise
+            now = time.perf_counter()
+            if postfix is not None and now - last >= interval:
+                bar.set_postfix_str(postfix(), refresh=False)
+                last = now
+            bar.update(1)
+    finally:  # the loop ended, or broke early (a stop or a time limit): the last figures, then the bar closes
+        if postfix is not None:
+            bar.set_postfix_str(postfix(), refresh=False)
+        bar.close()

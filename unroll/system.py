@@ -194,8 +194,41 @@ def _path_str(path) -> str:
     return "theta" + jax.tree_util.keystr(path) if path else "theta"
 
 
+def _library(obj) -> str | None:
+    """``"equinox"`` or ``"flax"`` if ``obj`` is one of those libraries' objects (a module, an nnx State)."""
+    for cls in type(obj).__mro__:
+        root = cls.__module__.split(".")[0]
+        if root in ("equinox", "flax"):
+            return root
+    return None
+
+
+_LIBRARY_FIX = {
+    "equinox": "pass only the module's arrays as theta: `params, static = eqx.partition(model, eqx.is_inexact_array)`, "
+    "and rebuild it inside init/step with `model = eqx.combine(params, static)` (close over `static`)",
+    "flax": "pass only the parameters as theta: `graphdef, params, rest = nnx.split(model, nnx.Param, ...)`, and "
+    "rebuild it inside init/step with `model = nnx.merge(graphdef, params, rest)` (close over `graphdef` and `rest`)",
+}
+
+
+def _library_fix(theta: PyTree, path) -> str | None:
+    """The fix for a bad leaf at ``path`` inside an equinox or flax object of ``theta`` (None: not inside one)."""
+    found = jax.tree_util.tree_flatten_with_path(theta, is_leaf=lambda x: _library(x) is not None)[0]
+    for prefix, obj in found:
+        if _library(obj) is not None and tuple(path[: len(prefix)]) == tuple(prefix):
+            where = _path_str(prefix)
+            article = "an" if _library(obj) == "equinox" else "a"
+            return f"`{where}` is {article} {_library(obj)} {type(obj).__name__}; {_LIBRARY_FIX[_library(obj)]}"
+    return None
+
+
 def check_theta(theta: PyTree) -> None:
-    """Every leaf of theta must be a real floating-point array (or Python float)."""
+    """Every leaf of theta must be a real floating-point array (or Python float).
+
+    A leaf inside an equinox module or flax object that is not one (an activation
+    function, an rng count or key) is refused with that library's way of splitting the
+    parameters out (``eqx.partition``, ``nnx.split``).
+    """
     leaves = jax.tree_util.tree_leaves_with_path(theta)
     if not leaves:
         raise ValueError(
@@ -203,24 +236,39 @@ def check_theta(theta: PyTree) -> None:
             "e.g. {'w': jnp.zeros(3)}."
         )
     for path, leaf in leaves:
+        library = _library_fix(theta, path) if _library(leaf) is None else None
         if isinstance(leaf, (bool, int)) and not isinstance(leaf, float):
             raise TypeError(
                 f"`{_path_str(path)}` is a Python {type(leaf).__name__} ({leaf!r}), not a float; theta leaves must be "
-                f"float arrays: write {float(leaf)!r} or jnp.asarray({leaf!r}, jnp.float32)."
+                + (
+                    f"float arrays: {library}."
+                    if library
+                    else f"float arrays: write {float(leaf)!r} or jnp.asarray({leaf!r}, jnp.float32)."
+                )
             )
         if not hasattr(leaf, "dtype") and not isinstance(leaf, float):
-            raise TypeError(
-                f"`{_path_str(path)}` is a {type(leaf).__name__} ({leaf!r:.40}), not a float array; "
-                "theta must be a pytree of float arrays, e.g. jnp.asarray(x, jnp.float32)."
+            kind = "function" if callable(leaf) else type(leaf).__name__
+            fix = library or (
+                "a function is not a parameter: close over it in init/step instead"
+                if callable(leaf)
+                else "theta must be a pytree of float arrays, e.g. jnp.asarray(x, jnp.float32)"
             )
+            raise TypeError(f"`{_path_str(path)}` is a {kind} ({leaf!r:.40}), not a float array; {fix}.")
         dtype = jnp.result_type(leaf)
         if not jnp.issubdtype(dtype, jnp.floating):
-            fix = (
-                "split it into two real leaves (jnp.real, jnp.imag): gradients are taken on real parameters"
-                if jnp.issubdtype(dtype, jnp.complexfloating)
-                else "convert it with jnp.asarray(x, jnp.float32) (or float64), or keep integer constants "
-                "out of theta (close over them in init/step)"
-            )
+            if library:
+                fix = library
+            elif jnp.issubdtype(dtype, jnp.complexfloating):
+                fix = "split it into two real leaves (jnp.real, jnp.imag): gradients are taken on real parameters"
+            elif jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+                fix = (
+                    "a PRNG key is not a parameter: keep it out of theta and draw randomness from the key init/step get"
+                )
+            else:
+                fix = (
+                    "convert it with jnp.asarray(x, jnp.float32) (or float64), or keep integer constants "
+                    "out of theta (close over them in init/step)"
+                )
             raise TypeError(
                 f"`{_path_str(path)}` has dtype {dtype}, but theta leaves must be real float arrays; {fix}."
             )

@@ -124,6 +124,8 @@ class _Settings(NamedTuple):
     on_nonfinite: str  # checked by make_train_step
     name: str
     time_limit: float | None = None  # seconds of outer steps, then stop
+    callback: Callable[[int, dict], Any] | None = None  # fn(step, metrics) on the host
+    callback_every: int = 0
 
 
 class _Program(NamedTuple):
@@ -162,6 +164,8 @@ def train(
     checkpoint_every: int = 0,
     run_info: dict | None = None,
     time_limit: float | None = None,
+    callback: Callable[[int, dict], Any] | None = None,
+    callback_every: int = 10,
 ):
     """Runs ``num_steps`` outer steps ``theta <- optax update(estimate(theta))``.
 
@@ -192,6 +196,14 @@ def train(
       time_limit: a wall-clock budget in seconds of outer steps (compile and evaluation excluded, as in
         ``train_time_s``): the run stops after the step that exhausts it, so the history may be shorter than
         ``num_steps`` (for comparisons at equal training time). ``None``: no limit.
+      callback: ``fn(step, metrics)``, called on the host every ``callback_every`` outer steps and once at the end
+        (e.g. ``unroll.logging.tensorboard(logdir)``), with ``step`` the outer steps done and ``metrics`` the steps
+        since the previous call, as numpy arrays ``[k]`` (``[num_seeds, k]``): ``metrics["step"]`` (the outer steps
+        done after each of them, as in the history's ``eval_step``), every per-step history entry, and the
+        evaluations made since (``eval_step``, ``eval/<name>``). It waits for those steps to finish (the steps are
+        otherwise dispatched ahead), and its own time is not counted in ``train_time_s``; a resumed run calls it
+        from the step it resumes at.
+      callback_every: outer steps between calls (a positive int).
 
     Returns:
       ``(theta, history)``: the final (last finite) theta and a dict of numpy arrays ``[steps run]``
@@ -200,7 +212,7 @@ def train(
       evaluation excluded), ``compile_s``; with ``eval_fn``, ``eval_time_s`` (training seconds at each ``eval_step``).
     """
     settings = _check_arguments(num_steps, eval_fn, eval_every, checkpoint, checkpoint_every, on_nonfinite, name)
-    settings = settings._replace(time_limit=_check_time_limit(time_limit))
+    settings = settings._replace(time_limit=_check_time_limit(time_limit), **_check_callback(callback, callback_every))
     program = _build(estimator, optimizer, theta, key, num_seeds, eval_fn, on_nonfinite)
     run, state, log = _start(program, settings, theta, run_info)
     state = state if log.complete else _run(run, state, log, progress)  # a finished run is only read back
@@ -242,6 +254,20 @@ def _check_time_limit(time_limit) -> float | None:
             "e.g. time_limit=600.0."
         )
     return float(time_limit)
+
+
+def _check_callback(callback, callback_every) -> dict:
+    if callback is None:
+        return {}
+    if not callable(callback):
+        raise TypeError(
+            f"`callback` must be a function fn(step, metrics) (or None), got {type(callback).__name__}; "
+            "pass e.g. callback=unroll.logging.tensorboard('runs/tb') or callback=lambda step, m: print(step)."
+        )
+    every = check_positive_int(
+        callback_every, "callback_every", "Pass an int >= 1, the outer steps between calls of `callback`."
+    )
+    return {"callback": callback, "callback_every": every}
 
 
 def _build(estimator, optimizer, theta, key, num_seeds, eval_fn, on_nonfinite) -> _Program:
@@ -339,7 +365,8 @@ def _loop(run: _Run, state: TrainState, log: _Log, clock: _Clock, progress: bool
     """The outer steps from the one ``log`` ends at, with the evaluations and saves due; on Ctrl-C or SIGTERM
     it saves and raises ``TrainingInterrupted``."""
     settings, program = run.settings, run.program
-    done = len(log.records)
+    done = log.delivered = len(log.records)  # a resumed run calls the callback from where it resumes
+    log.evals_delivered = len(log.evals)
     postfix = lambda: _loss_postfix(log.records)
     with _deferred_signals(settings.checkpoint is not None) as received:
         for i in progress_bar(settings.num_steps, desc=settings.name, enabled=progress, postfix=postfix, start=done):
@@ -348,7 +375,10 @@ def _loop(run: _Run, state: TrainState, log: _Log, clock: _Clock, progress: bool
             state, metrics = program.outer(state, run.run_key)
             log.records.append(metrics)
             done = i + 1
+            if settings.callback is not None and done % settings.callback_every == 0:
+                _deliver(settings.callback, state, log, clock)
             if received:
+                _deliver(settings.callback, state, log, clock)
                 _save(run, state, log, clock, done)
                 raise TrainingInterrupted(done, settings.checkpoint, signal.Signals(received[0]).name)
             if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < settings.num_steps:
@@ -359,6 +389,7 @@ def _loop(run: _Run, state: TrainState, log: _Log, clock: _Clock, progress: bool
                 break
         if program.evaluate is not None:
             _evaluate(run, state, log, clock, done)
+        _deliver(settings.callback, state, log, clock)
         if settings.checkpoint is not None:
             _save(run, state, log, clock, done, complete=True)
     return state
@@ -370,6 +401,27 @@ def _evaluate(run: _Run, state: TrainState, log: _Log, clock: _Clock, step: int)
         log.eval_steps.append(step)
         log.eval_times.append(log.elapsed)
         jax.block_until_ready(log.evals[-1])  # so that its seconds are not counted as the next steps'
+
+
+def _deliver(callback, state: TrainState, log: _Log, clock: _Clock) -> None:
+    """Calls ``callback(step, metrics)`` with the steps and evaluations it has not been given yet (none: no call)."""
+    if callback is None or (log.delivered == len(log.records) and log.evals_delivered == len(log.evals)):
+        return
+    with clock.paused(state.theta):
+        first, done = log.delivered, len(log.records)
+        metrics = {"step": np.arange(first + 1, done + 1)}
+        metrics.update(_stacked(log.records[first:]))
+        if log.evals_delivered < len(log.evals):
+            metrics["eval_step"] = np.asarray(log.eval_steps[log.evals_delivered :], np.int64)
+            metrics.update({f"eval/{k}": v for k, v in _stacked(log.evals[log.evals_delivered :]).items()})
+        log.delivered, log.evals_delivered = done, len(log.evals)
+        callback(done, metrics)
+
+
+def _stacked(records: list[dict]) -> dict[str, np.ndarray]:
+    """Per-step dicts of arrays as one dict of arrays, steps on the last axis."""
+    records = jax.device_get(records)
+    return {k: np.stack([np.asarray(r[k]) for r in records], axis=-1) for k in (records[0] if records else ())}
 
 
 def _save(run: _Run, state: TrainState, log: _Log, clock: _Clock, done: int, complete: bool = False) -> None:
@@ -404,14 +456,12 @@ class _Log:
         self.elapsed = 0.0
         self.compile_s = 0.0
         self.complete = False
+        self.delivered = 0  # records and evaluations given to the callback
+        self.evals_delivered = 0
 
     def arrays(self) -> dict[str, np.ndarray]:
-        out = {}
-        records, evals = jax.device_get(self.records), jax.device_get(self.evals)
-        for k in records[0] if records else ():
-            out[f"record/{k}"] = np.stack([np.asarray(r[k]) for r in records], axis=-1)
-        for k in evals[0] if evals else ():
-            out[f"eval/{k}"] = np.stack([np.asarray(e[k]) for e in evals], axis=-1)
+        out = {f"record/{k}": v for k, v in _stacked(self.records).items()}
+        out.update({f"eval/{k}": v for k, v in _stacked(self.evals).items()})
         out["eval_step"] = np.asarray(self.eval_steps, np.int64)
         out["eval_time_s"] = np.asarray(self.eval_times, np.float64)
         return out

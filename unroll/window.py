@@ -352,6 +352,8 @@ def _window_step(rule: Rule, theta, noise, fresh, horizon: int, num_active):
         before, acc_before, total = carry
         workers, acc = jax.lax.cond(any_reset, reset, lambda c: c, (before, acc_before))
         state, new_acc, loss, contribution = step(theta, workers.state, workers.t, acc, noise)
+        # an accumulator keeps its dtype (theta's and the state's may differ: float32 flax params, x64 states)
+        new_acc = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), new_acc, acc)
         new_workers = Worker(state, workers.t + 1, workers.key)
         if num_active is not None:  # an inactive trajectory keeps its state from before any reset
             active = k < num_active
@@ -550,6 +552,7 @@ def windowed(
         data_keys = jax.vmap(jax.vmap(lambda k: episode_keys(k)[1]))(state.workers.key)
         window = Window(run, state.workers.state, state.workers.t, num_steps, restart, data_keys)
         grad, result, new_extra, info = gradient(window, theta, state.extra)
+        grad = jax.tree_util.tree_map(lambda g, th: g.astype(jnp.result_type(th)), grad, theta)  # theta's dtypes
         new_state = WindowState(result.workers, result.acc, new_extra)
         return Estimate(grad, new_state, window_info(result.losses, info_steps, **info))
 
