@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import publish, results_dir  # noqa: E402
@@ -75,10 +76,15 @@ RUNS = {
     "pes-lengths": ("adam-mlp", "pes", {"truncation": 50, "num_particles": 8, "num_workers": 4}),
     # the same at the 20-minute budget per estimator
     "pes-lengths-20min": ("adam-mlp", "pes", {"truncation": 50, "num_particles": 8, "num_workers": 4}),
+    # pes at the 20-minute budget, keeping per seed the theta that scored best on the meta-validation tasks
+    "pes-20min": ("adam-mlp", "pes", {"truncation": 50, "num_particles": 8, "num_workers": 4}),
 }
 RUN_LENGTHS = {"pes-lengths": (100, 2000), "pes-lengths-20min": (100, 2000)}
-RUN_MINUTES = {"pes-lengths-20min": 20.0}  # a run's own budget in minutes (the others: --minutes)
+RUN_MINUTES = {"pes-lengths-20min": 20.0, "pes-20min": 20.0}  # a run's own budget in minutes (the others: --minutes)
 META_LOSS = {"pes-log": "log"}  # the others meta-train on the mean normalized loss
+# runs that keep, per seed, the theta of the evaluation with the best meta-validation objective (early
+# stopping on the meta-validation tasks, never on the held-out test tasks); the others keep the last theta
+SELECT_BEST = {"pes-20min"}
 
 
 START = {"adam-mlp": "Adam, lr 1e-2", "mlp": "SGD, lr 0.1", "controller": "heavy ball, lr 1e-1.5, mu 0.9"}
@@ -164,7 +170,9 @@ def meta_train(run: str, args, path: str) -> dict:
         jax.random.key(args.seed),
         100_000,
         num_seeds=args.seeds,
-        eval_fn=lambda th: {"objective": curve_eval(th)["objective"]},
+        eval_fn=lambda th: (
+            {"objective": curve_eval(th)["objective"]} | ({"theta": ravel_pytree(th)[0]} if run in SELECT_BEST else {})
+        ),
         eval_every=args.eval_every,
         time_limit=60.0 * RUN_MINUTES.get(run, args.minutes),
         progress=not args.no_progress,
@@ -173,6 +181,14 @@ def meta_train(run: str, args, path: str) -> dict:
     )
     wall = time.time() - start
     thetas = [jax.tree_util.tree_map(lambda x, i=i: np.asarray(x[i]), final) for i in range(args.seeds)]
+    selected = None
+    if run in SELECT_BEST:  # the snapshot at the best meta-validation objective, per seed
+        objective = np.asarray(history["eval/objective"]).reshape(args.seeds, -1)
+        snapshots = np.moveaxis(np.asarray(history["eval/theta"]), -1, 1)  # [seeds, evaluations, p]
+        best = objective.argmin(axis=1)
+        unravel = ravel_pytree(theta)[1]
+        thetas = [jax.tree_util.tree_map(np.asarray, unravel(jnp.asarray(snapshots[i, b]))) for i, b in enumerate(best)]
+        selected = [int(np.asarray(history["eval_step"])[b]) for b in best]
     scores = {}
     for where, evaluate in evaluators(arch, args.horizon).items():
         scores[where] = [{k: float(v) for k, v in evaluate(th).items()} for th in thetas]
@@ -186,6 +202,7 @@ def meta_train(run: str, args, path: str) -> dict:
         "run_lengths": RUN_LENGTHS.get(run),
         "meta_loss": meta_loss,
         "minutes": RUN_MINUTES.get(run, args.minutes),
+        "selected_steps": selected,  # outer step of each seed's kept theta (None: the last)
         "outer_steps": int(np.asarray(history["loss"]).shape[-1]),
         "inner_steps_per_outer_step": int(np.asarray(history["steps"]).reshape(args.seeds, -1)[0, 0]),
         "train_time_s": float(np.asarray(history["train_time_s"])),
@@ -233,7 +250,7 @@ def plot(results: dict, tuned: dict, horizon: int, path: str) -> None:
             y = loss_curves(lopt.baseline_optimizer(name, h), theta, problem, h)
             ax.plot(steps[19:], smooth(y), "--", color=colors[i], label=f"{name} (tuned)")
         for i, (run, r) in enumerate(results.items()):
-            if run not in ("pes", "tbptt-10", "nres", "es"):
+            if run not in ("pes", "tbptt-10", "nres", "es", "pes-20min"):
                 continue
             theta = {k: jnp.asarray(v, jnp.float32) for k, v in r["theta"][0].items()}
             y = loss_curves(architecture(r["architecture"]), theta, problem, h)
@@ -298,12 +315,18 @@ def table(results: dict, tuned: dict, args) -> str:
             cells.append(f"{values.mean():.4f} ± {values.std():.4f} ({acc.mean():.3f})")
             every.append(bool(np.all(values < adam[w])))
         verdict = ", ".join(f"{w}: {'yes' if e else 'no'}" for w, e in zip(wheres, every))
-        lines.append(f"| {run} ({r['architecture']}) | {r['outer_steps']} | " + " | ".join(cells) + f" | {verdict} |")
+        kept = r.get("selected_steps")
+        steps = f"{r['outer_steps']} (kept: {', '.join(map(str, kept))})" if kept else f"{r['outer_steps']}"
+        lines.append(f"| {run} ({r['architecture']}) | {steps} | " + " | ".join(cells) + f" | {verdict} |")
     lines += [
         "",
         f"Seeds: `train(..., jax.random.key({args.seed}), num_seeds={args.seeds})` (keys `split(key({args.seed}), {args.seeds})`); "
         f"outer optimizer: Adam {args.outer_learning_rate:g} after clipping the meta-gradient to global norm "
-        f"{args.clip:g}; ES-family sigma {SIGMA}, nonfinite='drop'.",
+        f"{args.clip:g}; ES-family sigma {SIGMA}, nonfinite='drop'. Every run keeps its last theta, except "
+        + ", ".join(sorted(SELECT_BEST))
+        + ": per seed, the theta of the evaluation (every --eval-every outer steps) with the best "
+        "meta-validation objective (8 MLP-family tasks of other keys than the test tasks), at the outer steps "
+        "under 'kept'.",
         f"Command: `python experiments/learned_optimizer.py --seeds {args.seeds} --minutes {args.minutes:g}`, "
         f"jax {jax.__version__} on {jax.devices()[0]}.",
     ]

@@ -253,13 +253,6 @@ def test_code_copied_from_the_readme_agrees_with_it(page, marker):
     assert docs[0] == readme[0], f"docs/{page}'s block differs from the README's: copy the README's"
 
 
-def test_the_bad_input_table_is_the_readmes():
-    readme = read(os.path.join(ROOT, "README.md"))
-    section = re.search(r"\n### Bad input\n(.*?)\n## ", readme, re.S).group(1).strip()
-    page = read(os.path.join(DOCS, "bad-input.md")).removeprefix("# Bad input\n").strip()
-    assert page == section, "docs/bad-input.md differs from the README's 'Bad input' section: copy it"
-
-
 def notebook_output_lines(notebook):
     cells = json.loads(read(os.path.join(ROOT, notebook)))["cells"]
     lines = set()

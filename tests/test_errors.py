@@ -4,7 +4,7 @@ Errors are ``ValueError`` or ``TypeError``, raised when the estimator is built (
 the system's shape) or when ``init`` traces the system on theta (the loss, the state, the
 leaves of theta) -- never a NaN later. Each check is paired with a valid-input control,
 so a constructor that raises on everything would fail here too. Every test matches both
-the argument's name and the fix the message gives (the README's "Bad input" table lists
+the argument's name and the fix the message gives (``docs/bad-input.md`` lists
 them). The CLI's bad input is one line on stderr and exit code 2 (more cases in
 ``tests/test_cli.py``).
 """
