@@ -249,9 +249,8 @@ def plot(results: dict, tuned: dict, horizon: int, path: str) -> None:
             theta = {k: jnp.asarray(v, jnp.float32) for k, v in best.items()}
             y = loss_curves(lopt.baseline_optimizer(name, h), theta, problem, h)
             ax.plot(steps[19:], smooth(y), "--", color=colors[i], label=f"{name} (tuned)")
-        for i, (run, r) in enumerate(results.items()):
-            if run not in ("pes", "tbptt-10", "nres", "es", "pes-20min"):
-                continue
+        learned = [(run, r) for run, r in results.items() if run in ("pes", "tbptt-10", "nres", "es", "pes-20min")]
+        for i, (run, r) in enumerate(learned):
             theta = {k: jnp.asarray(v, jnp.float32) for k, v in r["theta"][0].items()}
             y = loss_curves(architecture(r["architecture"]), theta, problem, h)
             ax.plot(steps[19:], smooth(y), color=colors[3 + i], label=f"learned ({run}, seed 0)")
