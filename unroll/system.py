@@ -236,8 +236,12 @@ def check_theta(theta: PyTree) -> None:
             "e.g. {'w': jnp.zeros(3)}."
         )
     for path, leaf in leaves:
-        library = _library_fix(theta, path) if _library(leaf) is None else None
-        if isinstance(leaf, (bool, int)) and not isinstance(leaf, float):
+        python_int = isinstance(leaf, (bool, int)) and not isinstance(leaf, float)
+        not_array = not hasattr(leaf, "dtype") and not isinstance(leaf, float)
+        if not (python_int or not_array or not jnp.issubdtype(jnp.result_type(leaf), jnp.floating)):
+            continue  # a float leaf
+        library = _library_fix(theta, path)  # only for a bad leaf: it walks theta
+        if python_int:
             raise TypeError(
                 f"`{_path_str(path)}` is a Python {type(leaf).__name__} ({leaf!r}), not a float; theta leaves must be "
                 + (
@@ -246,7 +250,7 @@ def check_theta(theta: PyTree) -> None:
                     else f"float arrays: write {float(leaf)!r} or jnp.asarray({leaf!r}, jnp.float32)."
                 )
             )
-        if not hasattr(leaf, "dtype") and not isinstance(leaf, float):
+        if not_array:
             kind = "function" if callable(leaf) else type(leaf).__name__
             fix = library or (
                 "a function is not a parameter: close over it in init/step instead"
@@ -254,24 +258,19 @@ def check_theta(theta: PyTree) -> None:
                 else "theta must be a pytree of float arrays, e.g. jnp.asarray(x, jnp.float32)"
             )
             raise TypeError(f"`{_path_str(path)}` is a {kind} ({leaf!r:.40}), not a float array; {fix}.")
-        dtype = jnp.result_type(leaf)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            if library:
-                fix = library
-            elif jnp.issubdtype(dtype, jnp.complexfloating):
-                fix = "split it into two real leaves (jnp.real, jnp.imag): gradients are taken on real parameters"
-            elif jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-                fix = (
-                    "a PRNG key is not a parameter: keep it out of theta and draw randomness from the key init/step get"
-                )
-            else:
-                fix = (
-                    "convert it with jnp.asarray(x, jnp.float32) (or float64), or keep integer constants "
-                    "out of theta (close over them in init/step)"
-                )
-            raise TypeError(
-                f"`{_path_str(path)}` has dtype {dtype}, but theta leaves must be real float arrays; {fix}."
+        dtype = jnp.result_type(leaf)  # a non-float dtype
+        if library:
+            fix = library
+        elif jnp.issubdtype(dtype, jnp.complexfloating):
+            fix = "split it into two real leaves (jnp.real, jnp.imag): gradients are taken on real parameters"
+        elif jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            fix = "a PRNG key is not a parameter: keep it out of theta and draw randomness from the key init/step get"
+        else:
+            fix = (
+                "convert it with jnp.asarray(x, jnp.float32) (or float64), or keep integer constants "
+                "out of theta (close over them in init/step)"
             )
+        raise TypeError(f"`{_path_str(path)}` has dtype {dtype}, but theta leaves must be real float arrays; {fix}.")
 
 
 def check_against_theta(system: Any, theta: PyTree, key: jax.Array) -> None:
