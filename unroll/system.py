@@ -215,10 +215,10 @@ def _library_fix(theta: PyTree, path) -> str | None:
     """The fix for a bad leaf at ``path`` inside an equinox or flax object of ``theta`` (None: not inside one)."""
     found = jax.tree_util.tree_flatten_with_path(theta, is_leaf=lambda x: _library(x) is not None)[0]
     for prefix, obj in found:
-        if _library(obj) is not None and tuple(path[: len(prefix)]) == tuple(prefix):
-            where = _path_str(prefix)
-            article = "an" if _library(obj) == "equinox" else "a"
-            return f"`{where}` is {article} {_library(obj)} {type(obj).__name__}; {_LIBRARY_FIX[_library(obj)]}"
+        library = _library(obj)
+        if library is not None and tuple(path[: len(prefix)]) == tuple(prefix):
+            article = "an" if library == "equinox" else "a"
+            return f"`{_path_str(prefix)}` is {article} {library} {type(obj).__name__}; {_LIBRARY_FIX[library]}"
     return None
 
 
