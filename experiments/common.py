@@ -12,7 +12,7 @@ import re
 import shutil
 import sys
 
-from unroll.compare import compare
+from unroll.comparison import compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -248,16 +248,14 @@ def test_chunked_parallel_bptt_equals_full_bptt_and_rtrl_averages_to_it(cell):
 def test_compare_runs_the_long_dependency_task_in_parallel_and_sequentially(tmp_path):
     """``unroll compare long-dependency``: parallel-bptt and full-bptt take the same steps
     (same episodes, same exact gradients), so their objectives agree."""
-    from unroll.compare import compare
-
-    _, summary = compare(
+    _, summary = unroll.compare(
         "long-dependency",
         estimators=["parallel-bptt", "full-bptt"],
         seeds=1,
         steps=3,
         out_dir=str(tmp_path),
         progress=False,
-        task_kwargs={"horizon": 30},
+        task_options={"horizon": 30},
     )
     parallel, full = (summary["estimators"][name]["final_objective"]["mean"] for name in ("parallel-bptt", "full-bptt"))
     assert parallel == pytest.approx(full, rel=1e-4)

@@ -197,7 +197,7 @@ def test_a_diverging_estimator_is_recorded_and_the_others_go_on(tmp_path, capsys
     import optax
 
     import unroll
-    from unroll import compare
+    from unroll import comparison
 
     def step(theta, state, t):
         return state, jnp.where(theta < 1.0, -theta, jnp.nan)  # the loss pushes theta up into NaN
@@ -206,12 +206,12 @@ def test_a_diverging_estimator_is_recorded_and_the_others_go_on(tmp_path, capsys
 
     def setup():
         system = unroll.System(lambda theta, key: jnp.zeros(()), step, 2)
-        return compare.TaskSetup(
+        return unroll.Task(
             system=system,
             theta=jnp.asarray(0.55),
             evaluate=lambda th: {"objective": -th, "theta": th},
             reference={"objective": "-theta", "horizon": 2},
-            settings=compare.standard_settings(workers=1),
+            settings=unroll.task.standard_settings(workers=1),
             # tbptt runs on a system that stays finite: it goes on to the last step
             estimators={"tbptt": lambda s, k: unroll.truncated_bptt(finite, truncation=k)},
             default_estimators=["full-bptt", "tbptt-1"],
@@ -221,7 +221,7 @@ def test_a_diverging_estimator_is_recorded_and_the_others_go_on(tmp_path, capsys
             default_seeds=2,
         )
 
-    monkeypatch.setitem(compare.TASKS, "nan-test", setup)
+    monkeypatch.setitem(comparison.TASKS, "nan-test", setup)
     with pytest.warns(RuntimeWarning, match="full-bptt: a non-finite loss"):
         code = cli.main(["compare", "nan-test", "--out", str(tmp_path / "x"), "--no-progress"])
     assert code == 0

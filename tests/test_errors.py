@@ -354,19 +354,35 @@ def with_init(init_fn, horizon=HORIZON):
 
 
 BAD_INITS = {
-    # init's state does not fit step (a hidden state of the wrong size): step cannot run on it
-    "state_step_cannot_take": (
-        lambda state: (jnp.zeros(5),),
-        "`system.step(theta, state, t)` failed on the state from `system.init`",
-        "step must accept the state init returns (same pytree, shapes and dtypes)",
-    ),
     # init returns something that is not an array
     "not_an_array": (
         lambda state: ("h",),
         "`system.init(theta, key)` cannot be traced",
-        "it must return a pytree of arrays computed with jax from theta and key",
+        "it returned a str at state[0]; it must return a pytree of arrays computed with jax from theta and key",
     ),
 }
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_an_error_inside_step_is_raised_as_it_is(name):
+    """init's state does not fit step (a hidden state of the wrong size), so step's matmul fails
+    while init traces it: JAX's own TypeError comes out, blaming nothing else, with a note that
+    says what step was traced on (the state's shapes)."""
+    system = with_init(lambda state: (jnp.zeros(5),))
+    call = (
+        (lambda: unroll.exact_gradient(system, theta(), KEY))
+        if name == "exact_gradient"
+        else (lambda: build_estimator(name, system).init(theta(), KEY))
+    )
+    with pytest.raises(TypeError) as info:
+        call()
+    assert "dot_general requires contracting dimensions to have the same shape" in str(info.value)
+    assert "init returns" not in str(info.value) and info.value.__cause__ is None
+    assert any(
+        "raised while unroll traced `system.step(theta, state, t)` on the state system.init returns "
+        "(state[0]: float64[5])" in note
+        for note in info.value.__notes__
+    )
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -1,6 +1,7 @@
 """unroll: gradient estimators for long unrolled computations, behind one interface."""
 
 from unroll import checkpointing, diagnostics, logging, parallel, registry, resume, sharding, tasks
+from unroll.comparison import compare
 from unroll.estimators.bptt import full_bptt, truncated_bptt
 from unroll.estimators.checkpointed import checkpointed_bptt
 from unroll.estimators.dni import Synthesizer, dni, linear_synthesizer, mlp_synthesizer
@@ -13,6 +14,7 @@ from unroll.estimators.uoro import uoro
 from unroll.exact import episode_loss, exact_gradient
 from unroll.sharding import shard
 from unroll.system import System
+from unroll.task import Task
 from unroll.train import TrainingInterrupted, train
 from unroll.window import Estimate, Estimator, WindowState
 
@@ -23,10 +25,12 @@ __all__ = [
     "Estimator",
     "Synthesizer",
     "System",
+    "Task",
     "TrainingInterrupted",
     "WindowState",
     "checkpointed_bptt",
     "checkpointing",
+    "compare",
     "diagnostics",
     "dni",
     "episode_loss",

@@ -331,7 +331,7 @@ def state_bytes(state) -> int:
     return total
 
 
-def _size(num_bytes: float) -> str:
+def format_bytes(num_bytes: float) -> str:
     """``4104`` -> ``"4.008 KiB"``."""
     power = min(int(math.log(max(num_bytes, 1), 1024)), 4)
     return f"{num_bytes / 1024**power:.4g} {('B', 'KiB', 'MiB', 'GiB', 'TiB')[power]}"
@@ -348,7 +348,7 @@ def budget_slots(memory_budget: int | str | MemoryBytes, state) -> int:
     if budget.size < one:
         raise ValueError(
             f"`memory_budget`={budget.text!r} ({budget.size:,} B) cannot hold one state: a state of this system "
-            f"takes {one:,} B{f' ({_size(one)})' if one >= 1024 else ''}, so the least bytes budget is memory_budget='{one}B'; pass at least "
+            f"takes {one:,} B{f' ({format_bytes(one)})' if one >= 1024 else ''}, so the least bytes budget is memory_budget='{one}B'; pass at least "
             f"that (or a count of states, e.g. memory_budget=1)."
         )
     return budget.size // one

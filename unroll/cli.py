@@ -1,4 +1,8 @@
-"""Command line: ``unroll list`` and ``unroll compare TASK``."""
+"""Command line: ``unroll list`` and ``unroll compare TASK``, where ``TASK`` is a built-in
+name, an installed entry point's name, ``path/to/file.py:NAME`` or ``package.module:NAME``.
+
+Usage errors (a bad flag, file, name or option) are one line on stderr and exit code 2; an
+exception raised in the user's own code propagates with its traceback."""
 
 from __future__ import annotations
 
@@ -16,16 +20,22 @@ INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}  # the shell's exit codes for thes
 
 
 def _list(_: argparse.Namespace) -> int:
-    import inspect
-
     from unroll import registry
-    from unroll.compare import DEFAULT_ESTIMATORS, TASKS
+    from unroll.task_loader import DEFAULT_ESTIMATORS, TASKS, entry_points, task_options
 
-    for task, make in TASKS.items():
-        options = ", ".join(f"{n}={p.default!r}" for n, p in inspect.signature(make).parameters.items())
-        print(f"task {task}: {(make.__doc__ or '').strip().splitlines()[0]}")
+    def show(name, make, where=""):
+        options = ", ".join(f"{n}={d!r}" for n, d in task_options(make).items()) if callable(make) else "none"
+        print(f"task {name}{where}: {((make.__doc__ or '').strip().splitlines() or [''])[0]}")
         print(f"  options: {options}")
-        print(f"  default estimators: {' '.join(DEFAULT_ESTIMATORS[task])}")
+        if name in DEFAULT_ESTIMATORS:
+            print(f"  default estimators: {' '.join(DEFAULT_ESTIMATORS[name])}")
+
+    for name, make in TASKS.items():
+        show(name, make)
+    for name, found in entry_points().items():
+        show(name, found.load(), f" (entry point {found.value})")
+    print("your own task: unroll compare path/to/file.py:NAME or package.module:NAME (NAME a Task or a function")
+    print("  returning one; its keyword arguments from --task-option KEY=VALUE)")
     print("estimators (each task sets its own workers, particles and sigma), by family:")
     for family, about in registry.FAMILIES.items():
         print(f"  {family}: {about}")
@@ -35,12 +45,23 @@ def _list(_: argparse.Namespace) -> int:
     return 0
 
 
-CONFIG_KEYS = {"task", "estimators", "seeds", "steps", "horizon", "out", "task_options", "seed", "checkpoint_every"}
+CONFIG_KEYS = {
+    "task",
+    "estimators",
+    "seeds",
+    "steps",
+    "horizon",
+    "out",
+    "task_options",
+    "seed",
+    "checkpoint_every",
+    "budget",
+}
 
 
 def load_config(path: str) -> dict:
     """The settings of ``--config FILE.toml``: top-level ``task``, ``estimators`` (a list),
-    ``seeds``, ``steps``, ``horizon``, ``out``, ``seed``, ``checkpoint_every`` and a
+    ``seeds``, ``steps``, ``horizon``, ``out``, ``seed``, ``checkpoint_every``, ``budget`` and a
     ``[task_options]`` table of the task's own keyword arguments (e.g. ``cell``, ``hidden``)."""
     import tomllib
 
@@ -65,21 +86,40 @@ def load_config(path: str) -> dict:
     return config
 
 
+def parse_task_option(text: str) -> tuple[str, object]:
+    """``"hidden=32"`` -> ``("hidden", 32)``: the value read as a TOML value (numbers, booleans,
+    quoted strings, lists), else kept as the string given (``cell=lstm``)."""
+    import tomllib
+
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise ValueError(
+            f"--task-option {text!r}: write KEY=VALUE with KEY a Python name, e.g. --task-option hidden=32."
+        )
+    try:
+        return key, tomllib.loads(f"value = {value.strip()}")["value"]
+    except tomllib.TOMLDecodeError:
+        return key, value.strip()
+
+
 class _CompareSettings(NamedTuple):
     """What ``unroll compare`` runs: each flag, or where it is not given the --config file's setting."""
 
     task: str
     estimators: list[str] | None  # None: the task's defaults
-    task_kwargs: dict
+    task_options: dict
     seeds: int | None
     steps: int | None
     out: str | None
     seed: int
     checkpoint_every: int | None
+    budget: str
+    config: dict | None  # the --config file's contents
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from unroll.compare import compare
+    from unroll.comparison import compare, summary_text
     from unroll.train import TrainingInterrupted
 
     settings = _compare_settings(args)
@@ -87,44 +127,60 @@ def _compare(args: argparse.Namespace) -> int:
         out_dir, summary = compare(
             settings.task,
             settings.estimators,
-            settings.seeds,
-            settings.steps,
-            settings.out,
+            steps=settings.steps,
+            seeds=settings.seeds,
+            budget=settings.budget,
+            out_dir=settings.out,
             progress=not args.no_progress,
-            task_kwargs=settings.task_kwargs or None,
+            task_options=settings.task_options or None,
             command=shlex.join(["unroll"] + args.argv),
             seed=settings.seed,
             checkpoint_every=settings.checkpoint_every,
             tensorboard=args.tensorboard,
+            config=settings.config,
         )
     except TrainingInterrupted as err:
         return _interrupted(err, args.argv, settings.out)
-    _print_summary(settings.task, out_dir, summary)
+    print("\n" + summary_text(summary))
+    print(f"\nwrote {out_dir}/metrics.csv, summary.json, curves.png, report.md (checkpoints in {out_dir}/checkpoints)")
     return 0
 
 
 def _compare_settings(args: argparse.Namespace) -> _CompareSettings:
     """The flags over the --config file's settings, checked before anything runs."""
-    config = load_config(args.config) if args.config else {}
-    task = args.task or config.get("task")
+    config = load_config(args.config) if args.config else None
+    file = config or {}
+    task = args.task or file.get("task")
     if task is None:
-        raise ValueError("no task given: name one (see `unroll list`) or set `task` in the --config file.")
+        raise ValueError(
+            "no task given: name one (see `unroll list`), point at your own (path/to/file.py:NAME or "
+            "package.module:NAME) or set `task` in the --config file."
+        )
     estimators = [e for part in args.estimators for e in part.split(",") if e] if args.estimators else None
-    estimators = estimators or config.get("estimators")
-    task_kwargs = dict(config.get("task_options", {}))
-    horizon = args.horizon if args.horizon is not None else config.get("horizon")
+    estimators = estimators or file.get("estimators")
+    task_options = dict(file.get("task_options", {}))
+    task_options.update(parse_task_option(text) for text in args.task_option or [])
+    horizon = args.horizon if args.horizon is not None else file.get("horizon")
     if horizon is not None:
-        task_kwargs["horizon"] = horizon
+        task_options["horizon"] = horizon
 
     def setting(name):
         value = getattr(args, name)
-        return value if value is not None else config.get(name)
+        return value if value is not None else file.get(name)
 
-    out = args.out or config.get("out")
-    _check_task_options(task, task_kwargs)
     seed = setting("seed") if setting("seed") is not None else 0
+    budget = setting("budget") or "outer-steps"
     return _CompareSettings(
-        task, estimators, task_kwargs, setting("seeds"), setting("steps"), out, seed, setting("checkpoint_every")
+        task,
+        estimators,
+        task_options,
+        setting("seeds"),
+        setting("steps"),
+        args.out or file.get("out"),
+        seed,
+        setting("checkpoint_every"),
+        budget,
+        config,
     )
 
 
@@ -141,51 +197,27 @@ def _interrupted(err: TrainingInterrupted, argv: list[str], out: str | None) -> 
     return INTERRUPTED[err.signal_name]
 
 
-def _print_summary(task: str, out_dir: str, summary: dict) -> None:
-    """The task's reference figures, the estimators' table, the runs that turned non-finite, the files."""
-    reference = summary["reference"]
-    known = {k: v for k, v in reference.items() if isinstance(v, (int, float)) and k != "horizon"}
-    print(f"\n{task} (horizon {reference.get('horizon')}): objective = {reference.get('objective', 'objective')}")
-    if known:
-        print("  reference: " + ", ".join(f"{k} = {v:.5g}" for k, v in known.items()))
-    _print_table(summary["estimators"])
-    for name, entry in summary["estimators"].items():
-        stopped = [(seed, step) for seed, step in enumerate(entry["first_nonfinite_step"]) if step >= 0]
-        if stopped:
-            where = ", ".join(f"seed {seed} at outer step {step}" for seed, step in stopped)
-            print(
-                f"{name:>12s}: a non-finite loss or gradient ({where}); its figures are those of the last finite theta"
-            )
-    print(f"\nwrote {out_dir}/metrics.csv, summary.json, curves.png (checkpoints in {out_dir}/checkpoints)")
+def _usage_error(err: BaseException) -> bool:
+    """A ``TypeError`` / ``ValueError`` of unroll's own checks: raised by unroll's code (its innermost
+    frame), with no frame of the user's code on the way (JAX's, the standard library's and installed
+    packages' frames aside). Anything else, such as an error inside the user's task, keeps its traceback."""
+    import sysconfig
 
-
-def _print_table(estimators: dict) -> None:
-    """One row per estimator: its final objective and other final metrics (and whether it reached the target)."""
-    print(
-        f"{'estimator':>12s} {'final objective (mean ± std)':>30s}  other metrics (mean){'  reached' if any('reached' in e for e in estimators.values()) else ''}"
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    libraries = tuple(
+        {os.path.abspath(p) + os.sep for p in sysconfig.get_paths().values()} | {sys.base_prefix, sys.prefix}
     )
-    for name, entry in estimators.items():
-        objective = entry["final_objective"]
-        others = ", ".join(
-            f"{k[6:]}={v['mean']:.4g}"
-            for k, v in entry.items()
-            if k.startswith("final_") and k not in ("final_objective", "final_window_loss") and isinstance(v, dict)
+    files, tb = [], err.__traceback__
+    while tb is not None:
+        files.append(
+            os.path.abspath(tb.tb_frame.f_code.co_filename)
+            if not tb.tb_frame.f_code.co_filename.startswith("<")
+            else "<"
         )
-        reached = "" if "reached" not in entry else ("  yes" if entry["reached"] else "  no")
-        print(f"{name:>12s} {objective['mean']:>18.5g} ± {objective['std']:<9.3g}  {others}{reached}")
-
-
-def _check_task_options(task: str, task_kwargs: dict) -> None:
-    """A task option the task does not take fails here, before anything runs."""
-    import inspect
-
-    from unroll.compare import TASKS
-
-    if task in TASKS:  # (an unknown task is reported by compare)
-        try:
-            inspect.signature(TASKS[task]).bind(**task_kwargs)
-        except TypeError as err:
-            raise ValueError(f"task {task!r}: {err}; see the task's options in `unroll list`.") from None
+        tb = tb.tb_next
+    if not files or not files[-1].startswith(package):
+        return False
+    return all(f.startswith(package) or f == "<" or f.startswith(libraries) for f in files)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -201,12 +233,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="unroll", description="Gradient estimators for unrolled computations.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     sub.add_parser("list", help="list tasks and estimators").set_defaults(run=_list)
-    compare = sub.add_parser("compare", help="run estimators side by side on a task")
-    compare.add_argument("task", nargs="?", help="task name (see `unroll list`); or `task` in --config")
+    compare = sub.add_parser("compare", help="run estimators side by side on a task, at an equal budget")
+    compare.add_argument(
+        "task",
+        nargs="?",
+        help="a task name (see `unroll list`), or your own: path/to/file.py:NAME or package.module:NAME, NAME an "
+        "unroll.Task or a function returning one; or `task` in --config",
+    )
     compare.add_argument("--estimators", nargs="+", help="estimator names, e.g. pes nres tbptt-10 (default: all)")
     compare.add_argument("--seeds", type=int, help="number of seeds (default: the task's)")
     compare.add_argument("--steps", type=int, help="outer steps per estimator (default: the task's)")
-    compare.add_argument("--horizon", type=int, help="episode length of the task (default: the task's)")
+    compare.add_argument(
+        "--budget",
+        help="what every estimator gets the same amount of: outer-steps (default), system-steps or seconds, "
+        "optionally with an amount (system-steps=200000, seconds=60; without one: what --steps outer steps of "
+        "the first estimator spend)",
+    )
+    compare.add_argument(
+        "--task-option",
+        action="append",
+        metavar="KEY=VALUE",
+        dest="task_option",
+        help="a keyword argument of the task's function (repeatable; values read as TOML: 32, 1e-3, true, "
+        "[1, 2], else a string)",
+    )
+    compare.add_argument(
+        "--horizon", type=int, help="episode length of the task (its `horizon` option; default: the task's)"
+    )
     compare.add_argument(
         "--out",
         help="output folder (default: runs/TASK-TIME); a folder holding this comparison's checkpoints resumes it",
@@ -227,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument(
         "--config",
-        help="TOML file with the same settings (flags given here win) and a [task_options] table of task arguments",
+        help="TOML file with the same settings (flags given here win) and a [task_options] table of task arguments; "
+        "its contents are recorded in summary.json",
     )
     compare.set_defaults(run=_compare)
     return parser
@@ -243,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (TypeError, ValueError) as err:  # bad input: a wrong type (e.g. seeds = "two" in --config) or value
+        if not _usage_error(err):
+            raise  # an error in the user's own code (or a bug of ours): its traceback
         print(f"unroll {args.command}: error: {err}", file=sys.stderr)
         return USAGE_ERROR
 

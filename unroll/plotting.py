@@ -76,20 +76,19 @@ def plot_loss_along(horizons, offsets, losses, smoothed=None, ax=None):
     return ax
 
 
-def plot_curves(path: str, results: dict, reference: dict, title: str) -> None:
+def plot_curves(path: str, histories: dict, reference: dict, title: str) -> None:
     """The objective (its gap to the optimum where known, log scale) against outer steps,
     inner steps and training wall time; mean and min-max band over seeds. A scalar theta
-    gets a fourth panel."""
+    gets a fourth panel. ``histories``: ``{estimator: unroll.train's history with num_seeds}``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    histories = [h for _, h, _, _ in results.values()]
-    use_gap = all("eval/gap" in h for h in histories)
-    show_theta = all("eval/theta" in h and h["eval/theta"].ndim == 2 for h in histories)
+    use_gap = all("eval/gap" in h for h in histories.values())
+    show_theta = all("eval/theta" in h and h["eval/theta"].ndim == 2 for h in histories.values())
     fig, axes = plt.subplots(1, 3 + show_theta, figsize=(5 * (3 + show_theta), 4.2))
-    for name, (_, history, _, _) in results.items():
+    for name, history in histories.items():
         y = np.maximum(history["eval/gap"], 1e-14) if use_gap else history["eval/objective"]
         steps = history["eval_step"]
         inner = np.concatenate([[0], np.cumsum(history["steps"][0])])[steps]
@@ -105,7 +104,7 @@ def plot_curves(path: str, results: dict, reference: dict, title: str) -> None:
     for ax, xlabel in zip(axes, ["outer step", "inner steps (all workers and particles)", "training time (s)"]):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        if use_gap or np.all([np.all(h["eval/objective"] > 0) for h in histories]):
+        if use_gap or np.all([np.all(h["eval/objective"] > 0) for h in histories.values()]):
             ax.set_yscale("log")
     axes[1].set_xscale("symlog", linthresh=1e3)
     axes[1].set_xlim(left=0)

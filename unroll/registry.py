@@ -104,5 +104,11 @@ def build(name: str, system: Any, **settings) -> Estimator:
         raise ValueError(
             f"unknown estimator setting(s) {', '.join(unknown)}; registered estimators take {', '.join(sorted(SETTINGS))}."
         )
-    taken = {key: value for key, value in settings.items() if key in entry.parameters}
-    return entry.constructor(system, **{**entry.defaults, **taken})
+    return entry.constructor(system, **constructor_settings(name, **settings))
+
+
+def constructor_settings(name: str, **settings) -> dict:
+    """The keyword arguments ``build(name, system, **settings)`` passes to the constructor: the
+    entry's defaults, overridden by the ``settings`` its constructor takes."""
+    entry = get(name)
+    return {**entry.defaults, **{key: value for key, value in settings.items() if key in entry.parameters}}

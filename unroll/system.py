@@ -276,26 +276,17 @@ def check_theta(theta: PyTree) -> None:
 def check_against_theta(system: Any, theta: PyTree, key: jax.Array) -> None:
     """Trace-time checks of ``init`` and ``step`` on the given theta (no FLOPs spent).
 
-    Raises if ``init`` or ``step`` cannot be traced on theta, if ``step`` changes the
-    state's structure, shapes or dtypes, or returns a loss that is not a float scalar.
+    Raises if ``init`` returns something other than arrays, if ``step`` changes the
+    state's structure, shapes or dtypes, or returns a loss that is not a float scalar. An
+    exception raised inside ``init`` or ``step`` themselves (a shape bug, a Python ``if`` on
+    a traced value) is re-raised as it is, with the user's line in its traceback and a note
+    saying what they were traced on.
     """
     check_theta(theta)
-    try:
-        state = jax.eval_shape(system.init, theta, key)
-    except TypeError as err:
-        raise TypeError(
-            "`system.init(theta, key)` cannot be traced on this theta: it must return a pytree of arrays "
-            f"computed with jax from theta and key (jit-able). JAX said: {err}"
-        ) from err
+    state = _traced(system.init, "system.init(theta, key)", "theta and key", (theta, key), _check_init_output)
     t = jax.ShapeDtypeStruct((), jnp.int32)
-    try:
-        out = jax.eval_shape(system.step, theta, state, t)
-    except TypeError as err:
-        raise TypeError(
-            "`system.step(theta, state, t)` failed on the state from `system.init`: step must accept the "
-            "state init returns (same pytree, shapes and dtypes), theta's shapes and a traced int32 `t` "
-            f"(no Python `if` on values; use jnp.where / lax.cond). JAX said: {err}"
-        ) from err
+    on = f"the state system.init returns ({_shapes(state)}) and a traced int32 t"
+    out = _traced(system.step, "system.step(theta, state, t)", on, (theta, state, t), lambda out: out)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise TypeError(
             "`system.step` must return a pair (state, loss), got "
@@ -327,6 +318,40 @@ def check_against_theta(system: Any, theta: PyTree, key: jax.Array) -> None:
         else:
             fix = "make it floating point, e.g. loss.astype(jnp.float32) (an integer loss has no gradient)"
         raise TypeError(f"`system.step` must return a float scalar loss, got {desc}; {fix}.")
+
+
+def _traced(fn: Callable, call: str, inputs: str, args: tuple, check_output: Callable):
+    """``jax.eval_shape(fn, *args)`` with ``check_output`` applied to ``fn``'s output inside the trace.
+    An exception raised in ``fn`` (the user's code) propagates as it is, traceback and all, with a
+    note saying what unroll traced it on; nothing blames an input that did not cause it."""
+    try:
+        return jax.eval_shape(lambda *a: check_output(fn(*a)), *args)
+    except _OutputError as err:
+        raise TypeError(str(err)) from None
+    except Exception as err:
+        err.add_note(f"(raised while unroll traced `{call}` on {inputs}, before running anything)")
+        raise
+
+
+class _OutputError(TypeError):
+    """What a system function returned is not a pytree of arrays (raised inside the trace)."""
+
+
+def _check_init_output(state):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+        if not isinstance(leaf, (jax.Array, np.ndarray, np.generic, numbers.Number)):
+            raise _OutputError(
+                f"`system.init(theta, key)` cannot be traced on this theta: it returned a {type(leaf).__name__} at "
+                f"state{jax.tree_util.keystr(path)}; it must return a pytree of arrays computed with jax from theta "
+                "and key (jit-able)."
+            )
+    return state
+
+
+def _shapes(state) -> str:
+    """``"['h']: float32[3], ['key']: key<fry>[]"``: a state's leaves, for messages."""
+    leaves = jax.tree_util.tree_leaves_with_path(state)
+    return ", ".join(f"state{jax.tree_util.keystr(p)}: {leaf.dtype}{list(leaf.shape)}" for p, leaf in leaves) or "empty"
 
 
 def is_inexact(x) -> bool:
@@ -386,14 +411,9 @@ def check_parallel_form(system: Any, estimator: str) -> None:
 
 
 def check_episode_against_theta(system: Any, theta: PyTree, key: jax.Array) -> None:
-    """Trace-time check that ``system.episode(theta, key)`` returns ``[horizon]`` real float losses."""
-    try:
-        losses = jax.eval_shape(system.episode, theta, key)
-    except TypeError as err:
-        raise TypeError(
-            "`system.episode(theta, key)` cannot be traced on this theta: it must compute the episode's losses "
-            f"with jax from theta and key (jit-able). JAX said: {err}"
-        ) from err
+    """Trace-time check that ``system.episode(theta, key)`` returns ``[horizon]`` real float losses
+    (an exception inside ``episode`` itself is re-raised as it is, with a note)."""
+    losses = _traced(system.episode, "system.episode(theta, key)", "theta and key", (theta, key), lambda out: out)
     shape, dtype = getattr(losses, "shape", None), getattr(losses, "dtype", None)
     if shape != (system.horizon,) or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
         desc = f"{dtype}{list(shape)}" if dtype is not None else type(losses).__name__

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from unroll.system import System, check_positive_int
+from unroll.task import Task, adam_cosine, standard_settings
 from unroll.tasks.evaluation import episode_evaluator
-from unroll.tasks.setup import TaskSetup, adam_cosine, standard_settings
 
 
 def regression_data(
@@ -136,7 +136,7 @@ DEFAULT_ESTIMATORS: dict[str, list[str]] = {
 }
 
 
-def lr_schedule_setup(horizon: int = 200) -> TaskSetup:
+def lr_schedule_setup(horizon: int = 200) -> Task:
     """Tune SGD's learning-rate schedule lr0 / (1 + decay t) (log10 scale) on ill-conditioned regression."""
     system, theta, evaluate = lr_schedule(horizon=horizon)
     _, best, best_loss = lr_schedule_grid(evaluate, np.linspace(-3, 0.5, 36), np.linspace(-4, 0, 21))
@@ -144,7 +144,8 @@ def lr_schedule_setup(horizon: int = 200) -> TaskSetup:
     def metrics(theta):
         return {**evaluate(theta), "log10_lr0": theta[0], "log10_decay": theta[1]}
 
-    return TaskSetup(
+    return Task(
+        name="lr-schedule",
         system=system,
         theta=theta,
         evaluate=metrics,
@@ -164,10 +165,11 @@ def lr_schedule_setup(horizon: int = 200) -> TaskSetup:
     )
 
 
-def mlp_hyper_setup(horizon: int = 200) -> TaskSetup:
+def mlp_hyper_setup(horizon: int = 200) -> Task:
     """Tune SGD's learning rate, momentum and weight decay training an MLP on digits."""
     system, theta, evaluate = mlp_hyperparameters(horizon=horizon)
-    return TaskSetup(
+    return Task(
+        name="mlp-hyper",
         system=system,
         theta=theta,
         evaluate=evaluate,

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unroll.system import System, check_positive_int
-from unroll.tasks.setup import TaskSetup, adam_cosine, standard_settings
+from unroll.task import Task, adam_cosine, standard_settings
 
 THETA_INIT = 0.5
 
@@ -104,13 +104,14 @@ DEFAULT_ESTIMATORS: dict[str, list[str]] = {
 }
 
 
-def influence_balancing_setup(horizon: int = 1000) -> TaskSetup:
+def influence_balancing_setup(horizon: int = 1000) -> Task:
     """Influence balancing with the settings of the main job (Vicol et al. 2021, Sec. 5.1)."""
     system = influence_balancing(horizon)
     objective, gap = influence_loss_fn(horizon), influence_gap_fn(horizon)
     optimum = influence_optimum(horizon)
     tolerance = 0.02
-    return TaskSetup(
+    return Task(
+        name="influence-balancing",
         system=system,
         theta=jnp.asarray(THETA_INIT, jnp.float32),
         evaluate=lambda theta: {"objective": objective(theta), "gap": gap(theta), "theta": theta},

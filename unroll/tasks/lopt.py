@@ -48,9 +48,9 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from unroll.system import System, check_positive_float, check_positive_int
+from unroll.task import Task, adam_cosine, standard_settings
 from unroll.tasks import inner
 from unroll.tasks.evaluation import episode_evaluator
-from unroll.tasks.setup import TaskSetup, adam_cosine, standard_settings
 
 DECAYS = (0.5, 0.9, 0.99)
 NUM_FEATURES = 2 + len(DECAYS)
@@ -692,11 +692,12 @@ DEFAULT_ESTIMATORS: dict[str, list[str]] = {
 }
 
 
-def _lopt_setup(problem: str, horizon: int) -> TaskSetup:
+def _lopt_setup(problem: str, horizon: int) -> Task:
     system, theta, evaluate = learned_optimizer(problem, horizon=horizon)
     adam = adam_baseline(problem, horizon=horizon)
     best = adam["best"]["objective"]
-    return TaskSetup(
+    return Task(
+        name=f"lopt-{problem}",
         system=system,
         theta=theta,
         evaluate=evaluate,
@@ -717,11 +718,11 @@ def _lopt_setup(problem: str, horizon: int) -> TaskSetup:
     )
 
 
-def lopt_digits_setup(horizon: int = 200) -> TaskSetup:
+def lopt_digits_setup(horizon: int = 200) -> Task:
     """Meta-train a per-parameter MLP optimizer on MLP training on digits (vs tuned Adam)."""
     return _lopt_setup("digits", horizon)
 
 
-def lopt_quadratic_setup(horizon: int = 100) -> TaskSetup:
+def lopt_quadratic_setup(horizon: int = 100) -> Task:
     """Meta-train a per-parameter MLP optimizer on random 20-d quadratics (vs tuned Adam)."""
     return _lopt_setup("quadratic", horizon)

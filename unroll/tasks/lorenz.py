@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from unroll.system import System, check_positive_int
+from unroll.task import Task, adam_cosine, standard_settings
 from unroll.tasks.evaluation import episode_evaluator
-from unroll.tasks.setup import TaskSetup, adam_cosine, standard_settings
 
 TRUE_PARAMS = (10.0, 28.0, 8.0 / 3.0)
 
@@ -97,10 +97,11 @@ DEFAULT_ESTIMATORS: dict[str, list[str]] = {
 }
 
 
-def lorenz_setup(horizon: int = 200) -> TaskSetup:
+def lorenz_setup(horizon: int = 200) -> Task:
     """Lorenz-63 parameter estimation (sigma, rho, beta) from an observed trajectory (chaotic)."""
     system, theta, evaluate = lorenz(horizon=horizon)
-    return TaskSetup(
+    return Task(
+        name="lorenz",
         system=system,
         theta=theta,
         evaluate=evaluate,

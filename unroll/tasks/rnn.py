@@ -34,8 +34,8 @@ import numpy as np
 
 from unroll.parallel import linear_recurrence
 from unroll.system import System, check_positive_float, check_positive_int
+from unroll.task import Task, adam_cosine, standard_settings
 from unroll.tasks.evaluation import episode_evaluator, map_episodes
-from unroll.tasks.setup import TaskSetup, adam_cosine, standard_settings
 
 PyTree = Any
 
@@ -906,6 +906,7 @@ DEFAULT_ESTIMATORS: dict[str, list[str]] = {
 
 
 def _network_setup(
+    name: str,
     made,
     reference: dict,
     learning_rate: float,
@@ -915,9 +916,10 @@ def _network_setup(
     sigma: float,
     particles: int,
     workers: int = 4,
-) -> TaskSetup:
+) -> Task:
     system, theta, evaluate = made
-    return TaskSetup(
+    return Task(
+        name=name,
         system=system,
         theta=theta,
         evaluate=evaluate,
@@ -934,7 +936,7 @@ def _network_setup(
 
 def copy_setup(
     horizon: int | None = None, length: int = 5, cell: str = "gru", hidden: int = 32, num_layers: int = 1
-) -> TaskSetup:
+) -> Task:
     """Copy task: recall 5 symbols (of 4) after a delay; horizon = 2 * length + delay."""
     delay = 10 if horizon is None else horizon - 2 * length
     if delay < 1:
@@ -948,11 +950,11 @@ def copy_setup(
         "num_layers": num_layers,
     }
     return _network_setup(
-        made, reference, 3e-3, DEFAULT_ESTIMATORS["copy"], 300, truncation=5, sigma=0.01, particles=16
+        "copy", made, reference, 3e-3, DEFAULT_ESTIMATORS["copy"], 300, truncation=5, sigma=0.01, particles=16
     )
 
 
-def flip_flop_setup(horizon: int = 100, cell: str = "gru", hidden: int = 32, num_layers: int = 1) -> TaskSetup:
+def flip_flop_setup(horizon: int = 100, cell: str = "gru", hidden: int = 32, num_layers: int = 1) -> Task:
     """3-bit flip-flop: hold the sign of each channel's last pulse."""
     made = flip_flop(
         num_bits=3, horizon=horizon, pulse_probability=0.05, cell=cell, hidden=hidden, num_layers=num_layers
@@ -965,11 +967,19 @@ def flip_flop_setup(horizon: int = 100, cell: str = "gru", hidden: int = 32, num
         "num_layers": num_layers,
     }
     return _network_setup(
-        made, reference, 3e-3, DEFAULT_ESTIMATORS["flip-flop"], 300, truncation=10, sigma=0.01, particles=16
+        "flip-flop",
+        made,
+        reference,
+        3e-3,
+        DEFAULT_ESTIMATORS["flip-flop"],
+        300,
+        truncation=10,
+        sigma=0.01,
+        particles=16,
     )
 
 
-def char_lm_setup(horizon: int = 64, cell: str = "lstm", hidden: int = 64, num_layers: int = 1) -> TaskSetup:
+def char_lm_setup(horizon: int = 64, cell: str = "lstm", hidden: int = 64, num_layers: int = 1) -> Task:
     """Character LM on Python's bundled help text (pydoc_data.topics)."""
     made = char_lm(horizon=horizon, cell=cell, hidden=hidden, embedding=16, num_layers=num_layers)
     reference = {
@@ -980,13 +990,11 @@ def char_lm_setup(horizon: int = 64, cell: str = "lstm", hidden: int = 64, num_l
         "num_layers": num_layers,
     }
     return _network_setup(
-        made, reference, 3e-3, DEFAULT_ESTIMATORS["char-lm"], 3000, truncation=16, sigma=0.01, particles=16
+        "char-lm", made, reference, 3e-3, DEFAULT_ESTIMATORS["char-lm"], 3000, truncation=16, sigma=0.01, particles=16
     )
 
 
-def long_dependency_setup(
-    horizon: int = 1000, cell: str = "gilr-lstm", hidden: int = 16, num_layers: int = 1
-) -> TaskSetup:
+def long_dependency_setup(horizon: int = 1000, cell: str = "gilr-lstm", hidden: int = 16, num_layers: int = 1) -> Task:
     """Long-dependency classification (Martin & Cundy 2018): the class of the first of
     ``horizon`` inputs (4 classes, noise 0.1), read out at the last step."""
     made = long_dependency(horizon=horizon, num_classes=4, cell=cell, hidden=hidden, num_layers=num_layers)
@@ -998,6 +1006,7 @@ def long_dependency_setup(
         "num_layers": num_layers,
     }
     return _network_setup(
+        "long-dependency",
         made,
         reference,
         3e-3,

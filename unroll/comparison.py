@@ -1,0 +1,615 @@
+"""Side-by-side runs of estimators on one task, at an equal budget: ``unroll.compare`` and
+``unroll compare TASK``.
+
+Each estimator is trained from the task's initial theta with its optimizer over several
+seeds (the seeds are a vmap axis of one compiled outer step). The budget is the same for
+every estimator: the same outer steps, the same system steps (all workers and particles),
+or the same seconds of training. Written to the output folder:
+
+* ``metrics.csv``: one row per (estimator, seed, outer step): window loss, gradient
+  norm, cumulative inner (system) steps and, where evaluated, the task's objective and its
+  other scalar metrics (theta itself when it is a scalar). It holds no wall-clock
+  figures (``summary.json`` has them), so the same command and seed write the same
+  file, byte for byte;
+* ``summary.json``: everything that rebuilds the run: the command, versions, the task's
+  name, source and options, the ``--config`` file's contents, the budget, the seeds, the
+  task's reference answers, and per estimator its full settings (the registry's defaults
+  merged with the task's), its outer steps, system steps and training and compile seconds,
+  and its final objective and metrics (mean, spread, per seed);
+* ``curves.png``: the objective against outer steps, system steps and training time
+  (mean and min-max band over seeds);
+* ``report.md``: the table the terminal prints, the reference answers, the budget, the
+  plot and the command that reproduces the run;
+* ``checkpoints/<estimator>.npz``: each estimator's whole run (``unroll.train``'s
+  checkpoint, format in ``unroll.resume``), saved every ``checkpoint_every`` outer
+  steps, at its end and on Ctrl-C / SIGTERM. Running the same comparison into the same
+  folder again resumes: finished estimators are read back, an interrupted one goes on
+  from its checkpoint, bit for bit as if never stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import re
+import time
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import optax
+
+import unroll
+from unroll import registry
+from unroll.plotting import plot_curves
+from unroll.system import check_positive_int
+from unroll.task import Task
+from unroll.task_loader import TASKS as TASKS  # re-exported: the built-in tasks
+from unroll.task_loader import load_task
+from unroll.train import train
+
+BUDGETS = {
+    "outer-steps": "the same number of outer steps (estimates) for every estimator",
+    "system-steps": "the same total number of system steps (all workers and particles) for every estimator",
+    "seconds": "the same seconds of training (compile and evaluation excluded) for every estimator",
+}
+
+
+class Budget(NamedTuple):
+    """What every estimator of a comparison gets the same amount of."""
+
+    kind: str  # a key of BUDGETS
+    amount: float | None  # None: what `steps` outer steps of the first estimator spend
+
+
+class Allowance(NamedTuple):
+    """One estimator's share of the budget, as ``unroll.train`` takes it."""
+
+    num_steps: int  # outer steps (at most, under a time limit)
+    time_limit: float | None  # seconds of training, or None
+    calibration: dict | None = None  # seconds budget: the short timed run that sized num_steps
+
+
+class Run(NamedTuple):
+    """One estimator's finished run."""
+
+    theta: Any
+    history: dict
+    family: str
+    truncation: int | None
+    settings: dict
+    allowance: Allowance
+
+
+def parse_budget(budget: Any) -> Budget:
+    """``"outer-steps"``, ``"system-steps"``, ``"seconds"``, each optionally with an amount
+    (``"seconds=60"``, ``"system-steps=200000"``), or a ``(kind, amount)`` pair; checked."""
+    if isinstance(budget, str):
+        kind, _, amount = budget.partition("=")
+        kind, amount = kind.strip(), (amount.strip() or None)
+    elif isinstance(budget, tuple) and len(budget) == 2:
+        kind, amount = budget
+    else:
+        raise TypeError(
+            f"`budget` must be one of {', '.join(map(repr, BUDGETS))}, optionally with an amount "
+            f"('seconds=60'), got {budget!r}."
+        )
+    if kind not in BUDGETS:
+        raise ValueError(
+            f"unknown budget kind {kind!r}; choose from {', '.join(BUDGETS)}, optionally with an amount, "
+            "e.g. --budget system-steps=200000 or --budget seconds=60."
+        )
+    if amount is None:
+        return Budget(kind, None)
+    try:
+        value = float(amount)
+    except (TypeError, ValueError):
+        raise ValueError(f"budget {kind}={amount!r}: the amount must be a number, e.g. {kind}=100.") from None
+    if not 0 < value < math.inf:
+        raise ValueError(f"budget {kind}={amount}: the amount must be positive, e.g. {kind}=100.")
+    if kind != "seconds":
+        if value != int(value):
+            raise ValueError(f"budget {kind}={amount}: {kind} are counted in whole steps, e.g. {kind}=100.")
+        value = int(value)
+    return Budget(kind, value)
+
+
+def parse_estimator(name: str, task: Task) -> tuple[str, int | None]:
+    """``"tbptt-10"`` -> ``("tbptt", 10)``; ``"pes"`` -> ``("pes", the task's truncation)``;
+    ``("full-bptt", None)`` for estimators of whole episodes. Names are the registry's."""
+    match = re.fullmatch(r"([a-z][a-z-]*?)(?:-(\d+))?", name)
+    family = match.group(1) if match else name
+    if not match or family not in {**registry.ESTIMATORS, **task.estimators}:
+        known = ", ".join(sorted({**registry.ESTIMATORS, **task.estimators}))
+        raise ValueError(f"unknown estimator {name!r}; choose from {known} (add -K for a truncation, e.g. tbptt-10).")
+    windowed = registry.ESTIMATORS[family].windowed if family in registry.ESTIMATORS else True
+    if match.group(2) is None:
+        return family, task.settings["truncation"] if windowed else None
+    if not windowed:
+        raise ValueError(f"estimator {family!r} takes no truncation; write {family!r} without -{match.group(2)}.")
+    truncation = int(match.group(2))
+    if not 1 <= truncation <= task.system.horizon:
+        raise ValueError(f"estimator {name!r}: truncation {truncation} must lie in [1, horizon={task.system.horizon}].")
+    return family, truncation
+
+
+def estimator_settings(task: Task, name: str, truncation: int | None) -> dict:
+    """Every keyword argument ``name`` is built with on ``task`` (the registry's defaults merged with
+    the task's shared settings and ``truncation``): ``registry.ESTIMATORS[name].constructor(system,
+    **these)`` rebuilds it. A task's own build records its truncation alone."""
+    if name in task.estimators:
+        return {"truncation": truncation}
+    settings = task.settings if truncation is None else {**task.settings, "truncation": truncation}
+    return registry.constructor_settings(name, **settings)
+
+
+def build_estimator(task: Task, name: str, truncation: int | None):
+    """The task's own build of ``name`` if it has one, else the registry's with the task's
+    shared settings (and ``truncation``, for a windowed one)."""
+    if name in task.estimators:
+        return task.estimators[name](task.system, truncation)
+    settings = task.settings if truncation is None else {**task.settings, "truncation": truncation}
+    return registry.build(name, task.system, **settings)
+
+
+def compare(
+    task: Task | str,
+    estimators: list[str] | None = None,
+    *,
+    steps: int | None = None,
+    seeds: int | None = None,
+    budget: str | tuple = "outer-steps",
+    out_dir: str | None = None,
+    progress: bool = True,
+    task_options: dict | None = None,
+    command: str | None = None,
+    seed: int = 0,
+    checkpoint_every: int | None = None,
+    tensorboard: str | None = None,
+    config: dict | None = None,
+) -> tuple[str, dict]:
+    """Runs every estimator on ``task`` at an equal budget and writes ``metrics.csv``,
+    ``summary.json``, ``curves.png`` and ``report.md`` to ``out_dir``.
+
+    Seeds are ``split(key(seed), seeds)``. Each estimator's run is checkpointed to
+    ``out_dir/checkpoints/`` every ``checkpoint_every`` outer steps and on interrupt; an
+    ``out_dir`` that holds checkpoints of the same comparison resumes from them (one of
+    another comparison is refused). An estimator whose loss or gradient turns non-finite
+    stops there (the warning and the summary's ``first_nonfinite_step`` say where) and the
+    others go on.
+
+    Budgets, for estimator $e$ taking $n_e$ system steps per outer step (all workers and
+    particles; ``info["steps"]``):
+
+    * ``"outer-steps"`` (or ``"outer-steps=N"``): $N$ outer steps each ($N$ = ``steps``);
+    * ``"system-steps=S"``: $\\lfloor S / n_e \\rfloor$ outer steps each, so every estimator's
+      total is within one outer step's worth ($n_e$) of $S$;
+    * ``"seconds=s"``: each trains for $s$ seconds (``unroll.train(time_limit=s)``; compile
+      and evaluation excluded), its optimizer's schedule sized by a short timed run to the
+      outer steps that fit.
+
+    Without an amount, the budget is what ``steps`` outer steps of the first estimator spend.
+
+    Args:
+      task: an ``unroll.Task``, a built-in task's name, an installed entry point's name, or
+        ``"path/to/file.py:NAME"`` / ``"package.module:NAME"`` (``NAME`` a Task or a function
+        returning one).
+      estimators: registry names, with ``-K`` for a truncation (``"tbptt-10"``). Default: the
+        task's ``default_estimators``.
+      steps: outer steps (the ``outer-steps`` budget, and the default amount of the others).
+        Default: the task's ``default_steps``.
+      seeds: independent seeds, a vmap axis. Default: the task's ``default_seeds``.
+      budget: what every estimator gets the same amount of (above).
+      out_dir: the output folder. Default: ``runs/<task name>-<time>``.
+      progress: draw progress bars.
+      task_options: keyword arguments for the function that makes the task (a name or spec).
+      command: how the run was started, for the summary and the report. Default: the
+        ``unroll.compare(...)`` call.
+      seed: the base of the seeds' keys.
+      checkpoint_every: outer steps between checkpoints (default: a tenth of each run).
+      tensorboard: a folder: each estimator's metrics are also streamed to
+        ``tensorboard/<estimator>/seed<i>`` (``unroll.logging.tensorboard``).
+      config: the ``--config`` file's contents, recorded in the summary.
+
+    Returns:
+      ``(out_dir, summary)``: the output folder and the summary dict (``summary.json``).
+    """
+    reference, loaded = task, load_task(task, task_options)
+    task = loaded.task
+    names = list(estimators or task.default_estimators)
+    parsed = [parse_estimator(name, task) for name in names]  # all errors before any run
+    seeds, steps, checkpoint_every_given = _check_run(task, seeds, steps, checkpoint_every, seed)
+    budget = parse_budget(budget)
+    if budget.kind == "outer-steps":
+        budget = budget._replace(amount=budget.amount or steps)
+    built = {name: build_estimator(task, family, truncation) for name, (family, truncation) in zip(names, parsed)}
+    per_step = _system_steps_per_outer_step(built, task, budget)
+    out_dir = out_dir or os.path.join("runs", f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(out_dir, exist_ok=True)
+    writers = (
+        {name: unroll.logging.tensorboard(os.path.join(tensorboard, name)) for name in names} if tensorboard else {}
+    )
+    if budget.kind == "system-steps" and budget.amount is None:
+        budget = budget._replace(amount=steps * per_step[names[0]])
+
+    runs: dict[str, Run] = {}
+    for index, (name, (family, truncation)) in enumerate(zip(names, parsed)):
+        if budget.kind == "seconds" and budget.amount is None and index > 0:
+            first = runs[names[0]].history
+            budget = budget._replace(amount=round(float(first["train_time_s"]), 3))
+        allowance = _allowance(budget, name, steps, per_step, out_dir, lambda: _calibrate(built[name], task, seeds))
+        every = checkpoint_every_given or max(1, allowance.num_steps // 10)
+        eval_every = max(1, allowance.num_steps // 100)  # about 100 evaluations per run
+        theta, history = train(
+            built[name],
+            task.optimizer(allowance.num_steps),
+            task.theta,
+            jax.random.key(seed),
+            allowance.num_steps,
+            num_seeds=seeds,
+            eval_fn=task.evaluate,
+            eval_every=eval_every,
+            progress=progress,
+            name=f"{name:>10s}",
+            checkpoint=os.path.join(out_dir, "checkpoints", f"{name}.npz"),
+            checkpoint_every=every,
+            run_info={
+                "task": task.name,
+                "estimator": name,
+                "task_options": json.dumps(loaded.options, sort_keys=True, default=str),
+                **({"budget": budget.kind} if budget.kind != "outer-steps" else {}),
+            },
+            time_limit=allowance.time_limit,
+            callback=writers.get(name),
+            callback_every=eval_every,
+        )
+        if name in writers:
+            writers[name].close()
+        runs[name] = Run(theta, history, family, truncation, estimator_settings(task, family, truncation), allowance)
+
+    if command is None:
+        command = _python_call(reference, names, steps, seeds, budget, seed)
+    summary = _summary(loaded, runs, seeds, steps, budget, command, seed, config)
+    _write_outputs(out_dir, task, runs, summary)
+    return out_dir, summary
+
+
+def _check_run(task: Task, seeds, steps, checkpoint_every, seed) -> tuple[int, int, int | None]:
+    """The checked ``(seeds, steps, checkpoint_every)`` of a comparison (the task's
+    defaults where None)."""
+    seeds = check_positive_int(task.default_seeds if seeds is None else seeds, "seeds")
+    steps = check_positive_int(task.default_steps if steps is None else steps, "steps")
+    if checkpoint_every is not None:
+        checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"`seed`={seed!r} must be a non-negative int (the base of the seeds' keys), e.g. --seed 0.")
+    return seeds, steps, checkpoint_every
+
+
+def system_steps_per_outer_step(estimator, theta) -> int:
+    """$n_e$: the system steps (all workers and particles) one ``estimate`` of ``estimator`` takes,
+    its ``info["steps"]``, read from one compiled call whose other outputs XLA prunes."""
+    key = jax.random.key(0)
+    steps = jax.jit(lambda: estimator.estimate(theta, estimator.init(theta, key), key)[2]["steps"])()
+    return int(steps)
+
+
+def _system_steps_per_outer_step(built: dict, task: Task, budget: Budget) -> dict[str, int]:
+    """$n_e$ of each estimator (measured only for the ``system-steps`` budget); a budget below
+    one outer step of some estimator fails here, before any run."""
+    if budget.kind != "system-steps":
+        return {}
+    per_step = {name: system_steps_per_outer_step(est, task.theta) for name, est in built.items()}
+    if budget.amount is not None:
+        short = {name: n for name, n in per_step.items() if n > budget.amount}
+        if short:
+            raise ValueError(
+                f"budget system-steps={budget.amount} is less than one outer step of "
+                + ", ".join(f"{name} ({n} system steps)" for name, n in short.items())
+                + f"; give at least system-steps={max(short.values())}."
+            )
+    return per_step
+
+
+def _allowance(budget: Budget, name: str, steps: int, per_step: dict, out_dir: str, calibrate) -> Allowance:
+    """``name``'s outer steps and time limit under ``budget``. A seconds budget is sized by
+    ``calibrate()`` once; its result is kept beside the checkpoint, so a resumed comparison
+    runs the same number of steps."""
+    if budget.kind == "outer-steps":
+        return Allowance(budget.amount, None)
+    if budget.kind == "system-steps":
+        return Allowance(budget.amount // per_step[name], None)
+    if budget.amount is None:  # the first estimator sets the seconds of the others
+        return Allowance(steps, None)
+    path = os.path.join(out_dir, "checkpoints", f"{name}.allowance.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            kept = json.load(f)
+        if kept["time_limit"] == budget.amount:
+            return Allowance(kept["num_steps"], kept["time_limit"], kept["calibration"])
+    calibration = calibrate()
+    rate = calibration["outer_steps"] / max(calibration["seconds"], 1e-9)
+    allowance = Allowance(max(1, math.floor(rate * budget.amount)), float(budget.amount), calibration)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(allowance._asdict(), f)
+    return allowance
+
+
+def _calibrate(estimator, task: Task, seeds: int, seconds: float = 2.0) -> dict:
+    """A short timed run (``seconds`` of training after its compile, from the task's theta) that
+    measures the outer steps per second of ``estimator``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its divergence, if any, the real run reports
+        _, history = train(
+            estimator,
+            task.optimizer(1000),
+            task.theta,
+            jax.random.key(0),
+            10**9,
+            num_seeds=seeds,
+            progress=False,
+            time_limit=seconds,
+        )
+    return {
+        "outer_steps": int(history["loss"].shape[-1]),
+        "seconds": float(history["train_time_s"]),
+        "compile_s": float(history["compile_s"]),
+    }
+
+
+def _python_call(task, names, steps, seeds, budget: Budget, seed) -> str:
+    label = repr(task.name) if isinstance(task, Task) else repr(task)
+    amount = "" if budget.amount is None else f"={budget.amount:g}"
+    return (
+        f"unroll.compare({label}, estimators={names!r}, steps={steps}, seeds={seeds}, "
+        f"budget={budget.kind + amount!r}, seed={seed})"
+    )
+
+
+def _versions() -> dict:
+    import matplotlib
+
+    return {
+        "unroll": unroll.__version__,
+        "jax": jax.__version__,
+        "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+        "matplotlib": matplotlib.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(jax.devices()[0]),
+    }
+
+
+def _spread(values: np.ndarray) -> dict:
+    values = np.asarray(values, np.float64)
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "per_seed": values.tolist(),
+    }
+
+
+def _metric_names(history: dict) -> list[str]:
+    """The scalar evaluation metrics (``eval/<name>`` arrays ``[seeds, evaluations]``), objective first."""
+    names = [k[5:] for k, v in history.items() if k.startswith("eval/") and np.ndim(v) == 2]
+    return sorted(names, key=lambda n: (n != "objective", n))
+
+
+def _write_outputs(out_dir: str, task: Task, runs: dict, summary: dict) -> None:
+    _write_csv(os.path.join(out_dir, "metrics.csv"), runs)
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=_json_default)
+    histories = {name: run.history for name, run in runs.items()}
+    plot_curves(os.path.join(out_dir, "curves.png"), histories, task.reference, task.name)
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write(report(summary))
+
+
+def _json_default(value):
+    """numpy scalars and arrays in settings and reference answers, as JSON numbers and lists."""
+    if isinstance(value, (np.generic, np.ndarray, jax.Array)):
+        return np.asarray(value).tolist()
+    return str(value)
+
+
+def _write_csv(path: str, runs: dict) -> None:
+    metrics = sorted(
+        {m for run in runs.values() for m in _metric_names(run.history)},
+        key=lambda n: (n != "objective", n),
+    )
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["estimator", "seed", "step", "window_loss", "grad_norm", "inner_steps"] + metrics)
+        for name, run in runs.items():
+            history = run.history
+            num_seeds, num_steps = history["loss"].shape
+            inner = np.cumsum(history["steps"], axis=1)
+            evaluated = {int(s): i for i, s in enumerate(history["eval_step"])}
+            for seed in range(num_seeds):
+                for step in range(num_steps):
+                    # metrics after `step + 1` updates, where evaluated
+                    i = evaluated.get(step + 1)
+                    values = [
+                        "" if i is None or f"eval/{m}" not in history else f"{history[f'eval/{m}'][seed, i]:.8g}"
+                        for m in metrics
+                    ]
+                    writer.writerow(
+                        [
+                            name,
+                            seed,
+                            step + 1,
+                            f"{history['loss'][seed, step]:.8g}",
+                            f"{history['grad_norm'][seed, step]:.6g}",
+                            int(inner[seed, step]),
+                            *values,
+                        ]
+                    )
+
+
+def _registered(name: str) -> dict:
+    """The registry's description and family of ``name`` (a task's own build has none)."""
+    if name not in registry.ESTIMATORS:
+        return {"description": "the task's own estimator"}
+    entry = registry.ESTIMATORS[name]
+    return {"description": entry.description, "estimator_family": entry.family}
+
+
+def _summary(loaded, runs: dict, seeds, steps, budget: Budget, command, seed, config) -> dict:
+    task = loaded.task
+    out = {
+        "task": task.name,
+        "task_source": loaded.source,
+        "task_options": loaded.options,
+        "horizon": task.system.horizon,
+        "command": command,
+        "config": config,
+        "versions": _versions(),
+        "seeds": list(range(seeds)),
+        "seed_keys": f"jax.random.split(jax.random.key({seed}), {seeds})",
+        "budget": {"kind": budget.kind, "amount": budget.amount, "meaning": BUDGETS[budget.kind]},
+        "outer_steps": steps,
+        "optimizer": task.optimizer_description,
+        "settings": task.settings,
+        "left_out": task.left_out,
+        "reference": task.reference,
+        "estimators": {},
+    }
+    for name, run in runs.items():
+        out["estimators"][name] = _estimator_entry(task, run, seeds)
+    return out
+
+
+def _estimator_entry(task: Task, run: Run, seeds: int) -> dict:
+    history = run.history
+    entry = {
+        "family": run.family,
+        "truncation": run.truncation,
+        **_registered(run.family),
+        "settings": run.settings,
+        "inner_steps_per_outer_step": int(history["steps"][0, 0]),
+        "outer_steps": run.allowance.num_steps,
+        "outer_steps_run": int(history["loss"].shape[-1]),
+        "system_steps": int(np.sum(history["steps"][0])),
+        "time_limit_s": run.allowance.time_limit,
+        "calibration": run.allowance.calibration,
+        "final_window_loss": _spread(history["loss"][:, -1]),
+        "train_time_s": round(float(history["train_time_s"]), 2),
+        "compile_s": round(float(history["compile_s"]), 2),
+        "eval_steps": [int(x) for x in history["eval_step"]],
+        "eval_time_s": [round(float(x), 4) for x in history["eval_time_s"]],  # training seconds at each
+        "first_nonfinite_step": np.atleast_1d(history["first_nonfinite"]).tolist(),
+    }
+    for metric in _metric_names(history):
+        key = "final_objective_gap" if metric == "gap" else f"final_{metric}"
+        entry[key] = _spread(history[f"eval/{metric}"][:, -1])
+    if task.reached is not None:
+        final = {m: history[f"eval/{m}"][:, -1] for m in _metric_names(history)}
+        per_seed = [
+            bool(task.reached(jax.tree_util.tree_map(lambda x: x[i], run.theta), {m: v[i] for m, v in final.items()}))
+            for i in range(seeds)
+        ]
+        entry["reached_per_seed"] = per_seed
+        entry["reached"] = all(per_seed)
+    return entry
+
+
+# --------------------------------------------------------------------------- what a person reads
+
+
+def summary_text(summary: dict) -> str:
+    """The header, the reference answers, the budget and the estimators' table, as ``unroll
+    compare`` prints them."""
+    reference = summary["reference"]
+    known = {k: v for k, v in reference.items() if isinstance(v, (int, float)) and k != "horizon"}
+    lines = [f"{summary['task']} (horizon {summary['horizon']}): objective = {reference.get('objective', 'objective')}"]
+    if known:
+        lines.append("  reference: " + ", ".join(f"{k} = {v:.5g}" for k, v in known.items()))
+    lines.append(f"  budget: {budget_text(summary['budget'])}")
+    for name, why in summary.get("left_out", {}).items():
+        lines.append(f"  left out: {name} ({why})")
+    estimators = summary["estimators"]
+    reached = any("reached" in e for e in estimators.values())
+    lines.append(
+        f"{'estimator':>12s} {'final objective (mean ± std)':>30s} {'outer steps':>11s} {'system steps':>12s} "
+        f"{'train s':>8s}  other metrics (mean){'  reached' if reached else ''}"
+    )
+    for name, entry in estimators.items():
+        objective = entry["final_objective"]
+        others = ", ".join(
+            f"{k[6:]}={v['mean']:.4g}"
+            for k, v in entry.items()
+            if k.startswith("final_") and k not in ("final_objective", "final_window_loss") and isinstance(v, dict)
+        )
+        mark = "" if "reached" not in entry else ("  yes" if entry["reached"] else "  no")
+        lines.append(
+            f"{name:>12s} {objective['mean']:>18.5g} ± {objective['std']:<9.3g} {entry['outer_steps_run']:>11d} "
+            f"{entry['system_steps']:>12d} {entry['train_time_s']:>8.2f}  {others}{mark}"
+        )
+    for name, entry in estimators.items():
+        stopped = [(seed, step) for seed, step in enumerate(entry["first_nonfinite_step"]) if step >= 0]
+        if stopped:
+            where = ", ".join(f"seed {seed} at outer step {step}" for seed, step in stopped)
+            lines.append(
+                f"{name:>12s}: a non-finite loss or gradient ({where}); its figures are those of the last finite theta"
+            )
+    return "\n".join(lines)
+
+
+def budget_text(budget: dict) -> str:
+    amount = budget["amount"]
+    if budget["kind"] == "seconds":
+        return f"{amount:g} seconds of training per estimator" if amount is not None else "seconds"
+    return f"{amount:,} {budget['kind'].replace('-', ' ')} per estimator" if amount is not None else budget["kind"]
+
+
+def report(summary: dict) -> str:
+    """``report.md``: the table, the reference answers, the budget, the plot and the command."""
+    reference = "\n".join(f"* `{k}`: {json.dumps(v, default=_json_default)}" for k, v in summary["reference"].items())
+    seconds = "\n".join(
+        f"| {name} | {e['outer_steps_run']} | {e['system_steps']:,} | {e['train_time_s']:.2f} | {e['compile_s']:.2f} |"
+        for name, e in summary["estimators"].items()
+    )
+    left_out = "".join(f"* `{name}` was left out: {why}.\n" for name, why in summary.get("left_out", {}).items())
+    return f"""# Comparison: {summary["task"]}
+
+Horizon {summary["horizon"]}; {len(summary["seeds"])} seeds (`{summary["seed_keys"]}`); \
+budget: {budget_text(summary["budget"])} ({summary["budget"]["meaning"]}); optimizer: {summary["optimizer"]}.
+Task from {summary["task_source"]}, options {json.dumps(summary["task_options"], default=_json_default)}.
+
+```text
+{summary_text(summary)}
+```
+
+| estimator | outer steps | system steps | training s | compile s |
+|---|---:|---:|---:|---:|
+{seconds}
+
+{left_out}
+## Reference answers
+
+{reference}
+
+## Curves
+
+![objective against outer steps, system steps and training time](curves.png)
+
+Per step and seed: [`metrics.csv`](metrics.csv); every setting: [`summary.json`](summary.json).
+
+## Reproduce
+
+```bash
+{summary["command"]}
+```
+
+unroll {summary["versions"]["unroll"]}, jax {summary["versions"]["jax"]} on {summary["versions"]["device"]}, \
+Python {summary["versions"]["python"]}.
+"""
