@@ -218,64 +218,91 @@ def compare(
     Returns:
       ``(out_dir, summary)``: the output folder and the summary dict (``summary.json``).
     """
-    reference, loaded = task, load_task(task, task_options)
-    task = loaded.task
-    names = list(estimators or task.default_estimators)
-    parsed = [parse_estimator(name, task) for name in names]  # all errors before any run
-    seeds, steps, checkpoint_every_given = _check_run(task, seeds, steps, checkpoint_every, seed)
-    budget = parse_budget(budget)
-    if budget.kind == "outer-steps":
-        budget = budget._replace(amount=budget.amount or steps)
-    built = {name: build_estimator(task, family, truncation) for name, (family, truncation) in zip(names, parsed)}
-    per_step = _system_steps_per_outer_step(built, task, budget)
-    out_dir = out_dir or os.path.join("runs", f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.makedirs(out_dir, exist_ok=True)
+    plan = _prepare(task, estimators, steps, seeds, budget, task_options, seed, checkpoint_every, out_dir)
     writers = (
-        {name: unroll.logging.tensorboard(os.path.join(tensorboard, name)) for name in names} if tensorboard else {}
+        {name: unroll.logging.tensorboard(os.path.join(tensorboard, name)) for name in plan.names}
+        if tensorboard
+        else {}
     )
-    if budget.kind == "system-steps" and budget.amount is None:
-        budget = budget._replace(amount=steps * per_step[names[0]])
-
     runs: dict[str, Run] = {}
-    for index, (name, (family, truncation)) in enumerate(zip(names, parsed)):
-        if budget.kind == "seconds" and budget.amount is None and index > 0:
-            first = runs[names[0]].history
-            budget = budget._replace(amount=round(float(first["train_time_s"]), 3))
-        allowance = _allowance(budget, name, steps, per_step, out_dir, lambda: _calibrate(built[name], task, seeds))
-        every = checkpoint_every_given or max(1, allowance.num_steps // 10)
-        eval_every = max(1, allowance.num_steps // 100)  # about 100 evaluations per run
-        theta, history = train(
-            built[name],
-            task.optimizer(allowance.num_steps),
-            task.theta,
-            jax.random.key(seed),
-            allowance.num_steps,
-            num_seeds=seeds,
-            eval_fn=task.evaluate,
-            eval_every=eval_every,
-            progress=progress,
-            name=f"{name:>10s}",
-            checkpoint=os.path.join(out_dir, "checkpoints", f"{name}.npz"),
-            checkpoint_every=every,
-            run_info={
-                "task": task.name,
-                "estimator": name,
-                "task_options": json.dumps(loaded.options, sort_keys=True, default=str),
-                **({"budget": budget.kind} if budget.kind != "outer-steps" else {}),
-            },
-            time_limit=allowance.time_limit,
-            callback=writers.get(name),
-            callback_every=eval_every,
-        )
+    for name in plan.names:
+        if plan.budget.kind == "seconds" and plan.budget.amount is None and runs:  # the first one's seconds
+            seconds = round(float(runs[plan.names[0]].history["train_time_s"]), 3)
+            plan = plan._replace(budget=plan.budget._replace(amount=seconds))
+        runs[name] = _run(plan, name, progress, writers.get(name))
         if name in writers:
             writers[name].close()
-        runs[name] = Run(theta, history, family, truncation, estimator_settings(task, family, truncation), allowance)
-
     if command is None:
-        command = _python_call(reference, names, steps, seeds, budget, seed)
-    summary = _summary(loaded, runs, seeds, steps, budget, command, seed, config)
-    _write_outputs(out_dir, task, runs, summary)
-    return out_dir, summary
+        command = _python_call(task, plan.names, plan.steps, plan.seeds, plan.budget, seed)
+    summary = _summary(plan, runs, command, config)
+    _write_outputs(plan.out_dir, plan.loaded.task, runs, summary)
+    return plan.out_dir, summary
+
+
+class _Plan(NamedTuple):
+    """A comparison, checked and built before anything runs."""
+
+    loaded: Any  # task_loader.LoadedTask
+    names: list[str]
+    parsed: dict[str, tuple[str, int | None]]  # name -> (registry family, truncation)
+    built: dict[str, Any]  # name -> Estimator
+    seeds: int
+    steps: int
+    seed: int
+    checkpoint_every: int | None
+    budget: Budget  # its amount resolved, but for a seconds budget set by the first estimator's run
+    per_step: dict[str, int]  # system steps per outer step (system-steps budget only)
+    out_dir: str
+
+
+def _prepare(task, estimators, steps, seeds, budget, task_options, seed, checkpoint_every, out_dir) -> _Plan:
+    """Validates every argument and builds every estimator: all errors come before any run."""
+    loaded = load_task(task, task_options)
+    task = loaded.task
+    names = list(estimators or task.default_estimators)
+    parsed = {name: parse_estimator(name, task) for name in names}
+    seeds, steps, checkpoint_every = _check_run(task, seeds, steps, checkpoint_every, seed)
+    budget = parse_budget(budget)
+    if budget.kind == "outer-steps" and budget.amount is not None:
+        steps = budget.amount  # "outer-steps=N" is --steps N
+    built = {name: build_estimator(task, *parsed[name]) for name in names}
+    per_step = _system_steps_per_outer_step(built, task, budget)
+    if budget.amount is None and budget.kind != "seconds":
+        budget = budget._replace(amount=steps * per_step.get(names[0], 1))
+    out_dir = out_dir or os.path.join("runs", f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(out_dir, exist_ok=True)
+    return _Plan(loaded, names, parsed, built, seeds, steps, seed, checkpoint_every, budget, per_step, out_dir)
+
+
+def _run(plan: _Plan, name: str, progress: bool, callback) -> Run:
+    """Trains ``name`` for its share of the budget (checkpointed; a finished run is read back)."""
+    task, (family, truncation) = plan.loaded.task, plan.parsed[name]
+    allowance = _allowance(plan, name, lambda seconds: _calibrate(plan.built[name], task, plan.seeds, seconds))
+    eval_every = max(1, allowance.num_steps // 100)  # about 100 evaluations per run
+    theta, history = train(
+        plan.built[name],
+        task.optimizer(allowance.num_steps),
+        task.theta,
+        jax.random.key(plan.seed),
+        allowance.num_steps,
+        num_seeds=plan.seeds,
+        eval_fn=task.evaluate,
+        eval_every=eval_every,
+        progress=progress,
+        name=f"{name:>10s}",
+        checkpoint=os.path.join(plan.out_dir, "checkpoints", f"{name}.npz"),
+        checkpoint_every=plan.checkpoint_every or max(1, allowance.num_steps // 10),
+        run_info={
+            "task": task.name,
+            "estimator": name,
+            "task_options": json.dumps(plan.loaded.options, sort_keys=True, default=str),
+            **({"budget": plan.budget.kind} if plan.budget.kind != "outer-steps" else {}),
+        },
+        time_limit=allowance.time_limit,
+        callback=callback,
+        callback_every=eval_every,
+    )
+    return Run(theta, history, family, truncation, estimator_settings(task, family, truncation), allowance)
 
 
 def _check_run(task: Task, seeds, steps, checkpoint_every, seed) -> tuple[int, int, int | None]:
@@ -315,23 +342,24 @@ def _system_steps_per_outer_step(built: dict, task: Task, budget: Budget) -> dic
     return per_step
 
 
-def _allowance(budget: Budget, name: str, steps: int, per_step: dict, out_dir: str, calibrate) -> Allowance:
-    """``name``'s outer steps and time limit under ``budget``. A seconds budget is sized by
-    ``calibrate()`` once; its result is kept beside the checkpoint, so a resumed comparison
-    runs the same number of steps."""
+def _allowance(plan: _Plan, name: str, calibrate) -> Allowance:
+    """``name``'s outer steps and time limit under the plan's budget. A seconds budget is sized by
+    ``calibrate(seconds)`` once (a tenth of the budget, from 0.2 to 2 seconds); its result is kept
+    beside the checkpoint, so a resumed comparison runs the same number of steps."""
+    budget = plan.budget
     if budget.kind == "outer-steps":
         return Allowance(budget.amount, None)
     if budget.kind == "system-steps":
-        return Allowance(budget.amount // per_step[name], None)
+        return Allowance(budget.amount // plan.per_step[name], None)
     if budget.amount is None:  # the first estimator sets the seconds of the others
-        return Allowance(steps, None)
-    path = os.path.join(out_dir, "checkpoints", f"{name}.allowance.json")
+        return Allowance(plan.steps, None)
+    path = os.path.join(plan.out_dir, "checkpoints", f"{name}.allowance.json")
     if os.path.exists(path):
         with open(path) as f:
             kept = json.load(f)
         if kept["time_limit"] == budget.amount:
             return Allowance(kept["num_steps"], kept["time_limit"], kept["calibration"])
-    calibration = calibrate()
+    calibration = calibrate(min(2.0, max(0.2, 0.1 * budget.amount)))
     rate = calibration["outer_steps"] / max(calibration["seconds"], 1e-9)
     allowance = Allowance(max(1, math.floor(rate * budget.amount)), float(budget.amount), calibration)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -340,7 +368,7 @@ def _allowance(budget: Budget, name: str, steps: int, per_step: dict, out_dir: s
     return allowance
 
 
-def _calibrate(estimator, task: Task, seeds: int, seconds: float = 2.0) -> dict:
+def _calibrate(estimator, task: Task, seeds: int, seconds: float) -> dict:
     """A short timed run (``seconds`` of training after its compile, from the task's theta) that
     measures the outer steps per second of ``estimator``."""
     with warnings.catch_warnings():
@@ -363,7 +391,7 @@ def _calibrate(estimator, task: Task, seeds: int, seconds: float = 2.0) -> dict:
 
 
 def _python_call(task, names, steps, seeds, budget: Budget, seed) -> str:
-    label = repr(task.name) if isinstance(task, Task) else repr(task)
+    label = f"<Task {task.name!r}>" if isinstance(task, Task) else repr(task)
     amount = "" if budget.amount is None else f"={budget.amount:g}"
     return (
         f"unroll.compare({label}, estimators={names!r}, steps={steps}, seeds={seeds}, "
@@ -463,8 +491,8 @@ def _registered(name: str) -> dict:
     return {"description": entry.description, "estimator_family": entry.family}
 
 
-def _summary(loaded, runs: dict, seeds, steps, budget: Budget, command, seed, config) -> dict:
-    task = loaded.task
+def _summary(plan: _Plan, runs: dict, command: str, config: dict | None) -> dict:
+    loaded, task, budget = plan.loaded, plan.loaded.task, plan.budget
     out = {
         "task": task.name,
         "task_source": loaded.source,
@@ -473,18 +501,16 @@ def _summary(loaded, runs: dict, seeds, steps, budget: Budget, command, seed, co
         "command": command,
         "config": config,
         "versions": _versions(),
-        "seeds": list(range(seeds)),
-        "seed_keys": f"jax.random.split(jax.random.key({seed}), {seeds})",
+        "seeds": list(range(plan.seeds)),
+        "seed_keys": f"jax.random.split(jax.random.key({plan.seed}), {plan.seeds})",
         "budget": {"kind": budget.kind, "amount": budget.amount, "meaning": BUDGETS[budget.kind]},
-        "outer_steps": steps,
+        "outer_steps": plan.steps,
         "optimizer": task.optimizer_description,
         "settings": task.settings,
         "left_out": task.left_out,
         "reference": task.reference,
-        "estimators": {},
+        "estimators": {name: _estimator_entry(task, run, plan.seeds) for name, run in runs.items()},
     }
-    for name, run in runs.items():
-        out["estimators"][name] = _estimator_entry(task, run, seeds)
     return out
 
 

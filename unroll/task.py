@@ -175,11 +175,9 @@ class Task:
             raise TypeError(f"`Task.settings` must be a dict (see standard_settings()), got {type(self.settings)}.")
         default = standard_settings(truncation=scaled_truncation(self.system.horizon))
         set_("settings", {**default, **(self.settings or {})})
-        memory_limit = check_memory_budget(self.memory_limit)
-        if not hasattr(memory_limit, "size"):
-            raise TypeError(f"`Task.memory_limit`={self.memory_limit!r} must be a size in bytes such as '1GiB'.")
+        memory_limit = check_memory_limit(self.memory_limit)
         if self.default_estimators is None:
-            names, left_out = standard_estimators(self.system, self.theta, self.settings, memory_limit.size)
+            names, left_out = standard_estimators(self.system, self.theta, self.settings, memory_limit)
             set_("default_estimators", names)
             set_("left_out", left_out)
         if "horizon" not in self.reference:
@@ -217,6 +215,21 @@ def check_learning_rate(learning_rate: Any) -> float:
     return float(learning_rate)
 
 
+def check_memory_limit(memory_limit: Any) -> int:
+    """``Task.memory_limit`` in bytes: a positive int of bytes, or a size such as ``"1GiB"``."""
+    if isinstance(memory_limit, int) and not isinstance(memory_limit, bool) and memory_limit > 0:
+        return memory_limit
+    if isinstance(memory_limit, str):
+        try:
+            return check_memory_budget(memory_limit).size
+        except ValueError:
+            pass
+    raise ValueError(
+        f"`Task.memory_limit`={memory_limit!r} must be a size in bytes such as '1GiB' or '512MiB' (or a positive "
+        "int of bytes)."
+    )
+
+
 def _default_name(system) -> str:
     module = getattr(system.step, "__module__", None) or ""
     if module == "__main__":
@@ -242,7 +255,7 @@ def _sizes(system, theta) -> tuple[int, int, int, int]:
     floats = sum(math.prod(leaf.shape) for leaf in inexact_leaves(state))
     theta_leaves = jax.tree_util.tree_leaves(theta)
     theta_floats = sum(int(np.size(leaf)) for leaf in theta_leaves)
-    theta_bytes = sum(int(np.size(leaf)) * np.dtype(np.result_type(leaf)).itemsize for leaf in theta_leaves)
+    theta_bytes = sum(int(getattr(leaf, "nbytes", None) or np.asarray(leaf).nbytes) for leaf in theta_leaves)
     return state_bytes(state), floats, theta_bytes, theta_floats
 
 

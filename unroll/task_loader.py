@@ -181,12 +181,18 @@ def check_options(make: Callable, options: dict, label: str) -> None:
         ) from None
 
 
+_LOADED_FILES: set[str] = set()  # the module names task files were loaded under
+
+
 def _import_file(path: str, reference: str):
     if not os.path.isfile(path):
         raise ValueError(f"task {reference!r}: no such file {path!r} (relative to {os.getcwd()}).")
     path = os.path.abspath(path)
     stem = os.path.splitext(os.path.basename(path))[0]
-    name = stem if stem.isidentifier() and stem not in sys.modules else f"unroll_task_{abs(hash(path))}"
+    # its own name where free (or held by an earlier task file of the same name), else one of its own
+    free = stem not in sys.modules or stem in _LOADED_FILES
+    name = stem if stem.isidentifier() and free else f"_unroll_task_files.{stem}"
+    _LOADED_FILES.add(name)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # (dataclasses and pickling look a class's module up there)
