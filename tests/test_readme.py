@@ -41,3 +41,37 @@ def test_learned_optimizer_snippet_trains_with_the_saved_optimizer(capsys, monke
     exec(compile(block, "README.md", "exec"), {})
     value = float(re.search(r"training loss after 300 steps: ([\d.e+-]+)", capsys.readouterr().out).group(1))
     assert value < 1e-3
+
+
+def _function_source(text: str, name: str) -> str:
+    return re.search(rf"^def {name}\(.*?(?=^\S)", text + "\nEND", re.S | re.M).group(0).strip()
+
+
+def test_the_tours_command_line_runs_on_the_tours_own_oscillator(tmp_path, capsys):
+    """The tour ends with one CLI line on examples/oscillator.py, whose init and step are the
+    tour's, line for line; that line runs as written (shortened to 8 outer steps of full BPTT's
+    system steps, one seed) and every estimator gets them, within one of its outer steps."""
+    from unroll import cli
+
+    with open(README) as f:
+        readme = f.read()
+    with open(os.path.join(os.path.dirname(README), "examples", "oscillator.py")) as f:
+        example = f.read()
+    tour = re.findall(r"```python\n(.*?)```", readme, re.S)[0]
+    for name in ("init", "step"):
+        assert _function_source(example, name) == _function_source(tour, name), name
+    line = re.search(r"```bash\n(unroll compare examples/oscillator.py:make[^\n]*)\n```", readme).group(1)
+    argv = line.split()[1:] + ["--steps", "8", "--seeds", "1", "--out", str(tmp_path), "--no-progress"]
+    cwd = os.getcwd()
+    os.chdir(os.path.dirname(README))
+    try:
+        assert cli.main(argv) == 0
+    finally:
+        os.chdir(cwd)
+    import json
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["budget"]["amount"] == 8 * 8 * 100  # 8 outer steps of full-bptt: 8 workers x 100 steps
+    steps = {name: e["system_steps"] for name, e in summary["estimators"].items()}
+    assert steps == {"full-bptt": 6400, "tbptt-10": 6400, "pes": 5120}  # pes: 8 x 64 x 10 a step
+    assert "oscillator (horizon 100)" in capsys.readouterr().out

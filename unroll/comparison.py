@@ -269,6 +269,8 @@ def _prepare(task, estimators, steps, seeds, budget, task_options, seed, checkpo
     per_step = _system_steps_per_outer_step(built, task, budget)
     if budget.amount is None and budget.kind != "seconds":
         budget = budget._replace(amount=steps * per_step.get(names[0], 1))
+    if budget.kind == "system-steps":
+        _check_system_steps(budget, per_step, names, steps)
     out_dir = out_dir or os.path.join("runs", f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(out_dir, exist_ok=True)
     return _Plan(loaded, names, parsed, built, seeds, steps, seed, checkpoint_every, budget, per_step, out_dir)
@@ -326,20 +328,22 @@ def system_steps_per_outer_step(estimator, theta) -> int:
 
 
 def _system_steps_per_outer_step(built: dict, task: Task, budget: Budget) -> dict[str, int]:
-    """$n_e$ of each estimator (measured only for the ``system-steps`` budget); a budget below
-    one outer step of some estimator fails here, before any run."""
+    """$n_e$ of each estimator (measured only for the ``system-steps`` budget)."""
     if budget.kind != "system-steps":
         return {}
-    per_step = {name: system_steps_per_outer_step(est, task.theta) for name, est in built.items()}
-    if budget.amount is not None:
-        short = {name: n for name, n in per_step.items() if n > budget.amount}
-        if short:
-            raise ValueError(
-                f"budget system-steps={budget.amount} is less than one outer step of "
-                + ", ".join(f"{name} ({n} system steps)" for name, n in short.items())
-                + f"; give at least system-steps={max(short.values())}."
-            )
-    return per_step
+    return {name: system_steps_per_outer_step(est, task.theta) for name, est in built.items()}
+
+
+def _check_system_steps(budget: Budget, per_step: dict[str, int], names: list[str], steps: int) -> None:
+    """A system-steps budget below one outer step of some estimator fails before any run."""
+    short = {name: n for name, n in per_step.items() if n > budget.amount}
+    if short:
+        given = "" if budget.amount != steps * per_step[names[0]] else f" ({steps} outer steps of {names[0]})"
+        raise ValueError(
+            f"budget system-steps={budget.amount}{given} is less than one outer step of "
+            + ", ".join(f"{name} ({n} system steps)" for name, n in short.items())
+            + f"; give at least system-steps={max(short.values())} (or more --steps)."
+        )
 
 
 def _allowance(plan: _Plan, name: str, calibrate) -> Allowance:
@@ -531,7 +535,10 @@ def _estimator_entry(task: Task, run: Run, seeds: int) -> dict:
         "train_time_s": round(float(history["train_time_s"]), 2),
         "compile_s": round(float(history["compile_s"]), 2),
         "eval_steps": [int(x) for x in history["eval_step"]],
+        "eval_system_steps": np.concatenate([[0], np.cumsum(history["steps"][0])])[history["eval_step"]].tolist(),
         "eval_time_s": [round(float(x), 4) for x in history["eval_time_s"]],  # training seconds at each
+        # each metric's mean over seeds at each evaluation: the curves, for a plot of one's own
+        "eval_mean": {m: np.mean(history[f"eval/{m}"], axis=0).tolist() for m in _metric_names(history)},
         "first_nonfinite_step": np.atleast_1d(history["first_nonfinite"]).tolist(),
     }
     for metric in _metric_names(history):
