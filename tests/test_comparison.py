@@ -164,3 +164,17 @@ def test_a_python_call_records_itself_as_the_command(lotka, tmp_path):
     assert summary["command"] == (
         "unroll.compare(<Task 'lotka'>, estimators=['tbptt-5'], steps=2, seeds=1, budget='outer-steps=2', seed=0)"
     )
+
+
+def test_a_seconds_budget_resumes_with_the_steps_it_was_sized_to(lotka, tmp_path):
+    """The calibrated outer steps are kept beside the checkpoint: the same comparison into the
+    same folder reads the finished run back (same steps, same final objective) instead of
+    calibrating anew."""
+    run = lambda: unroll.compare(
+        lotka, ["tbptt-5"], seeds=1, budget="seconds=0.5", out_dir=str(tmp_path), progress=False
+    )[1]["estimators"]["tbptt-5"]
+    first, again = run(), run()
+    assert again["calibration"] == first["calibration"] and again["outer_steps"] == first["outer_steps"]
+    assert again["final_objective"] == first["final_objective"]
+    kept = json.loads((tmp_path / "checkpoints" / "tbptt-5.allowance.json").read_text())
+    assert kept["num_steps"] == first["outer_steps"] and kept["time_limit"] == 0.5

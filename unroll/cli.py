@@ -240,9 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="a task name (see `unroll list`), or your own: path/to/file.py:NAME or package.module:NAME, NAME an "
         "unroll.Task or a function returning one; or `task` in --config",
     )
-    compare.add_argument("--estimators", nargs="+", help="estimator names, e.g. pes nres tbptt-10 (default: all)")
+    compare.add_argument(
+        "--estimators",
+        nargs="+",
+        help="estimator names, e.g. pes nres tbptt-10 (default: the task's default estimators)",
+    )
     compare.add_argument("--seeds", type=int, help="number of seeds (default: the task's)")
-    compare.add_argument("--steps", type=int, help="outer steps per estimator (default: the task's)")
+    compare.add_argument(
+        "--steps",
+        type=int,
+        help="outer steps per estimator, or the default amount of another --budget (default: the task's)",
+    )
     compare.add_argument(
         "--budget",
         help="what every estimator gets the same amount of: outer-steps (default), system-steps or seconds, "

@@ -137,14 +137,18 @@ def parse_estimator(name: str, task: Task) -> tuple[str, int | None]:
     return family, truncation
 
 
+def _shared_settings(task: Task, truncation: int | None) -> dict:
+    """The task's shared settings, with ``truncation`` for a windowed estimator."""
+    return task.settings if truncation is None else {**task.settings, "truncation": truncation}
+
+
 def estimator_settings(task: Task, name: str, truncation: int | None) -> dict:
     """Every keyword argument ``name`` is built with on ``task`` (the registry's defaults merged with
     the task's shared settings and ``truncation``): ``registry.ESTIMATORS[name].constructor(system,
     **these)`` rebuilds it. A task's own build records its truncation alone."""
     if name in task.estimators:
         return {"truncation": truncation}
-    settings = task.settings if truncation is None else {**task.settings, "truncation": truncation}
-    return registry.constructor_settings(name, **settings)
+    return registry.constructor_settings(name, **_shared_settings(task, truncation))
 
 
 def build_estimator(task: Task, name: str, truncation: int | None):
@@ -152,8 +156,7 @@ def build_estimator(task: Task, name: str, truncation: int | None):
     shared settings (and ``truncation``, for a windowed one)."""
     if name in task.estimators:
         return task.estimators[name](task.system, truncation)
-    settings = task.settings if truncation is None else {**task.settings, "truncation": truncation}
-    return registry.build(name, task.system, **settings)
+    return registry.build(name, task.system, **_shared_settings(task, truncation))
 
 
 def compare(
@@ -563,7 +566,8 @@ def summary_text(summary: dict) -> str:
     compare`` prints them."""
     reference = summary["reference"]
     known = {k: v for k, v in reference.items() if isinstance(v, (int, float)) and k != "horizon"}
-    lines = [f"{summary['task']} (horizon {summary['horizon']}): objective = {reference.get('objective', 'objective')}"]
+    objective = reference.get("objective", "evaluate(theta)['objective']")
+    lines = [f"{summary['task']} (horizon {summary['horizon']}): objective = {objective}"]
     if known:
         lines.append("  reference: " + ", ".join(f"{k} = {v:.5g}" for k, v in known.items()))
     lines.append(f"  budget: {budget_text(summary['budget'])}")

@@ -165,6 +165,9 @@ class Task:
             raise TypeError(f"`Task.name` must be a non-empty str, got {self.name!r}; e.g. name='pendulum'.")
         if self.evaluate is None:
             set_("evaluate", default_evaluation(self.system))
+            if "objective" not in self.reference:
+                objective = f"mean episode loss over {EVALUATION_EPISODES} fixed episodes"
+                set_("reference", {"objective": objective, **self.reference})
         elif not callable(self.evaluate):
             raise TypeError(
                 f"`Task.evaluate` must be a function theta -> {{'objective': ..., ...}}, got "
