@@ -80,14 +80,14 @@ def plot_curves(path: str, histories: dict, reference: dict, title: str) -> None
     """The objective (its gap to the optimum where known, log scale) against outer steps,
     inner steps and training wall time; mean and min-max band over seeds. A scalar theta
     gets a fourth panel. ``histories``: ``{estimator: unroll.train's history with num_seeds}``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a Figure of its own, not pyplot's: no backend is chosen or switched (in a notebook, the
+    # inline plots after a comparison still show), and nothing is left open
+    from matplotlib.figure import Figure
 
     use_gap = all("eval/gap" in h for h in histories.values())
     show_theta = all("eval/theta" in h and h["eval/theta"].ndim == 2 for h in histories.values())
-    fig, axes = plt.subplots(1, 3 + show_theta, figsize=(5 * (3 + show_theta), 4.2))
+    fig = Figure(figsize=(5 * (3 + show_theta), 4.2))
+    axes = fig.subplots(1, 3 + show_theta)
     for name, history in histories.items():
         y = np.maximum(history["eval/gap"], 1e-14) if use_gap else history["eval/objective"]
         steps = history["eval_step"]
@@ -119,4 +119,3 @@ def plot_curves(path: str, histories: dict, reference: dict, title: str) -> None
     axes[-1].legend(fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
