@@ -36,6 +36,9 @@ def make(horizon: int = 100, learning_rate: float = 0.05) -> unroll.Task:
         {"log_stiffness": jnp.array(0.5), "log_damping": jnp.array(0.0)},
         learning_rate=learning_rate,
         settings={"num_workers": 8, "num_particles": 64, "sigma": 0.05},
-        reference={"objective": "mean squared distance to the reference oscillator", "true_stiffness": TRUE_STIFFNESS, "true_damping": TRUE_DAMPING},
-        evaluate=None,
+        reference={
+            "objective": "mean squared distance to the reference oscillator",
+            "true_stiffness": TRUE_STIFFNESS,
+            "true_damping": TRUE_DAMPING,
+        },
     )
