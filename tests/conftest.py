@@ -63,7 +63,8 @@ if os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # (also when jax was imported b
 
 # The files that take longest, longest first (CPU seconds on the 2-core machine, with
 # the cache above): notebooks 155, gpes ~110, deer 102, rtrl 85, sharding 75, properties 70,
-# checkpointing 45, cli 42, long_runs 39, resume 35 (+ every estimator's resume), diagnostics 34,
+# checkpointing 45, cli 42, comparison 50, long_runs 39, resume 35 (+ every estimator's resume),
+# task_loader 25, diagnostics 34,
 # determinism 32, evolution 30, bptt 29.
 # The ~20 others (under 21 s each) follow in their usual order.
 SLOW_FIRST = (
@@ -75,8 +76,10 @@ SLOW_FIRST = (
     "test_properties.py",
     "test_checkpointing.py",
     "test_cli.py",
+    "test_comparison.py",
     "test_long_runs.py",
     "test_resume.py",
+    "test_task_loader.py",
     "test_diagnostics.py",
     "test_determinism.py",
     "test_evolution.py",
