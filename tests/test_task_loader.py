@@ -166,8 +166,12 @@ def test_compare_on_a_new_system_file_and_module_as_subprocesses(lotka, tmp_path
     np.testing.assert_allclose(_final_theta(summary, "full-bptt"), direct, rtol=0, atol=1e-12)
     assert summary["estimators"]["full-bptt"]["settings"] == {"num_workers": 2}
 
+    package = tmp_path / "usertasks"  # the same module inside a package: package.module:NAME
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    user_task.write(package)
     module_out = tmp_path / "module-form"
-    _subprocess(["compare", "lotka:make", *argv[:2], *argv[-5:]], tmp_path, module_out, script=True)
+    _subprocess(["compare", "usertasks.lotka:make", *argv[:2], *argv[-5:]], tmp_path, module_out, script=True)
     again = json.loads((module_out / "summary.json").read_text())
     np.testing.assert_allclose(_final_theta(again, "full-bptt"), direct, rtol=0, atol=1e-12)
-    assert again["task_source"] == "module lotka:make"
+    assert again["task_source"] == "module usertasks.lotka:make" and again["task"] == "lotka"
