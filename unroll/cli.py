@@ -204,9 +204,8 @@ def _usage_error(err: BaseException) -> bool:
     import sysconfig
 
     package = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    libraries = tuple(
-        {os.path.abspath(p) + os.sep for p in sysconfig.get_paths().values()} | {sys.base_prefix, sys.prefix}
-    )
+    paths = sysconfig.get_paths()
+    libraries = tuple({os.path.abspath(paths[k]) + os.sep for k in ("stdlib", "platstdlib", "purelib", "platlib")})
     files, tb = [], err.__traceback__
     while tb is not None:
         files.append(
