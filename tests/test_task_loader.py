@@ -175,3 +175,24 @@ def test_compare_on_a_new_system_file_and_module_as_subprocesses(lotka, tmp_path
     again = json.loads((module_out / "summary.json").read_text())
     np.testing.assert_allclose(_final_theta(again, "full-bptt"), direct, rtol=0, atol=1e-12)
     assert again["task_source"] == "module usertasks.lotka:make" and again["task"] == "lotka"
+
+
+CHEAP_OPTIONS = {  # each built-in task at a small size (the learned-optimizer tasks tune Adam by grid first)
+    "influence-balancing": {"horizon": 20},
+    "copy": {"horizon": 14, "hidden": 4},
+    "flip-flop": {"horizon": 10, "hidden": 4},
+    "char-lm": {"horizon": 8, "hidden": 4},
+    "long-dependency": {"horizon": 10, "hidden": 4},
+    "lorenz": {"horizon": 10},
+    "lr-schedule": {"horizon": 10},
+    "mlp-hyper": {"horizon": 10},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHEAP_OPTIONS))
+def test_every_built_in_task_is_a_task_named_as_listed(name):
+    loaded = task_loader.load_task(name, CHEAP_OPTIONS[name])
+    assert isinstance(loaded.task, unroll.Task) and loaded.task.name == name and loaded.source == "built-in"
+    assert loaded.task.system.horizon == CHEAP_OPTIONS[name]["horizon"]
+    assert loaded.task.default_estimators == task_loader.DEFAULT_ESTIMATORS[name]
+    assert set(task_loader.TASKS) == set(CHEAP_OPTIONS) | {"lopt-digits", "lopt-quadratic"}
