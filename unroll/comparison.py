@@ -86,8 +86,16 @@ class Run(NamedTuple):
 
 
 def parse_budget(budget: Any) -> Budget:
-    """``"outer-steps"``, ``"system-steps"``, ``"seconds"``, each optionally with an amount
-    (``"seconds=60"``, ``"system-steps=200000"``), or a ``(kind, amount)`` pair; checked."""
+    """The checked budget of a comparison.
+
+    Args:
+      budget: ``"outer-steps"``, ``"system-steps"`` or ``"seconds"``, each optionally with an amount
+        (``"seconds=60"``, ``"system-steps=200000"``), or a ``(kind, amount)`` pair. Steps are whole
+        numbers; every amount is positive.
+
+    Returns:
+      ``Budget(kind, amount)``, ``amount`` None where none was given.
+    """
     if isinstance(budget, str):
         kind, _, amount = budget.partition("=")
         kind, amount = kind.strip(), (amount.strip() or None)
@@ -324,7 +332,12 @@ def _check_run(task: Task, seeds, steps, checkpoint_every, seed) -> tuple[int, i
 
 def system_steps_per_outer_step(estimator, theta) -> int:
     """$n_e$: the system steps (all workers and particles) one ``estimate`` of ``estimator`` takes,
-    its ``info["steps"]``, read from one compiled call whose other outputs XLA prunes."""
+    its ``info["steps"]``, read from one compiled call whose other outputs XLA prunes.
+
+    Args:
+      estimator: an ``unroll`` estimator.
+      theta: the outer parameters it is called on.
+    """
     key = jax.random.key(0)
     steps = jax.jit(lambda: estimator.estimate(theta, estimator.init(theta, key), key)[2]["steps"])()
     return int(steps)

@@ -242,8 +242,13 @@ def _default_name(system) -> str:
 
 
 def default_evaluation(system, num_episodes: int = EVALUATION_EPISODES) -> Callable[[PyTree], dict]:
-    """``theta -> {"objective": mean episode loss}`` over ``num_episodes`` fixed episodes (keys
-    ``split(key(EVALUATION_SEED), num_episodes)``), jit-able: ``Task``'s default ``evaluate``."""
+    r"""``theta -> {"objective": mean episode loss}`` over fixed episodes, jit-able: ``Task``'s default
+    ``evaluate``, $rac1N \sum_{i<N} rac1T \sum_{t<T} \ell_t(	heta; k_i)$.
+
+    Args:
+      system: the system.
+      num_episodes: $N$; the keys $k_i$ are ``split(key(EVALUATION_SEED), N)``.
+    """
     from unroll.tasks.evaluation import episode_evaluator  # (unroll.tasks imports this module)
 
     return episode_evaluator(system, jax.random.key(EVALUATION_SEED), num_episodes)
