@@ -243,7 +243,7 @@ def _default_name(system) -> str:
 
 def default_evaluation(system, num_episodes: int = EVALUATION_EPISODES) -> Callable[[PyTree], dict]:
     r"""``theta -> {"objective": mean episode loss}`` over fixed episodes, jit-able: ``Task``'s default
-    ``evaluate``, $rac1N \sum_{i<N} rac1T \sum_{t<T} \ell_t(	heta; k_i)$.
+    ``evaluate``, $\frac1N \sum_{i<N} \frac1T \sum_{t<T} \ell_t(\theta; k_i)$.
 
     Args:
       system: the system.
@@ -289,6 +289,14 @@ def estimator_memory(name: str, system, theta, settings: dict) -> int:
     Returns:
       The bytes, an estimate that ignores the constant overheads every estimator shares.
     """
+    models = _memory_models(system, theta, settings)
+    if name not in models:
+        raise ValueError(f"no memory model for estimator {name!r}; choose from {', '.join(models)}.")
+    return models[name]
+
+
+def _memory_models(system, theta, settings: dict) -> dict[str, int]:
+    """``estimator_memory`` of every estimator it models, from one trace of ``init``."""
     s, n_s, p, n_theta = _sizes(system, theta)
     b = s // n_s if n_s else 4
     get = lambda key: settings.get(key, standard_settings()[key])
@@ -310,9 +318,7 @@ def estimator_memory(name: str, system, theta, settings: dict) -> int:
         "forward": get("num_directions") * (s + p),
         **dict.fromkeys(("es", "tes", "pes", "nres", "gpes"), es),
     }
-    if name not in per_worker:
-        raise ValueError(f"no memory model for estimator {name!r}; choose from {', '.join(per_worker)}.")
-    return get("num_workers") * per_worker[name]
+    return {name: get("num_workers") * size for name, size in per_worker.items()}
 
 
 def standard_estimators(system, theta, settings: dict, memory_limit: int) -> tuple[list[str], dict]:
@@ -328,11 +334,12 @@ def standard_estimators(system, theta, settings: dict, memory_limit: int) -> tup
     """
     from unroll.checkpointing import format_bytes
 
+    models = _memory_models(system, theta, settings)  # one trace of init for all of them
     names, left_out = [], {}
     for name in STANDARD_ESTIMATORS:
         if name == "checkpointed-bptt" and "full-bptt" in names:
             continue
-        need = estimator_memory(name, system, theta, settings)
+        need = models[name]
         if need > memory_limit:
             left_out[name] = (
                 f"needs about {format_bytes(need)} on this system (estimator_memory), over the memory limit "
