@@ -1,6 +1,7 @@
 """unroll: gradient estimators for long unrolled computations, behind one interface."""
 
-from unroll import checkpointing, diagnostics, logging, parallel, registry, resume, sharding, tasks
+from unroll import advisor, checkpointing, diagnostics, logging, parallel, registry, resume, sharding, tasks
+from unroll.advisor import Advice, advise
 from unroll.comparison import compare
 from unroll.estimators.bptt import full_bptt, truncated_bptt
 from unroll.estimators.checkpointed import checkpointed_bptt
@@ -21,6 +22,7 @@ from unroll.window import Estimate, Estimator, WindowState
 __version__ = "0.1.0"
 
 __all__ = [
+    "Advice",
     "Estimate",
     "Estimator",
     "Synthesizer",
@@ -28,6 +30,8 @@ __all__ = [
     "Task",
     "TrainingInterrupted",
     "WindowState",
+    "advise",
+    "advisor",
     "checkpointed_bptt",
     "checkpointing",
     "compare",

@@ -1,5 +1,6 @@
-"""Command line: ``unroll list`` and ``unroll compare TASK``, where ``TASK`` is a built-in
-name, an installed entry point's name, ``path/to/file.py:NAME`` or ``package.module:NAME``.
+"""Command line: ``unroll list``, ``unroll compare TASK`` and ``unroll advise TASK``, where
+``TASK`` is a built-in name, an installed entry point's name, ``path/to/file.py:NAME`` or
+``package.module:NAME``.
 
 Usage errors (a bad flag, file, name or option) are one line on stderr and exit code 2; an
 exception raised in the user's own code propagates with its traceback."""
@@ -7,9 +8,11 @@ exception raised in the user's own code propagates with its traceback."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
+import time
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:  # only for an annotation: each command imports what it uses where it runs
@@ -184,6 +187,56 @@ def _compare_settings(args: argparse.Namespace) -> _CompareSettings:
     )
 
 
+def _advise(args: argparse.Namespace) -> int:
+    from unroll.advisor import advise, verify
+    from unroll.plotting import plot_advice
+    from unroll.task_loader import load_task
+
+    task_options = dict(parse_task_option(text) for text in args.task_option or [])
+    if args.horizon is not None:
+        task_options["horizon"] = args.horizon
+    candidates = [c for part in args.candidates for c in part.split(",") if c] if args.candidates else None
+    if args.verify_seconds is not None and not args.verify_seconds > 0:
+        raise ValueError(f"--verify-seconds {args.verify_seconds}: must be positive, e.g. --verify-seconds 20.")
+    loaded = load_task(args.task, task_options or None)
+    advice = advise(
+        loaded.task,
+        key=args.seed,
+        seconds=args.seconds,
+        memory_budget=args.memory,
+        candidates=candidates,
+        progress=not args.no_progress,
+    )
+    out = args.out or os.path.join("runs", f"{loaded.task.name}-advice-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(out, exist_ok=True)
+    plots = plot_advice(advice, out)
+    report = advice.to_markdown(plots)
+    data = json.loads(advice.to_json())
+    data["command"] = shlex.join(["unroll"] + args.argv)
+    verification = None
+    if args.verify and advice.recommendation is not None:
+        verification = verify(
+            advice,
+            seconds=args.verify_seconds or 20.0,
+            out_dir=os.path.join(out, "verify"),
+            progress=not args.no_progress,
+        )
+        report += "\n## Verification\n\n" + verification.text + " Curves: verify/curves.png.\n"
+        data["verification"] = verification._asdict()
+    report += f"\nCommand: `{data['command']}`\n"
+    with open(os.path.join(out, "advice.md"), "w") as f:
+        f.write(report)
+    with open(os.path.join(out, "advice.json"), "w") as f:
+        json.dump(data, f, indent=2)
+    print("\n" + advice.summary())
+    if verification is not None:
+        print(verification.text)
+    elif args.verify:
+        print("--verify: nothing raced (no recommendation).")
+    print(f"\nwrote {out}/advice.md, advice.json, {', '.join(plots.values())}")
+    return 0 if advice.recommendation is not None else 1
+
+
 def _interrupted(err: TrainingInterrupted, argv: list[str], out: str | None) -> int:
     """Says how to resume (the same command, with the run's folder if ``--out`` chose none) and
     returns the shell's exit code for the signal."""
@@ -291,6 +344,34 @@ def build_parser() -> argparse.ArgumentParser:
         "its contents are recorded in summary.json",
     )
     compare.set_defaults(run=_compare)
+    advise = sub.add_parser(
+        "advise", help="measure a task's system and recommend an estimator, with the evidence (unroll.advise)"
+    )
+    advise.add_argument(
+        "task", help="a task name (see `unroll list`), or your own: path/to/file.py:NAME or package.module:NAME"
+    )
+    advise.add_argument("--seconds", type=float, default=120.0, help="the measurements' time budget (default: 120)")
+    advise.add_argument(
+        "--memory", help="the most compiled memory a candidate may take, e.g. 64MiB (default: the task's memory_limit)"
+    )
+    advise.add_argument("--candidates", nargs="+", help="estimator names to consider (default: every registered one)")
+    advise.add_argument("--out", help="output folder (default: runs/TASK-advice-TIME)")
+    advise.add_argument(
+        "--verify",
+        action="store_true",
+        help="then race the top three under `unroll compare --budget seconds` and say whether the winner is the "
+        "recommendation",
+    )
+    advise.add_argument(
+        "--verify-seconds", type=float, dest="verify_seconds", help="training seconds each (default: 20)"
+    )
+    advise.add_argument(
+        "--task-option", action="append", metavar="KEY=VALUE", dest="task_option", help="a keyword argument of the task"
+    )
+    advise.add_argument("--horizon", type=int, help="episode length of the task (its `horizon` option)")
+    advise.add_argument("--seed", type=int, default=0, help="the measurements' seed (default: 0)")
+    advise.add_argument("--no-progress", action="store_true", help="no progress bars")
+    advise.set_defaults(run=_advise)
     return parser
 
 

@@ -128,7 +128,11 @@ def parse_budget(budget: Any) -> Budget:
 
 def parse_estimator(name: str, task: Task) -> tuple[str, int | None]:
     """``"tbptt-10"`` -> ``("tbptt", 10)``; ``"pes"`` -> ``("pes", the task's truncation)``;
-    ``("full-bptt", None)`` for estimators of whole episodes. Names are the registry's."""
+    ``("full-bptt", None)`` for estimators of whole episodes. Names are the registry's, or
+    exactly a key of ``task.estimators`` (the task's own builds, e.g. ``"pes-10 num_particles=24"``
+    from ``unroll advise --verify``), which gets the task's truncation."""
+    if name in task.estimators:
+        return name, task.settings["truncation"]
     match = re.fullmatch(r"([a-z][a-z-]*?)(?:-(\d+))?", name)
     family = match.group(1) if match else name
     if not match or family not in {**registry.ESTIMATORS, **task.estimators}:
@@ -155,7 +159,7 @@ def estimator_settings(task: Task, name: str, truncation: int | None) -> dict:
     the task's shared settings and ``truncation``): ``registry.ESTIMATORS[name].constructor(system,
     **these)`` rebuilds it. A task's own build records its truncation alone."""
     if name in task.estimators:
-        return {"truncation": truncation}
+        return dict(getattr(task.estimators[name], "settings", {"truncation": truncation}))
     return registry.constructor_settings(name, **_shared_settings(task, truncation))
 
 

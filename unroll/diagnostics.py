@@ -34,6 +34,7 @@ __all__ = [
     "jacobian_spectrum",
     "loss_along",
     "lyapunov_spectrum",
+    "outlook_from_exponent",
     "parallel_outlook",
     "quality_table",
 ]
@@ -113,33 +114,66 @@ class ParallelOutlook(NamedTuple):
 def parallel_outlook(
     system, theta, key, *, solver: str = "deer", max_iterations: int = 100, num_steps: int = 1000, warmup: int = 100
 ) -> ParallelOutlook:
-    """Whether ``parallel_bptt(system, solver=...)`` is expected to converge fast, from
-    the leading Lyapunov exponent ``lambda_1`` (``lyapunov_spectrum`` over ``num_steps``).
+    r"""Whether evaluating ``system`` in parallel over time by Newton iterations
+    (``parallel_bptt(system, solver=...)``) is expected to converge fast, from the leading
+    Lyapunov exponent $\lambda_1$ (``lyapunov_spectrum`` over ``num_steps``). It speaks of
+    evaluation speed only: the gradient it computes is the exact one either way, and which
+    estimator suits the system is ``unroll.advise``'s question.
 
-    The rule: Newton over time corrects an error in its guess at step ``t`` through the
-    Jacobian products ahead of it, which shrink like ``exp(lambda_1 k)`` over ``k`` steps.
-    With ``lambda_1 < 0`` a correction reaches only ``~1 / |lambda_1|`` steps, so the
-    iterations stay near ``c / |lambda_1|`` whatever the horizon (``c`` =
+    The rule: Newton over time corrects an error in its guess at step $t$ through the
+    Jacobian products ahead of it, which shrink like $e^{\lambda_1 k}$ over $k$ steps.
+    With $\lambda_1 < 0$ a correction reaches only $\sim 1 / |\lambda_1|$ steps, so the
+    iterations stay near $c / |\lambda_1|$ whatever the horizon ($c$ =
     ``ITERATIONS_TIMES_EXPONENT[solver]``: 3 for DEER, 30 for quasi-DEER, measured); with
-    ``lambda_1 >= 0`` they grow toward ``horizon`` (where the chain is exact) or the
+    $\lambda_1 \ge 0$ they grow toward ``horizon`` (where the chain is exact) or the
     iterates diverge, and sequential evaluation is as fast. Expected fast iff
-    ``lambda_1 < 0`` and ``c / |lambda_1| <= max_iterations``. Not jit-able (returns Python
-    values); ``c`` holds for saturating RNNs, other systems may differ by a small factor.
+    $\lambda_1 < 0$ and $c / |\lambda_1| \le$ ``max_iterations``. Not jit-able (returns
+    Python values); $c$ holds for saturating RNNs, other systems may differ by a small factor.
+
+    Args:
+      system: the system.
+      theta: the outer parameters.
+      key: the key of ``lyapunov_spectrum``'s initial state and frame.
+      solver: ``"deer"`` or ``"quasi-deer"``.
+      max_iterations: the iteration cap of the Newton solve.
+      num_steps: the steps $\lambda_1$ is averaged over.
+      warmup: the steps run before measuring.
     """
     if solver not in ITERATIONS_TIMES_EXPONENT:
         raise ValueError(f"`solver` must be 'deer' or 'quasi-deer', got {solver!r}.")
     max_iterations = check_positive_int(max_iterations, "max_iterations", "the iteration cap, e.g. 100.")
     spectrum = jax.jit(lambda th, k: lyapunov_spectrum(system, th, k, num_steps, k=1, warmup=warmup))(theta, key)
-    exponent = float(spectrum.exponents[0])
+    return outlook_from_exponent(float(spectrum.exponents[0]), system.horizon, solver, max_iterations)
+
+
+def outlook_from_exponent(
+    exponent: float, horizon: int, solver: str = "deer", max_iterations: int = 100
+) -> ParallelOutlook:
+    r"""``parallel_outlook``'s rule applied to a measured leading exponent $\lambda_1$ (per step).
+
+    Args:
+      exponent: $\lambda_1$, per step.
+      horizon: the episode length $T$ (the iterations where the system is not contracting).
+      solver: ``"deer"`` or ``"quasi-deer"`` (its constant $c$).
+      max_iterations: the iteration cap.
+    """
+    if solver not in ITERATIONS_TIMES_EXPONENT:
+        raise ValueError(f"`solver` must be 'deer' or 'quasi-deer', got {solver!r}.")
     c = ITERATIONS_TIMES_EXPONENT[solver]
     contracting = exponent < 0
-    expected = min(system.horizon, math.ceil(c / -exponent)) if contracting else system.horizon
+    expected = min(horizon, math.ceil(c / -exponent)) if contracting else horizon
     fast = contracting and c / -exponent <= max_iterations
+    verdict = (
+        "parallel evaluation expected fast"
+        if fast
+        else "parallel evaluation not expected fast (sequential evaluation is about as fast; the gradient is the "
+        "same exact one either way)"
+    )
     rule = (
         f"lambda_1 = {exponent:+.4f} per step: {'contracting' if contracting else 'not contracting'}; "
-        f"{solver} takes about {c:g} / |lambda_1| iterations when lambda_1 < 0 and up to the horizon "
-        f"({system.horizon}) otherwise; fast iff lambda_1 < 0 and {c:g} / |lambda_1| <= max_iterations "
-        f"({max_iterations}): {'expected fast' if fast else 'not expected fast; prefer full_bptt or checkpointed_bptt'}."
+        f"{solver} takes about {c:g} / |lambda_1| Newton iterations when lambda_1 < 0 and up to the horizon "
+        f"({horizon}) otherwise; fast iff lambda_1 < 0 and {c:g} / |lambda_1| <= max_iterations "
+        f"({max_iterations}): {verdict}."
     )
     return ParallelOutlook(exponent, expected, fast, rule)
 
@@ -184,13 +218,27 @@ def jacobian_spectrum(system, theta, key, num_steps: int, state=None) -> Jacobia
 
 
 class GradientQuality(NamedTuple):
-    """Statistics of ``num_samples`` independent estimates ``g_i`` against the exact ``g``:
-    ``bias = mean g_i - g`` (theta-shaped) and its norm; ``bias_z``, the largest
-    ``|bias_j| / (std_j / sqrt(n))`` (how many standard errors the bias is) over components
-    whose bias is above rounding level (``1e3 eps (|g| + |mean g_i|)``; 0 if none; ``inf``
-    where such a bias has no spread);
-    ``variance = mean |g_i - mean g_i|^2``; ``cosine`` of each sample to ``g`` (mean) and of
-    the mean; ``snr = |mean g_i|^2 / variance``; ``samples`` ``[n, p]`` (flat)."""
+    r"""Statistics of ``num_samples`` independent estimates $g_i$ against the reference $g$
+    (``exact``):
+
+    * ``bias`` $= \bar g - g$ (theta-shaped) and ``bias_norm``, its norm;
+    * ``bias_z``: the largest $|\mathrm{bias}_j| / \sqrt{s_j^2 / n + e_j^2}$ (how many standard
+      errors the bias is, $s_j$ the samples' standard deviation and $e_j$ the reference's own
+      standard error, 0 unless given), over components whose bias is above rounding level
+      ($10^3 \epsilon (|g| + |\bar g|)$); 0 if none; ``inf`` where such a bias has no spread;
+    * ``variance`` $= \frac1n \sum_i |g_i - \bar g|^2$;
+    * ``mean_cosine`` (of each sample to $g$, averaged) and ``cosine_of_mean``;
+    * ``snr`` $= |\bar g|^2 / $ ``variance``;
+    * ``samples``, ``[n, p]`` (flat);
+    * ``relative_bias`` $= \sqrt{\max(|\bar g - g|^2 - \sum_j (s_j^2/n + e_j^2), 0)} / |g|$: the
+      bias's norm relative to the reference's, its expected noise taken out (the raw
+      $|\bar g - g|$ of a noisy estimator is mostly noise; this is 0 on average where there is
+      no bias);
+    * ``window_snr``: the SNR of a single window's estimate, $|\bar g|^2 / \frac1{nw} \sum_{i,k}
+      |g_{ik} - \bar g|^2$ over the $w$ windows $g_{ik}$ of every sample (equal to ``snr`` when
+      ``windows_per_sample`` is 1): what one ``estimate`` call delivers;
+    * ``reference_error``: the norm of the reference's standard error $|e|$ (0 unless given).
+    """
 
     bias: object
     bias_norm: float
@@ -200,14 +248,14 @@ class GradientQuality(NamedTuple):
     cosine_of_mean: float
     snr: float
     samples: jax.Array
+    relative_bias: float = float("nan")
+    window_snr: float = float("nan")
+    reference_error: float = 0.0
 
 
-def estimate_samples(estimator, theta, key, num_samples: int, windows_per_sample: int = 1, burn_in: int = 0):
-    """``num_samples`` independent estimates at a fixed ``theta``, stacked (leading axis):
-    each the mean of ``windows_per_sample`` consecutive window estimates from a fresh
-    ``init`` (keys ``split(key, num_samples)``; window ``k`` uses ``fold_in(run key, k)``),
-    after ``burn_in`` windows that are run and dropped (so that accumulators such as PES's
-    ``xi`` reach their steady state); vmapped over samples, one compiled call."""
+def _window_estimates(estimator, theta, key, num_samples: int, windows_per_sample: int = 1, burn_in: int = 0):
+    """``estimate_samples`` before averaging: every window's estimate, leading axes
+    ``[num_samples, windows_per_sample]``."""
     num_samples = check_positive_int(num_samples, "num_samples", "e.g. 1000 independent estimates.")
     windows_per_sample = check_positive_int(windows_per_sample, "windows_per_sample")
     if isinstance(burn_in, bool) or not isinstance(burn_in, numbers.Integral):
@@ -224,36 +272,135 @@ def estimate_samples(estimator, theta, key, num_samples: int, windows_per_sample
             return state, grad
 
         _, grads = jax.lax.scan(window, state, jnp.arange(burn_in + windows_per_sample))
-        return jax.tree_util.tree_map(lambda g: jnp.mean(g[burn_in:], axis=0), grads)
+        return jax.tree_util.tree_map(lambda g: g[burn_in:], grads)
 
     return jax.jit(jax.vmap(sample))(jax.random.split(key, num_samples))
 
 
-def gradient_quality(estimator, theta, key, num_samples: int, exact, windows_per_sample: int = 1) -> GradientQuality:
-    """Bias, variance, cosine to ``exact`` and signal-to-noise ratio of ``estimator`` at a
-    fixed ``theta``. Sample ``i`` is the mean of ``windows_per_sample`` consecutive window
-    estimates of a fresh estimator state (``estimate_samples``: staggered workers, fresh
-    episodes). ``exact`` is the reference gradient, e.g.
-    ``unroll.exact_gradient(system, theta, key, num_episodes)``.
+def estimate_samples(estimator, theta, key, num_samples: int, windows_per_sample: int = 1, burn_in: int = 0):
+    """``num_samples`` independent estimates at a fixed ``theta``, stacked (leading axis):
+    each the mean of ``windows_per_sample`` consecutive window estimates from a fresh
+    ``init`` (keys ``split(key, num_samples)``; window ``k`` uses ``fold_in(run key, k)``),
+    after ``burn_in`` windows that are run and dropped (so that accumulators such as PES's
+    ``xi`` reach their steady state); vmapped over samples, one compiled call.
+
+    Args:
+      estimator: any estimator (``init``, ``estimate``).
+      theta: the fixed outer parameters.
+      key: the samples' keys are ``split(key, num_samples)``.
+      num_samples: independent samples.
+      windows_per_sample: consecutive windows averaged into each sample.
+      burn_in: windows run and dropped before them.
+    """
+    windows = _window_estimates(estimator, theta, key, num_samples, windows_per_sample, burn_in)
+    return jax.tree_util.tree_map(lambda g: jnp.mean(g, axis=1), windows)
+
+
+def _flat_error(reference_error, reference_samples, exact_flat):
+    """The reference's standard error, flat: given, or from its samples (``std / sqrt(n)``); zeros if neither."""
+    from jax.flatten_util import ravel_pytree
+
+    if reference_error is not None and reference_samples is not None:
+        raise ValueError(
+            "pass `reference_error` or `reference_samples`, not both (the error is computed from samples)."
+        )
+    if reference_samples is not None:
+        flat = jax.vmap(lambda g: ravel_pytree(g)[0])(reference_samples)
+        if flat.shape[0] < 2:
+            raise ValueError(
+                f"`reference_samples` holds {flat.shape[0]} sample; its standard error needs at least 2 "
+                "(stack the per-episode gradients along a leading axis)."
+            )
+        return jnp.std(flat, axis=0, ddof=1) / jnp.sqrt(flat.shape[0])
+    if reference_error is None:
+        return jnp.zeros_like(exact_flat)
+    error = ravel_pytree(reference_error)[0]
+    if error.shape != exact_flat.shape:
+        raise ValueError(
+            f"`reference_error` has {error.size} entries but the reference has {exact_flat.size}; pass the standard "
+            "error of each component of `exact` (the same structure as theta)."
+        )
+    return jnp.abs(error).astype(exact_flat.dtype)
+
+
+def gradient_quality(
+    estimator,
+    theta,
+    key,
+    num_samples: int,
+    exact=None,
+    windows_per_sample: int = 1,
+    *,
+    reference_error=None,
+    reference_samples=None,
+) -> GradientQuality:
+    r"""Bias, variance, cosine to the reference gradient and signal-to-noise ratio of
+    ``estimator`` at a fixed ``theta``. Sample $i$ is the mean of ``windows_per_sample``
+    consecutive window estimates of a fresh estimator state (``estimate_samples``: staggered
+    workers, fresh episodes).
+
+    A reference averaged over finitely many episodes is itself noisy: pass its standard error
+    (``reference_error``) or the samples it is the mean of (``reference_samples``) and
+    ``bias_z`` counts it, $z_j = |\bar g_j - g_j| / \sqrt{s_j^2/n + e_j^2}$. Without it a
+    noisy reference makes even the exact estimator read as biased. A warning says when the
+    reference's error is at least the estimator's own standard error, i.e. when it, not the
+    estimator's samples, limits the bias that can be detected.
 
     For an estimator whose windows only average to the episode gradient over a whole
     episode (``rtrl``, ``truncated_bptt`` with staggered workers), set
-    ``windows_per_sample`` so the windows cover whole episodes."""
+    ``windows_per_sample`` so the windows cover whole episodes.
+
+    Args:
+      estimator: any estimator (``init``, ``estimate``).
+      theta: the fixed outer parameters.
+      key: the samples' keys (``estimate_samples``).
+      num_samples: $n$, independent samples.
+      exact: the reference gradient $g$ (theta's structure), e.g.
+        ``unroll.exact_gradient(system, theta, key, num_episodes)``; default: the mean of
+        ``reference_samples``.
+      windows_per_sample: $w$, consecutive windows averaged into each sample.
+      reference_error: the standard error $e$ of each component of ``exact`` (theta's structure).
+      reference_samples: the independent samples ``exact`` is (or is to be) the mean of, stacked along a
+        leading axis; their standard error is $e$.
+
+    Returns:
+      A ``GradientQuality``.
+    """
+    import warnings
+
     from jax.flatten_util import ravel_pytree
 
+    if exact is None:
+        if reference_samples is None:
+            raise ValueError("pass the reference gradient `exact` (or `reference_samples`, whose mean is it).")
+        exact = jax.tree_util.tree_map(lambda s: jnp.mean(s, axis=0), reference_samples)
     exact_flat, unravel = ravel_pytree(exact)
-    stacked = estimate_samples(estimator, theta, key, num_samples, windows_per_sample)
-    samples = jax.vmap(lambda g: ravel_pytree(g)[0])(stacked)
+    error = _flat_error(reference_error, reference_samples, exact_flat)
+    windows = _window_estimates(estimator, theta, key, num_samples, windows_per_sample)
+    per_window = jax.vmap(jax.vmap(lambda g: ravel_pytree(g)[0]))(windows)  # [n, w, p]
+    samples = jnp.mean(per_window, axis=1)
     mean = jnp.mean(samples, axis=0)
     bias = mean - exact_flat
     std = jnp.std(samples, axis=0)
     standard_error = std / jnp.sqrt(num_samples)
+    combined = jnp.sqrt(standard_error**2 + error**2)
     # a bias at rounding level is none, whatever its spread (which is rounding too)
     rounding = 1e3 * jnp.finfo(samples.dtype).eps * (jnp.linalg.norm(exact_flat) + jnp.linalg.norm(mean))
     visible = jnp.abs(bias) > rounding
-    z = jnp.where(visible, jnp.abs(bias) / jnp.where(standard_error > 0, standard_error, 0.0), 0.0)
+    z = jnp.where(visible, jnp.abs(bias) / jnp.where(combined > 0, combined, 0.0), 0.0)
+    error_norm, own_norm = float(jnp.linalg.norm(error)), float(jnp.linalg.norm(standard_error))
+    if error_norm > float(rounding) and error_norm >= own_norm:  # (a deterministic reference's is rounding)
+        warnings.warn(
+            f"gradient_quality: the reference's standard error (norm {error_norm:.3g}) is at least the estimator's "
+            f"own ({own_norm:.3g}), so it limits the bias that can be detected (about 4 x "
+            f"{float(jnp.linalg.norm(combined)):.3g} in norm); average the reference over more episodes.",
+            stacklevel=2,
+        )
     variance = jnp.mean(jnp.sum((samples - mean) ** 2, axis=1))
+    window_variance = jnp.mean(jnp.sum((per_window - mean) ** 2, axis=2))
     unit = lambda v: v / (jnp.linalg.norm(v, axis=-1, keepdims=True) + 1e-30)
+    signal = float(jnp.sum(mean**2))
+    exact_norm = float(jnp.linalg.norm(exact_flat))
     return GradientQuality(
         bias=unravel(bias),
         bias_norm=float(jnp.linalg.norm(bias)),
@@ -261,9 +408,19 @@ def gradient_quality(estimator, theta, key, num_samples: int, exact, windows_per
         variance=float(variance),
         mean_cosine=float(jnp.mean(unit(samples) @ unit(exact_flat))),
         cosine_of_mean=float(unit(mean) @ unit(exact_flat)),
-        snr=float(jnp.sum(mean**2) / variance) if variance > 0 else float("inf"),
+        snr=signal / float(variance) if variance > 0 else float("inf"),
         samples=samples,
+        relative_bias=_ratio(math.sqrt(max(float(jnp.sum(bias**2) - jnp.sum(combined**2)), 0.0)), exact_norm),
+        window_snr=signal / float(window_variance) if window_variance > 0 else float("inf"),
+        reference_error=error_norm,
     )
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``, with ``0 / 0 = 0`` and ``x / 0 = inf``."""
+    if denominator > 0:
+        return numerator / denominator
+    return 0.0 if numerator == 0 else float("inf")
 
 
 class HorizonGradients(NamedTuple):

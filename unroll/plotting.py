@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["plot_curves", "plot_gradient_vs_horizon", "plot_jacobian_spectrum", "plot_loss_along", "plot_lyapunov"]
+__all__ = [
+    "plot_advice",
+    "plot_curves",
+    "plot_gradient_vs_horizon",
+    "plot_jacobian_spectrum",
+    "plot_loss_along",
+    "plot_lyapunov",
+]
 
 
 def _axes(ax):
@@ -119,3 +126,75 @@ def plot_curves(path: str, histories: dict, reference: dict, title: str) -> None
     axes[-1].legend(fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def plot_advice(advice, out_dir: str) -> dict[str, str]:
+    """``unroll advise``'s three plots, written to ``out_dir``: ``lyapunov.png`` (each
+    trajectory's running lambda_1 estimate), ``gradient_norm.png`` (the exact gradient's median
+    and max norm against the prefix length) and ``frontier.png`` (expected progress per second
+    against compiled memory, one point per measured candidate, flagged ones hollow, the
+    recommendation starred). Returns ``{caption: file name}``."""
+    import os
+
+    from matplotlib.figure import Figure
+
+    files = {}
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    steps = np.arange(1, advice.running.shape[1] + 1)
+    for i, running in enumerate(advice.running):
+        ax.plot(steps, running, lw=0.8, color="C0", alpha=0.6, label="each trajectory" if i == 0 else None)
+    ax.axhline(advice.exponent, color="C1", ls="--", label=f"mean {advice.exponent:+.4g} ± {advice.exponent_error:.2g}")
+    ax.axhline(0.0, color="k", lw=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("measured steps")
+    ax.set_ylabel("running lambda_1 (per step)")
+    ax.set_title(f"{advice.task.name}: " + ("chaotic over its horizon" if advice.chaotic else "not chaotic"))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "lyapunov.png"), dpi=110)
+    files["the running Lyapunov exponent"] = "lyapunov.png"
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.plot(advice.horizons, advice.norm_median, "o-", label="median over episodes")
+    ax.plot(advice.horizons, advice.norm_max, "s--", label="max over episodes")
+    ax.set_xscale("log")
+    if np.all(np.asarray(advice.norm_max) > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel("steps h (the mean loss of an episode's first h)")
+    ax.set_ylabel("exact gradient norm")
+    ax.set_title("exploding" if advice.exploding else "not exploding")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "gradient_norm.png"), dpi=110)
+    files["the exact gradient's norm against the horizon"] = "gradient_norm.png"
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    rows = [r for r in advice.rows if np.isfinite(r.progress_per_second) and r.memory > 0]
+    for row in rows:
+        flagged = row.verdict not in ("ok", "recommended")
+        color = {"bptt": "C0", "forward": "C1", "synthetic": "C2", "es": "C3"}.get(row.family, "C4")
+        y = max(row.progress_per_second, 1e-12)
+        marker = "*" if row.verdict == "recommended" else "o"
+        ax.scatter(
+            row.memory,
+            y,
+            s=140 if marker == "*" else 40,
+            marker=marker,
+            facecolors="none" if flagged else color,
+            edgecolors=color,
+        )
+        ax.annotate(row.label, (row.memory, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    ax.axvline(advice.budget["memory_budget"], color="k", ls=":", lw=1, label="memory budget")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("compiled memory (bytes)")
+    ax.set_ylabel("expected progress per second")
+    ax.set_title("candidates (hollow: flagged; star: recommended)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "frontier.png"), dpi=110)
+    files["expected progress per second against memory"] = "frontier.png"
+    return files

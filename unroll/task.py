@@ -130,7 +130,7 @@ class Task:
       default_steps: outer steps when ``compare`` is given none.
       default_seeds: seeds when ``compare`` is given none.
       estimators: the task's own builds, ``name -> build(system, truncation) -> Estimator``, used instead of
-        the registry's for those names.
+        the registry's for those names (a build with a ``settings`` attribute has them recorded in the summary).
       left_out: filled in when ``default_estimators`` is derived: ``{name: why}`` for each standard estimator
         over ``memory_limit``.
     """
