@@ -68,6 +68,7 @@ if os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # (also when jax was imported b
 # determinism 32, evolution 30, bptt 29.
 # The ~20 others (under 21 s each) follow in their usual order.
 SLOW_FIRST = (
+    "test_advisor_tasks.py",
     "test_notebooks.py",
     "test_gpes.py",
     "test_deer.py",
@@ -80,6 +81,7 @@ SLOW_FIRST = (
     "test_long_runs.py",
     "test_resume.py",
     "test_task_loader.py",
+    "test_advisor.py",
     "test_diagnostics.py",
     "test_determinism.py",
     "test_evolution.py",

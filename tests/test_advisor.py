@@ -96,6 +96,7 @@ def test_every_row_figure_matches_an_independent_computation(contracting):
         direct = statistics.median(times)
         assert direct / 4 < row.seconds < direct * 4, (row.label, row.seconds, direct)  # a shared, noisy machine
         assert row.memory == advisor.compiled_memory(compiled)
+        assert row.num_samples == advisor.NUM_SAMPLES  # all of them: their keys are gradient_quality's
         quality = gradient_quality(
             estimator,
             theta,

@@ -77,7 +77,7 @@ from jax.flatten_util import ravel_pytree
 
 from unroll import registry
 from unroll.checkpointing import format_bytes
-from unroll.diagnostics import gradient_quality, lyapunov_spectrum, outlook_from_exponent
+from unroll.diagnostics import lyapunov_spectrum, outlook_from_exponent, quality_of_windows, window_sampler
 from unroll.exact import episode_loss
 from unroll.system import check_memory_budget
 from unroll.task import Task, _memory_models, _sizes
@@ -95,7 +95,7 @@ REFERENCE_SHARE = 0.2  # at most this share of `seconds` goes into the reference
 MIN_SECONDS = 10.0  # below this not even the system's measurements compile on a CPU
 NUM_TRAJECTORIES = 8  # Lyapunov trajectories (mean and standard error of lambda_1)
 NUM_EPISODES = 8  # episodes of the gradient-norm-against-horizon curve
-NUM_SAMPLES, MIN_SAMPLES = 32, 8  # gradient_quality samples per candidate (fewer when time is short)
+NUM_SAMPLES, CHUNK = 32, 8  # gradient_quality samples per candidate, taken CHUNK at a time while time allows
 REPEATS = 5  # timed calls per candidate (the median is reported)
 
 # the order candidates are measured in (the first pass: each at the task's settings)
@@ -117,6 +117,9 @@ ORDER = (
     "quasi-deer",
     "checkpointed-bptt",
 )
+# the exact gradient of whole episodes, the same estimate from the same episodes (the tests prove parallel ==
+# sequential == checkpointed): their quality is measured once and shared; they differ in seconds and memory
+EXACT_EPISODES = ("full-bptt", "parallel-bptt", "deer", "quasi-deer", "checkpointed-bptt")
 _FULL_SPAN = {
     "full-bptt",
     "parallel-bptt",
@@ -162,10 +165,11 @@ class AdviceRow(NamedTuple):
     system_steps: int  # per call (info["steps"]: all workers and particles)
     memory: int  # bytes of the compiled call (arguments + outputs + temporaries - aliased)
     compile_seconds: float  # init and estimate, traced and compiled
+    measure_seconds: float  # all the time spent on this row
     span: int  # steps differentiated through (0 for the ES family)
     windows_per_sample: int  # windows averaged into a sample of gradient_quality (covering whole episodes)
     num_samples: int
-    quality_index: int  # the samples' key is fold_in(fold_in(key, 3), quality_index)
+    quality_index: int  # the samples' keys are split(fold_in(fold_in(key, 3), quality_index), 32)[:num_samples]
     bias_z: float
     relative_bias: float
     cosine: float  # cosine_of_mean
@@ -198,6 +202,7 @@ class Advice(NamedTuple):
     norm_max: np.ndarray
     running: np.ndarray  # [trajectories, steps]: the running lambda_1 estimates
     seconds: float  # the call's wall time
+    timings: dict  # seconds of each phase: chaos, gradient_norms, reference, candidates
     budget: dict  # {"seconds": ..., "memory_budget": bytes}
 
     def estimator(self):
@@ -235,6 +240,7 @@ class Advice(NamedTuple):
             },
             "rows": [row._asdict() for row in self.rows],
             "seconds": self.seconds,
+            "timings": self.timings,
             "budget": self.budget,
             "thresholds": {
                 "bias_z": BIAS_Z,
@@ -459,6 +465,7 @@ def advise(
     seconds: float = 120.0,
     memory_budget: int | str | None = None,
     candidates: list[str] | None = None,
+    grid: bool = True,
     progress: bool = True,
     task_options: dict | None = None,
 ) -> Advice:
@@ -483,6 +490,8 @@ def advise(
         ``"64MiB"``). Default: ``task.memory_limit``.
       candidates: registry names to consider (``"tbptt-10"`` fixes a truncation; a plain name
         gets the task's settings and the grid). Default: every registered estimator.
+      grid: also measure the grid of settings around the task's (truncations, particles, sigma);
+        ``False`` measures each candidate at the task's settings only (quicker).
       progress: a progress bar over the candidates.
       task_options: keyword arguments of the function that makes the task (a name or spec).
 
@@ -501,11 +510,16 @@ def advise(
     clock = _Clock(seconds)
     system, theta = task.system, task.theta
 
+    timings = {}
+    tick = time.perf_counter()
     running = _lyapunov(system, theta, jax.random.fold_in(key, 0))
+    timings["chaos"] = time.perf_counter() - tick
     finals = running[:, -1]
     exponent = float(np.mean(finals))
     exponent_error = float(np.std(finals, ddof=1) / math.sqrt(len(finals)))
+    tick = time.perf_counter()
     horizons, norms = _horizon_norms(system, theta, jax.random.fold_in(key, 1))
+    timings["gradient_norms"] = time.perf_counter() - tick
     norm_median, norm_max = np.median(norms, axis=0), np.max(norms, axis=0)
     horizon = system.horizon
     chaotic = bool(
@@ -519,17 +533,19 @@ def advise(
 
     sigma = float(task.settings["sigma"])
     share = min(REFERENCE_SHARE * seconds, max(clock.left() - 2.0, 1.0))
+    tick = time.perf_counter()
     if chaotic:
         reference, error, count = _smoothed_reference(system, theta, jax.random.fold_in(key, 2), sigma, share)
         reference_kind = f"smoothed, sigma={sigma:g}"
     else:
         reference, error, count = _exact_reference(system, theta, jax.random.fold_in(key, 2), share)
         reference_kind = "exact"
+    timings["reference"] = time.perf_counter() - tick
     reference_norm = float(np.linalg.norm(ravel_pytree(reference)[0]))
     relative_error = float(np.linalg.norm(ravel_pytree(error)[0])) / reference_norm if reference_norm > 0 else 0.0
     reasons.append(_reference_reason(reference_kind, count, relative_error, chaotic, exponent, horizon))
 
-    candidate_list, not_applicable = _candidates(task, parsed, chaotic, exponent, budget)
+    candidate_list, not_applicable = _candidates(task, parsed, chaotic, exponent, budget, grid)
     if not candidate_list and not not_applicable:
         raise ValueError("no candidate to measure; pass at least one registered estimator in `candidates`.")
     first_cost = 3.0  # seconds: a guess at one candidate's compile and measurement until one is measured
@@ -544,7 +560,9 @@ def advise(
     if full_model > budget:  # full-bptt is not compiled: checkpointed-bptt stands in
         measure.full_bptt_memory = full_model
     rows = list(not_applicable)
+    tick = time.perf_counter()
     rows += measure.all(candidate_list, progress)
+    timings["candidates"] = time.perf_counter() - tick
     rows = _ranked(rows)
     recommendation = None
     best = next((row for row in rows if row.verdict == "ok" and row.progress_per_second > 0), None)
@@ -573,6 +591,7 @@ def advise(
         norm_max=norm_max,
         running=running,
         seconds=clock.elapsed(),
+        timings=timings,
         budget={"seconds": seconds, "memory_budget": budget},
     )
 
@@ -697,7 +716,7 @@ def _smoothed_reference(system, theta, key, sigma: float, seconds: float):
     return unravel(jnp.asarray(mean, flat.dtype)), unravel(jnp.asarray(error, flat.dtype)), count
 
 
-def _candidates(task: Task, parsed, chaotic: bool, exponent: float, budget: int):
+def _candidates(task: Task, parsed, chaotic: bool, exponent: float, budget: int, grid: bool = True):
     """The candidates to measure, in order (every first-pass one before the grid), and the rows of
     those that do not apply to this system."""
     system = task.system
@@ -705,7 +724,7 @@ def _candidates(task: Task, parsed, chaotic: bool, exponent: float, budget: int)
     first, grid, rows, seen = [], [], [], set()
     for name, truncation, fixed in parsed:
         why = _not_applicable(name, system, exponent, models, budget)
-        for overrides, first_pass in _variants(name, truncation, fixed, task, chaotic):
+        for overrides, first_pass in _variants(name, truncation, fixed or not grid, task, chaotic):
             settings = registry.constructor_settings(name, **{**task.settings, **overrides})
             label = _label(name, settings, task)
             if label in seen:
@@ -757,6 +776,7 @@ def _empty_row(label, name, settings, verdict, note, **figures) -> AdviceRow:
         system_steps=0,
         memory=-1,
         compile_seconds=nan,
+        measure_seconds=0.0,
         span=0,
         windows_per_sample=0,
         num_samples=0,
@@ -815,6 +835,8 @@ class _Measure:
         self.compile_times: list[float] = []
         self.index = 0
         self.full_bptt_memory: int | None = None
+        self.slowdown = 1.5  # gradient_quality's samples against the timed calls (measured as it goes)
+        self.exact_quality: dict[int, tuple] = {}  # num_workers -> (label, quality figures, flags)
 
     def all(self, candidates: list[_Candidate], progress: bool) -> list[AdviceRow]:
         from unroll.progress import progress as bar
@@ -832,6 +854,11 @@ class _Measure:
         return float(np.mean(self.compile_times)) if self.compile_times else 2.0
 
     def one(self, candidate: _Candidate, share: float) -> AdviceRow:
+        start = time.perf_counter()
+        row = self._one(candidate, share)
+        return row._replace(measure_seconds=time.perf_counter() - start)
+
+    def _one(self, candidate: _Candidate, share: float) -> AdviceRow:
         task, name, settings = self.task, candidate.name, dict(candidate.settings)
         horizon = task.system.horizon
         if name == "checkpointed-bptt":
@@ -890,30 +917,31 @@ class _Measure:
             if "truncation" not in settings
             else windows_per_sample(horizon, int(settings["truncation"]), int(settings.get("num_workers", 1)))
         )
+        shared = self.exact_quality.get(int(settings.get("num_workers", 1))) if name in EXACT_EPISODES else None
+        if shared is not None:  # the same estimate: its quality, measured on the first exact one
+            label, quality_figures, quality_flags = shared
+            figures.update(quality_figures)
+            flags += quality_flags
+            progress = max(figures["cosine"], 0.0) ** 2 * _fraction(figures["snr"])
+            figures.update(progress=progress, progress_per_second=progress / seconds)
+            notes.append(f"the same exact estimate as {label}: its bias, cosine and SNR")
+            return _empty_row(candidate.label, name, settings, ", ".join(flags) or "ok", "; ".join(notes), **figures)
         per_sample = windows * seconds
         quality_compile = 1.2 * self.compile_estimate()
-        samples = int(min(NUM_SAMPLES, (share - quality_compile) // max(per_sample, 1e-9)))
-        if samples < MIN_SAMPLES and self.clock.left() - quality_compile >= MIN_SAMPLES * per_sample:
-            samples = MIN_SAMPLES  # over its share of the time, within the whole budget
-        if samples < MIN_SAMPLES:
+        allowance = min(share, self.clock.left())
+        if quality_compile + CHUNK * per_sample * self.slowdown > allowance:
+            allowance = self.clock.left()  # over its share of the time, within the whole budget
+        if quality_compile + CHUNK * per_sample * self.slowdown > allowance:
+            need = quality_compile + CHUNK * per_sample * self.slowdown
             note = (
-                f"time: {MIN_SAMPLES} samples of {windows} window(s) at {seconds:.3g} s need "
-                f"{MIN_SAMPLES * per_sample:.1f} s, {max(self.clock.left() - quality_compile, 0):.1f} s left for them"
+                f"time: {CHUNK} samples of {windows} window(s) at {seconds:.3g} s need about {need:.1f} s, "
+                f"{max(self.clock.left(), 0):.1f} s left"
             )
             return _empty_row(candidate.label, name, settings, ", ".join(flags) or "not measured", note, **figures)
         index = self.index
         self.index += 1
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the reference's error is reported once, in the reasons
-            quality = gradient_quality(
-                estimator,
-                task.theta,
-                jax.random.fold_in(self.key, index),
-                samples,
-                self.reference,
-                windows,
-                reference_error=self.error,
-            )
+        quality = self._quality(estimator, windows, index, allowance, quality_compile, per_sample)
+        samples = quality.samples.shape[0]
         figures.update(
             windows_per_sample=windows,
             num_samples=samples,
@@ -924,17 +952,46 @@ class _Measure:
             mean_cosine=quality.mean_cosine,
             snr=quality.window_snr,
         )
+        quality_flags = []
         if not np.all(np.isfinite(np.asarray(quality.samples))):
-            flags.append("non-finite")
+            quality_flags.append("non-finite")
             notes.append("some estimates are not finite")
         elif quality.bias_z > BIAS_Z and quality.relative_bias > BIAS_TOLERANCE:
-            flags.append("biased")
+            quality_flags.append("biased")
             notes.append(f"bias {quality.bias_z:.3g} standard errors, {quality.relative_bias:.2f} of |G|")
+        flags += quality_flags
+        if name in EXACT_EPISODES:
+            keep = ("windows_per_sample", "num_samples", "quality_index", "bias_z", "relative_bias", "cosine")
+            keep += ("mean_cosine", "snr")
+            record = (candidate.label, {k: figures[k] for k in keep}, quality_flags)
+            self.exact_quality[int(settings.get("num_workers", 1))] = record
         progress = max(quality.cosine_of_mean, 0.0) ** 2 * _fraction(quality.window_snr)
         figures.update(progress=progress, progress_per_second=progress / seconds)
         if not flags:
             notes.append(f"{samples} samples of {windows} window(s)")
         return _empty_row(candidate.label, name, settings, ", ".join(flags) or "ok", "; ".join(notes), **figures)
+
+    def _quality(self, estimator, windows: int, index: int, allowance: float, compile_guess: float, per_sample):
+        """``gradient_quality`` in chunks of ``CHUNK`` samples (keys ``split(fold_in(key, index),
+        NUM_SAMPLES)``, in order) while the next chunk fits ``allowance`` seconds."""
+        sampler = window_sampler(estimator, self.task.theta, windows)
+        keys = jax.random.split(jax.random.fold_in(self.key, index), NUM_SAMPLES)
+        start, chunks, last = time.perf_counter(), [], None
+        for c in range(NUM_SAMPLES // CHUNK):  # a loop over chunks of vmapped samples, each one compiled call
+            tick = time.perf_counter()
+            chunks.append(jax.block_until_ready(sampler(keys[c * CHUNK : (c + 1) * CHUNK])))
+            last = time.perf_counter() - tick
+            if c == 0:  # how much slower the vmapped samples ran than the timed calls predict
+                self.slowdown = max(self.slowdown, (last - compile_guess) / (CHUNK * per_sample))
+            else:
+                self.slowdown = max(self.slowdown, last / (CHUNK * per_sample))
+            next_chunk = last if c > 0 else CHUNK * per_sample * self.slowdown
+            if time.perf_counter() - start + next_chunk > allowance or self.clock.left() < next_chunk:
+                break
+        taken = jax.tree_util.tree_map(lambda *parts: jnp.concatenate(parts), *chunks)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the reference's error is reported once, in the reasons
+            return quality_of_windows(taken, self.reference, reference_error=self.error)
 
     def _checkpoint_slots(self, settings: dict) -> tuple[dict, str | None]:
         if self.full_bptt_memory is None:  # full-bptt not measured: the task's settings

@@ -36,7 +36,9 @@ __all__ = [
     "lyapunov_spectrum",
     "outlook_from_exponent",
     "parallel_outlook",
+    "quality_of_windows",
     "quality_table",
+    "window_sampler",
 ]
 
 
@@ -253,10 +255,19 @@ class GradientQuality(NamedTuple):
     reference_error: float = 0.0
 
 
-def _window_estimates(estimator, theta, key, num_samples: int, windows_per_sample: int = 1, burn_in: int = 0):
-    """``estimate_samples`` before averaging: every window's estimate, leading axes
-    ``[num_samples, windows_per_sample]``."""
-    num_samples = check_positive_int(num_samples, "num_samples", "e.g. 1000 independent estimates.")
+def window_sampler(estimator, theta, windows_per_sample: int = 1, burn_in: int = 0):
+    """A compiled function ``keys [n] -> every window's estimate``, leading axes ``[n,
+    windows_per_sample]``: sample ``i`` runs ``burn_in + windows_per_sample`` windows from a fresh
+    ``init`` (``split(keys[i])``: the init key, then window ``k``'s ``fold_in(run key, k)``) and
+    keeps the last ``windows_per_sample``. Call it on chunks of keys to take samples as time allows
+    (one compile for every chunk of one size).
+
+    Args:
+      estimator: any estimator (``init``, ``estimate``).
+      theta: the fixed outer parameters.
+      windows_per_sample: consecutive windows kept per sample.
+      burn_in: windows run and dropped before them.
+    """
     windows_per_sample = check_positive_int(windows_per_sample, "windows_per_sample")
     if isinstance(burn_in, bool) or not isinstance(burn_in, numbers.Integral):
         raise TypeError(f"`burn_in` must be an int >= 0 (windows run and dropped first), got {burn_in!r}.")
@@ -274,7 +285,15 @@ def _window_estimates(estimator, theta, key, num_samples: int, windows_per_sampl
         _, grads = jax.lax.scan(window, state, jnp.arange(burn_in + windows_per_sample))
         return jax.tree_util.tree_map(lambda g: g[burn_in:], grads)
 
-    return jax.jit(jax.vmap(sample))(jax.random.split(key, num_samples))
+    return jax.jit(jax.vmap(sample))
+
+
+def _window_estimates(estimator, theta, key, num_samples: int, windows_per_sample: int = 1, burn_in: int = 0):
+    """``estimate_samples`` before averaging: every window's estimate, leading axes
+    ``[num_samples, windows_per_sample]``."""
+    num_samples = check_positive_int(num_samples, "num_samples", "e.g. 1000 independent estimates.")
+    sampler = window_sampler(estimator, theta, windows_per_sample, burn_in)
+    return sampler(jax.random.split(key, num_samples))
 
 
 def estimate_samples(estimator, theta, key, num_samples: int, windows_per_sample: int = 1, burn_in: int = 0):
@@ -366,6 +385,24 @@ def gradient_quality(
     Returns:
       A ``GradientQuality``.
     """
+    if exact is None:
+        if reference_samples is None:
+            raise ValueError("pass the reference gradient `exact` (or `reference_samples`, whose mean is it).")
+        exact = jax.tree_util.tree_map(lambda s: jnp.mean(s, axis=0), reference_samples)
+    windows = _window_estimates(estimator, theta, key, num_samples, windows_per_sample)
+    return quality_of_windows(windows, exact, reference_error=reference_error, reference_samples=reference_samples)
+
+
+def quality_of_windows(windows, exact=None, *, reference_error=None, reference_samples=None) -> GradientQuality:
+    """``gradient_quality``'s statistics of window estimates already taken (``window_sampler``'s
+    output, leading axes ``[num_samples, windows_per_sample]``), against ``exact``.
+
+    Args:
+      windows: the window estimates, theta's structure with two leading axes.
+      exact: the reference gradient (default: the mean of ``reference_samples``).
+      reference_error: its standard error per component.
+      reference_samples: the samples it is the mean of.
+    """
     import warnings
 
     from jax.flatten_util import ravel_pytree
@@ -376,8 +413,8 @@ def gradient_quality(
         exact = jax.tree_util.tree_map(lambda s: jnp.mean(s, axis=0), reference_samples)
     exact_flat, unravel = ravel_pytree(exact)
     error = _flat_error(reference_error, reference_samples, exact_flat)
-    windows = _window_estimates(estimator, theta, key, num_samples, windows_per_sample)
     per_window = jax.vmap(jax.vmap(lambda g: ravel_pytree(g)[0]))(windows)  # [n, w, p]
+    num_samples = per_window.shape[0]
     samples = jnp.mean(per_window, axis=1)
     mean = jnp.mean(samples, axis=0)
     bias = mean - exact_flat
