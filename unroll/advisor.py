@@ -370,7 +370,7 @@ def _check_seconds(seconds: Any) -> float:
 
 def _check_memory(memory_budget: Any, task: Task) -> int:
     if memory_budget is None:
-        return task_memory_limit(task)
+        return _task_memory_limit(task)
     if isinstance(memory_budget, int) and not isinstance(memory_budget, bool) and memory_budget > 0:
         return memory_budget
     if isinstance(memory_budget, str):
@@ -384,7 +384,7 @@ def _check_memory(memory_budget: Any, task: Task) -> int:
     )
 
 
-def task_memory_limit(task: Task) -> int:
+def _task_memory_limit(task: Task) -> int:
     """``task.memory_limit`` in bytes (the default memory budget)."""
     from unroll.task import check_memory_limit
 
@@ -721,7 +721,7 @@ def _candidates(task: Task, parsed, chaotic: bool, exponent: float, budget: int,
     those that do not apply to this system."""
     system = task.system
     models = _memory_models(system, task.theta, task.settings)
-    first, grid, rows, seen = [], [], [], set()
+    first, around, rows, seen = [], [], [], set()
     for name, truncation, fixed in parsed:
         why = _not_applicable(name, system, exponent, models, budget)
         for overrides, first_pass in _variants(name, truncation, fixed or not grid, task, chaotic):
@@ -738,8 +738,8 @@ def _candidates(task: Task, parsed, chaotic: bool, exponent: float, budget: int,
             if over is not None:
                 rows.append(_empty_row(label, name, settings, "over budget", over, memory=modelled[name]))
                 continue
-            (first if first_pass else grid).append(_Candidate(label, name, settings, first_pass))
-    return first + grid, rows
+            (first if first_pass else around).append(_Candidate(label, name, settings, first_pass))
+    return first + around, rows
 
 
 def _over_model(name: str, models: dict, budget: int) -> str | None:
@@ -797,14 +797,26 @@ def windows_per_sample(horizon: int, truncation: int, num_workers: int) -> int:
     """The consecutive windows of ``truncation`` steps after which ``num_workers`` staggered workers
     have covered every step of an episode equally often: ``lcm(K, T / W) / K`` where ``W`` divides
     ``T`` (worker ``w`` starts at ``w T / W``), else ``lcm(K, T) / K`` (each worker alone covers
-    whole episodes)."""
+    whole episodes).
+
+    Args:
+      horizon: the episode length ``T``.
+      truncation: the window length ``K``.
+      num_workers: the staggered workers ``W``.
+    """
     stride = horizon // num_workers if horizon % num_workers == 0 else horizon
     return math.lcm(truncation, stride) // truncation
 
 
 def span(name: str, settings: dict, horizon: int) -> int:
     """The steps a candidate differentiates through: its window for ``tbptt``/``dni``, the whole
-    episode for the exact and forward-mode estimators, 0 for the ES family."""
+    episode for the exact and forward-mode estimators, 0 for the ES family.
+
+    Args:
+      name: a registry name.
+      settings: its constructor's keyword arguments.
+      horizon: the episode length $T$.
+    """
     if name in _FULL_SPAN:
         return horizon
     if name in ("tbptt", "dni"):
@@ -814,7 +826,11 @@ def span(name: str, settings: dict, horizon: int) -> int:
 
 def compiled_memory(compiled) -> int:
     """The bytes of a compiled call by XLA's memory analysis: arguments, outputs and temporaries,
-    outputs that alias arguments counted once; -1 where the backend gives no analysis."""
+    outputs that alias arguments counted once; -1 where the backend gives no analysis.
+
+    Args:
+      compiled: ``jax.jit(f).lower(...).compile()``.
+    """
     analysis = compiled.memory_analysis()
     if analysis is None:
         return -1
