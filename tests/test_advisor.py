@@ -217,7 +217,7 @@ def test_a_memory_budget_nothing_fits_gives_no_recommendation_and_says_why():
     assert advice.recommendation is None
     assert all("over budget" in row.verdict for row in advice.rows)
     assert "no candidate fits the memory budget of 64 B" in advice.reasons[-1]
-    with pytest.raises(ValueError, match="no recommendation"):
+    with pytest.raises(ValueError, match="No recommendation: no candidate fits"):
         advice.estimator()
     assert "**No recommendation**" in advice.to_markdown()
 
@@ -241,3 +241,10 @@ def test_advice_to_json_round_trips_its_figures(contracting):
     assert data["reference"] == "exact" and data["chaotic"] is False
     assert len(data["rows"]) == len(advice.rows)
     assert data["rows"][0]["progress_per_second"] == pytest.approx(advice.rows[0].progress_per_second)
+
+
+def test_a_budget_the_system_measurements_use_up_is_an_error_naming_the_figures(monkeypatch):
+    task = contracting_task(horizon=40)
+    monkeypatch.setattr(advisor._Clock, "left", lambda self: 0.5)  # as if the measurements took it all
+    with pytest.raises(ValueError, match=r"`seconds`=30 leaves no time for a candidate: .* took .* s"):
+        unroll.advise(task, candidates=["full-bptt"], seconds=30, progress=False)

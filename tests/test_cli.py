@@ -254,3 +254,50 @@ def test_compare_tensorboard_event_files_read_back_to_the_csv(tmp_path):
         if row["objective"]:
             assert scalars["eval/objective"][step] == pytest.approx(float(row["objective"]), rel=1e-6)
     assert sum(bool(r["objective"]) for r in rows) == len(rows)  # evaluated at every step of a 6-step run
+
+
+def test_advise_writes_the_report_and_races_the_top_three(tmp_path, capsys):
+    """`unroll advise FILE.py:NAME --verify`: advice.md (with its plots and the race's verdict),
+    advice.json, the three plots, the recommendation as a line of Python."""
+    out = tmp_path / "advice"
+    argv = ["advise", "examples/oscillator.py:make", "--task-option", "horizon=40", "--seconds", "40"]
+    argv += ["--candidates", "full-bptt", "tbptt-10", "pes-10", "--verify", "--verify-seconds", "2"]
+    code = cli.main(argv + ["--out", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    data = json.loads((out / "advice.json").read_text())
+    recommended = data["recommendation"]
+    assert printed.count("recommended: unroll.") == 1 and recommended["python"] in printed
+    assert data["command"].startswith("unroll advise examples/oscillator.py:make")
+    assert {row["label"] for row in data["rows"]} == {"full-bptt", "tbptt-10", "pes-10"}
+    for name in ("lyapunov.png", "gradient_norm.png", "frontier.png"):
+        assert os.path.getsize(out / name) > 10_000 and f"]({name})" in (out / "advice.md").read_text()
+    race = data["verification"]
+    assert set(race["raced"]) <= {"full-bptt", "tbptt-10", "pes-10"} and race["winner"] in race["raced"]
+    assert race["agrees"] == (race["winner"] == recommended["label"])
+    assert "## Verification" in (out / "advice.md").read_text() and "Race (2 s" in printed
+    assert (out / "verify" / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["advise", "influence-balancing", "--seconds", "1"], "`seconds`=1 is below"),
+        (["advise", "influence-balancing", "--candidates", "bogus"], "unknown candidate 'bogus'"),
+        (["advise", "influence-balancing", "--memory", "lots"], "`memory_budget`='lots'"),
+        (["advise", "no-such-task"], "unknown task 'no-such-task'"),
+    ],
+)
+def test_advise_bad_input_is_one_line_and_exit_2(argv, needle, capsys, tmp_path):
+    code = cli.main(argv + ["--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert needle in err and "\n" not in err and "Traceback" not in err
+
+
+def test_advise_with_nothing_in_the_memory_budget_exits_1_and_says_why(tmp_path, capsys):
+    argv = ["advise", "examples/oscillator.py:make", "--task-option", "horizon=40", "--candidates", "full-bptt"]
+    code = cli.main(argv + ["--memory", "16B", "--seconds", "20", "--out", str(tmp_path / "a"), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 1
+    assert "No recommendation: no candidate fits the memory budget of 16 B" in printed

@@ -208,7 +208,7 @@ class Advice(NamedTuple):
     def estimator(self):
         """The recommendation built on ``task.system``; a ``ValueError`` saying why if there is none."""
         if self.recommendation is None:
-            raise ValueError("no recommendation: " + " ".join(self.reasons[-1:]))
+            raise ValueError(self.reasons[-1])  # "No recommendation: ..., the figure"
         entry = registry.get(self.recommendation.name)
         return entry.constructor(self.task.system, **self.recommendation.settings)
 
@@ -299,7 +299,7 @@ class Advice(NamedTuple):
         if self.recommendation is not None:
             lines.append("recommended: " + self.recommendation.python)
         else:
-            lines.append("no recommendation: " + self.reasons[-1])
+            lines.append(self.reasons[-1])  # "No recommendation: ..."
         return "\n".join(lines)
 
 
