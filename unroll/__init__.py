@@ -1,6 +1,6 @@
 """unroll: gradient estimators for long unrolled computations, behind one interface."""
 
-from unroll import advisor, checkpointing, diagnostics, logging, parallel, registry, resume, sharding, tasks
+from unroll import checkpointing, diagnostics, logging, parallel, registry, resume, sharding, tasks
 from unroll.advisor import Advice, advise
 from unroll.comparison import compare
 from unroll.estimators.bptt import full_bptt, truncated_bptt
@@ -31,7 +31,6 @@ __all__ = [
     "TrainingInterrupted",
     "WindowState",
     "advise",
-    "advisor",
     "checkpointed_bptt",
     "checkpointing",
     "compare",
