@@ -248,3 +248,22 @@ def test_a_budget_the_system_measurements_use_up_is_an_error_naming_the_figures(
     monkeypatch.setattr(advisor._Clock, "left", lambda self: 0.5)  # as if the measurements took it all
     with pytest.raises(ValueError, match=r"`seconds`=30 leaves no time for a candidate: .* took .* s"):
         unroll.advise(task, candidates=["full-bptt"], seconds=30, progress=False)
+
+
+def test_checkpointed_bptt_stands_in_where_full_bptt_is_over_the_memory_budget(contracting):
+    """Between checkpointed-bptt's memory and full-bptt's, full-bptt is over budget and
+    checkpointed-bptt, with the slots the budget leaves, fits and computes the same exact gradient."""
+    task, measured = contracting
+    full = {row.label: row for row in measured.rows}["full-bptt"].memory
+    trajectory = 4 * 200 * 16 * 8  # workers x steps x state bytes (float64)
+    budget = full - trajectory // 2
+    advice = unroll.advise(
+        task, candidates=["full-bptt", "checkpointed-bptt"], memory_budget=budget, seconds=40, progress=False
+    )
+    rows = {row.label: row for row in advice.rows}
+    assert rows["full-bptt"].verdict == "over budget"
+    checkpointed = rows["checkpointed-bptt"]
+    assert checkpointed.verdict == "recommended", advice.to_markdown()
+    assert 0 < checkpointed.memory <= budget
+    assert 1 <= checkpointed.settings["memory_budget"] < 200
+    assert checkpointed.relative_bias < 1e-6 and checkpointed.cosine > 1 - 1e-9

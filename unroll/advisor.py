@@ -851,6 +851,7 @@ class _Measure:
         self.compile_times: list[float] = []
         self.index = 0
         self.full_bptt_memory: int | None = None
+        self.full_bptt_compiled = False
         self.slowdown = 1.5  # gradient_quality's samples against the timed calls (measured as it goes)
         self.exact_quality: dict[int, tuple] = {}  # num_workers -> (label, quality figures, flags)
 
@@ -912,11 +913,13 @@ class _Measure:
         steps = int(info["steps"])
         differentiated = span(name, settings, horizon)
         if name == "full-bptt":
-            self.full_bptt_memory = memory
+            self.full_bptt_memory, self.full_bptt_compiled = memory, True
         figures = dict(
             seconds=seconds, system_steps=steps, memory=memory, compile_seconds=compile_seconds, span=differentiated
         )
         flags, notes = [], []
+        if name == "checkpointed-bptt":
+            notes.append(f"{settings['memory_budget']} states stored per episode")
         if memory > self.budget:
             flags.append("over budget")
             notes.append(f"compiled memory {format_bytes(memory)} > budget {format_bytes(self.budget)}")
@@ -1017,15 +1020,21 @@ class _Measure:
                 f"full-bptt fits the memory budget ({format_bytes(self.full_bptt_memory)}); checkpointing is "
                 "considered only where it does not"
             )
-        state_bytes = _sizes(self.task.system, self.task.theta)[0]
+        state_bytes = max(_sizes(self.task.system, self.task.theta)[0], 1)
         workers = int(settings.get("num_workers", 1))
-        slots = int(self.budget // (2 * workers * max(state_bytes, 1)))
+        horizon = self.task.system.horizon
+        trajectory = workers * horizon * state_bytes
+        if self.full_bptt_compiled:  # what full-bptt holds besides its stored states
+            room = self.budget - max(self.full_bptt_memory - trajectory, 0)
+        else:  # full-bptt not compiled (its model is over the budget): half the budget for the states
+            room = self.budget // 2
+        slots = int(room // (workers * state_bytes))
         if slots < 1:
             return settings, (
-                f"the budget {format_bytes(self.budget)} holds no state of {format_bytes(state_bytes)} per worker "
-                f"({workers} workers), with room for the rest"
+                f"the budget {format_bytes(self.budget)} leaves no room for a state of {format_bytes(state_bytes)} "
+                f"per worker ({workers} workers) besides what full-bptt holds apart from its states"
             )
-        return {**settings, "memory_budget": min(slots, self.task.system.horizon)}, None
+        return {**settings, "memory_budget": min(slots, horizon - 1)}, None
 
 
 def _fraction(snr: float) -> float:
