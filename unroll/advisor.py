@@ -98,7 +98,8 @@ NUM_EPISODES = 8  # episodes of the gradient-norm-against-horizon curve
 NUM_SAMPLES, CHUNK = 32, 8  # gradient_quality samples per candidate, taken CHUNK at a time while time allows
 REPEATS = 5  # timed calls per candidate (the median is reported)
 
-# the order candidates are measured in (the first pass: each at the task's settings)
+# the order candidates are measured in (the first pass: each at the task's settings); an estimator registered
+# later and not named here comes after these, in the registry's order
 ORDER = (
     "full-bptt",
     "parallel-bptt",
@@ -117,20 +118,25 @@ ORDER = (
     "quasi-deer",
     "checkpointed-bptt",
 )
-# the exact gradient of whole episodes, the same estimate from the same episodes (the tests prove parallel ==
-# sequential == checkpointed): their quality is measured once and shared; they differ in seconds and memory
-EXACT_EPISODES = ("full-bptt", "parallel-bptt", "deer", "quasi-deer", "checkpointed-bptt")
-_FULL_SPAN = {
-    "full-bptt",
-    "parallel-bptt",
-    "deer",
-    "quasi-deer",
-    "checkpointed-bptt",
-    "rtrl",
-    "snap",
-    "uoro",
-    "forward",
-}
+
+
+def _order() -> list[str]:
+    return [name for name in ORDER if name in registry.ESTIMATORS] + [
+        name for name in registry.ESTIMATORS if name not in ORDER
+    ]
+
+
+def exact_episodes(name: str) -> bool:
+    """Whether ``name`` computes the exact gradient of whole episodes: the BPTT family's estimators
+    without a window (full, parallel, DEER, checkpointed). From the same workers they give the same
+    estimate (their tests prove parallel == sequential == checkpointed), so their bias, cosine and SNR
+    are measured once and shared; they differ in seconds and memory.
+
+    Args:
+      name: a registry name.
+    """
+    entry = registry.get(name)
+    return entry.family == "bptt" and not entry.windowed
 
 
 class Recommendation(NamedTuple):
@@ -394,7 +400,7 @@ def _task_memory_limit(task: Task) -> int:
 def _parse_candidates(candidates, task: Task) -> list[tuple[str, int | None, bool]]:
     """``[(registry name, truncation or None, fixed)]``: ``fixed`` when the name carried ``-K``."""
     if candidates is None:
-        return [(name, None, False) for name in ORDER]
+        return [(name, None, False) for name in _order()]
     if isinstance(candidates, str) or not all(isinstance(c, str) for c in candidates):
         raise TypeError(
             f"`candidates` must be a list of estimator names, e.g. ['pes', 'tbptt-10'], got {candidates!r}."
@@ -809,19 +815,22 @@ def windows_per_sample(horizon: int, truncation: int, num_workers: int) -> int:
 
 
 def span(name: str, settings: dict, horizon: int) -> int:
-    """The steps a candidate differentiates through: its window for ``tbptt``/``dni``, the whole
-    episode for the exact and forward-mode estimators, 0 for the ES family.
+    """The steps a candidate differentiates through, from its registry family: none for the ES
+    family (0); its window for a windowed BPTT or synthetic-gradient estimator (``tbptt``, ``dni``);
+    the whole episode for the exact ones and the forward-mode ones (which carry their influence or
+    tangents across windows).
 
     Args:
       name: a registry name.
       settings: its constructor's keyword arguments.
       horizon: the episode length $T$.
     """
-    if name in _FULL_SPAN:
-        return horizon
-    if name in ("tbptt", "dni"):
+    entry = registry.get(name)
+    if entry.family == "es":
+        return 0
+    if entry.family in ("bptt", "synthetic") and entry.windowed:
         return int(settings["truncation"])
-    return 0
+    return horizon
 
 
 def compiled_memory(compiled) -> int:
@@ -936,7 +945,7 @@ class _Measure:
             if "truncation" not in settings
             else windows_per_sample(horizon, int(settings["truncation"]), int(settings.get("num_workers", 1)))
         )
-        shared = self.exact_quality.get(int(settings.get("num_workers", 1))) if name in EXACT_EPISODES else None
+        shared = self.exact_quality.get(int(settings.get("num_workers", 1))) if exact_episodes(name) else None
         if shared is not None:  # the same estimate: its quality, measured on the first exact one
             label, quality_figures, quality_flags = shared
             figures.update(quality_figures)
@@ -979,7 +988,7 @@ class _Measure:
             quality_flags.append("biased")
             notes.append(f"bias {quality.bias_z:.3g} standard errors, {quality.relative_bias:.2f} of |G|")
         flags += quality_flags
-        if name in EXACT_EPISODES:
+        if exact_episodes(name):
             keep = ("windows_per_sample", "num_samples", "quality_index", "bias_z", "relative_bias", "cosine")
             keep += ("mean_cosine", "snr")
             record = (candidate.label, {k: figures[k] for k in keep}, quality_flags)

@@ -173,26 +173,32 @@ def plot_advice(advice, out_dir: str) -> dict[str, str]:
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     rows = [r for r in advice.rows if np.isfinite(r.progress_per_second) and r.memory > 0]
+    positive = [r.progress_per_second for r in rows if r.progress_per_second > 0]
+    floor = min(positive) / 10 if positive else 1e-3  # progress 0 (cosine <= 0) is drawn here, as a triangle
+    colors = {"bptt": "C0", "forward": "C1", "synthetic": "C2", "es": "C3"}
     for row in rows:
         flagged = row.verdict not in ("ok", "recommended")
-        color = {"bptt": "C0", "forward": "C1", "synthetic": "C2", "es": "C3"}.get(row.family, "C4")
-        y = max(row.progress_per_second, 1e-12)
-        marker = "*" if row.verdict == "recommended" else "o"
+        color = colors.get(row.family, "C4")
+        y = row.progress_per_second if row.progress_per_second > 0 else floor
+        marker = "*" if row.verdict == "recommended" else ("o" if row.progress_per_second > 0 else "v")
         ax.scatter(
             row.memory,
             y,
-            s=140 if marker == "*" else 40,
+            s=160 if marker == "*" else 40,
             marker=marker,
             facecolors="none" if flagged else color,
             edgecolors=color,
         )
         ax.annotate(row.label, (row.memory, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    for family, color in colors.items():
+        if any(r.family == family for r in rows):
+            ax.scatter([], [], color=color, s=30, label=f"{family} family")
     ax.axvline(advice.budget["memory_budget"], color="k", ls=":", lw=1, label="memory budget")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("compiled memory (bytes)")
     ax.set_ylabel("expected progress per second")
-    ax.set_title("candidates (hollow: flagged; star: recommended)")
+    ax.set_title("candidates (hollow: flagged; star: recommended; triangle: no progress)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "frontier.png"), dpi=110)
