@@ -39,7 +39,8 @@ What it measures, all at ``task.theta``:
    \mathrm{snr})$, $\mathrm{snr} = |m|^2 / V$, per call. Divided by the seconds per call it is
    the **expected progress per second**, the figure candidates are ranked by.
 
-   * **biased**: $z > $ ``BIAS_Z`` (4) and $|m - G| / |G| > $ ``BIAS_TOLERANCE`` (0.2). The
+   * **biased**: $z > $ ``BIAS_Z`` (4, counting $G$'s own standard error) and $|m - G| / |G| > $
+     ``BIAS_TOLERANCE`` (0.2, the estimate's expected noise taken out of $|m - G|$). The
      relative bias and not the cosine alone: a truncated gradient may point along $G$ and yet
      be a twentieth of it (its optimum lies elsewhere; lr-schedule's ``tbptt-10``), and a
      scalar theta's cosine is always $\pm 1$. Within 0.2, $\cos \ge 0.98$ and $\langle G, m
@@ -58,7 +59,7 @@ Where the rule can be wrong: it measures at ``task.theta`` only (a truncation's 
 small there and large near the optimum), the SGD model ignores curvature and adaptivity
 (Adam rescales the step), window estimates along one trajectory are correlated (SGD sees
 less of the SNR than the independent-window figure says), and seconds are this machine's.
-``Advice.verify`` (``unroll advise --verify``) races the top three to check.
+``verify(advice)`` (``unroll advise --verify``) races the top three to check.
 """
 
 from __future__ import annotations
