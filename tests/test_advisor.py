@@ -226,7 +226,7 @@ def test_a_tight_time_budget_skips_candidates_and_says_so():
     task = contracting_task(horizon=40)
     names = ["full-bptt", "tbptt-10", "pes", "nres", "es", "uoro", "forward", "rtrl", "tes", "gpes", "dni"]
     advice = unroll.advise(task, candidates=names, seconds=12, progress=False)
-    assert advice.seconds < 12 + 3  # the budget holds, up to one measurement's overrun
+    assert advice.seconds < 1.5 * 12  # the budget holds, up to one measurement's overrun (on a loaded machine)
     assert advice.skipped, "12 s cannot measure eleven candidates and their grids"
     assert all(row.verdict != "recommended" for row in advice.rows if row.verdict == "not measured")
     assert "Not measured in the time given" in advice.to_markdown()
