@@ -82,8 +82,7 @@ from unroll import registry
 from unroll.checkpointing import format_bytes
 from unroll.diagnostics import lyapunov_spectrum, outlook_from_exponent, quality_of_windows, window_sampler
 from unroll.exact import episode_loss
-from unroll.system import check_memory_budget
-from unroll.task import Task, _memory_models, _sizes
+from unroll.task import Task, _memory_models, _sizes, check_memory_limit
 
 __all__ = ["Advice", "AdviceRow", "Recommendation", "advise", "bias_threshold", "verify"]
 
@@ -396,26 +395,10 @@ def _check_seconds(seconds: Any) -> float:
 
 
 def _check_memory(memory_budget: Any, task: Task) -> int:
+    """``memory_budget`` in bytes; ``task.memory_limit`` where it is None."""
     if memory_budget is None:
-        return _task_memory_limit(task)
-    if isinstance(memory_budget, int) and not isinstance(memory_budget, bool) and memory_budget > 0:
-        return memory_budget
-    if isinstance(memory_budget, str):
-        try:
-            return check_memory_budget(memory_budget).size
-        except ValueError:
-            pass
-    raise ValueError(
-        f"`memory_budget`={memory_budget!r} must be a size such as '64MiB' or '1GiB' (or a positive int of bytes); "
-        "it bounds each candidate's compiled memory."
-    )
-
-
-def _task_memory_limit(task: Task) -> int:
-    """``task.memory_limit`` in bytes (the default memory budget)."""
-    from unroll.task import check_memory_limit
-
-    return check_memory_limit(task.memory_limit)
+        return check_memory_limit(task.memory_limit)
+    return check_memory_limit(memory_budget, "memory_budget", "; it bounds each candidate's compiled memory")
 
 
 def _parse_candidates(candidates, task: Task) -> list[tuple[str, int | None, bool]]:

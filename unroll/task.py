@@ -218,8 +218,9 @@ def check_learning_rate(learning_rate: Any) -> float:
     return float(learning_rate)
 
 
-def check_memory_limit(memory_limit: Any) -> int:
-    """``Task.memory_limit`` in bytes: a positive int of bytes, or a size such as ``"1GiB"``."""
+def check_memory_limit(memory_limit: Any, name: str = "Task.memory_limit", meaning: str = "") -> int:
+    """``Task.memory_limit`` (or the argument ``name``, which ``meaning`` explains in the error) in
+    bytes: a positive int of bytes, or a size such as ``"1GiB"``."""
     if isinstance(memory_limit, int) and not isinstance(memory_limit, bool) and memory_limit > 0:
         return memory_limit
     if isinstance(memory_limit, str):
@@ -228,8 +229,8 @@ def check_memory_limit(memory_limit: Any) -> int:
         except ValueError:
             pass
     raise ValueError(
-        f"`Task.memory_limit`={memory_limit!r} must be a size in bytes such as '1GiB' or '512MiB' (or a positive "
-        "int of bytes)."
+        f"`{name}`={memory_limit!r} must be a size in bytes such as '1GiB' or '512MiB' (or a positive "
+        f"int of bytes){meaning}."
     )
 
 
