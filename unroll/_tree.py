@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PyTree = Any
+PyTree = Any  # any pytree of arrays (theta, a state, a gradient): the one alias every module uses
 
 
 def tree_scale(scale: jax.Array, tree: PyTree) -> PyTree:

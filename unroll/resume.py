@@ -31,13 +31,13 @@ import hashlib
 import json
 import os
 import zipfile
-from typing import Any
 
 import jax
 import numpy as np
 
+from unroll._tree import PyTree
+
 FORMAT = "unroll-checkpoint/1"
-PyTree = Any
 
 
 class CheckpointError(ValueError):

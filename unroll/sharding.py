@@ -29,9 +29,9 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from unroll._tree import PyTree
 from unroll.window import Estimate, Estimator, Worker
 
-PyTree = Any
 AXES = ("workers", "particles")
 
 

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-PyTree = Any
+from unroll._tree import PyTree
 
 
 class System(NamedTuple):

@@ -33,10 +33,8 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
+from unroll._tree import PyTree
 from unroll.system import check_against_theta, check_num_workers, check_system, check_truncation, with_inexact_leaves
-
-PyTree = Any
-
 
 # --------------------------------------------------------------------------- contracts
 

@@ -30,8 +30,6 @@ import jax.numpy as jnp
 from unroll.parallel import discrete_inputs, episode_view, matrix_recurrence, sequential_recurrence, solve_recurrence
 from unroll.window import Gradient
 
-PyTree = Any
-
 
 class Settings(NamedTuple):
     """A Newton solver's settings, checked by ``parallel_bptt``."""
