@@ -5,7 +5,7 @@ What is measured
 ``unroll.train(estimator, optax.adam(1e-3), theta, key, num_steps, progress=False)``
 runs one compiled outer step (estimate + optimizer update + the non-finite guard) per
 Python iteration, keeping the metrics on the device. The **floor** is the same outer
-step (``unroll.train.make_train_step``) run ``num_steps`` times inside one
+step (``unroll.train_step.make_train_step``) run ``num_steps`` times inside one
 jit-compiled ``lax.scan``: no Python in the loop at all. The host overhead per step is
 
     (train seconds in outer steps - scan seconds) / num_steps
@@ -25,7 +25,7 @@ Goal: host overhead **below 1 ms** per outer step.
 
 Metric streaming (``train(..., callback=fn, callback_every=N)``): the same runs, whole
 calls timed (the callback's own time is not in ``train_time_s``), with no callback, a
-no-op one and ``unroll.logging.tensorboard`` every ``N = 10`` steps; the extra seconds
+no-op one and ``unroll.callbacks.tensorboard`` every ``N = 10`` steps; the extra seconds
 per outer step against no callback. Goal: the no-op callback costs **below 0.1 ms** per
 outer step (the pipeline stall of handing the metrics to the host every N steps).
 
@@ -57,7 +57,7 @@ from benchmarks.pes_throughput import (
 )
 from benchmarks.report import report
 from unroll import registry
-from unroll.train import TrainState, make_train_step
+from unroll.train_step import TrainState, make_train_step
 
 GOAL_MS = 1.0
 CALLBACK_EVERY = 10
@@ -138,7 +138,7 @@ class CallbackRow(NamedTuple):
     case: str
     plain_s: float  # whole train call, no callback
     noop_ms: float  # extra milliseconds per outer step with a no-op callback
-    tensorboard_ms: float  # ... with unroll.logging.tensorboard
+    tensorboard_ms: float  # ... with unroll.callbacks.tensorboard
 
 
 def measure_callbacks(case: str, num_steps: int, repeats: int, logdir: str) -> CallbackRow:
@@ -148,7 +148,7 @@ def measure_callbacks(case: str, num_steps: int, repeats: int, logdir: str) -> C
     callbacks = {
         "plain": lambda: None,
         "noop": lambda: lambda step, metrics: None,
-        "tensorboard": lambda: unroll.logging.tensorboard(os.path.join(logdir, f"run{time.perf_counter_ns()}")),
+        "tensorboard": lambda: unroll.callbacks.tensorboard(os.path.join(logdir, f"run{time.perf_counter_ns()}")),
     }
     seconds: dict[str, list[float]] = {name: [] for name in callbacks}
 

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 import unroll
-from unroll.task_loader import load_task
+from unroll import load_task
 
 # four whole advisor runs, about 170 s in all. Their budgets are generous so that a loaded machine measures
 # every candidate (a run ends when they are measured; only the reference's share grows with `seconds`)

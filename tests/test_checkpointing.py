@@ -31,6 +31,7 @@ import pytest
 
 import unroll
 from tests.systems import noisy_rnn_system, rnn_system, rnn_theta
+from unroll._system import MemoryBytes, check_memory_budget
 from unroll.checkpointing import (
     budget_slots,
     checkpointed_episode,
@@ -42,7 +43,6 @@ from unroll.checkpointing import (
     state_bytes,
 )
 from unroll.checkpointing import program as make_program
-from unroll.system import MemoryBytes, check_memory_budget
 
 KEY = jax.random.PRNGKey(0)
 

@@ -9,7 +9,8 @@ import pytest
 
 import unroll
 from tests import user_task
-from unroll import cli, comparison, registry, task_loader
+from unroll import _task_loader as task_loader
+from unroll import cli, comparison, registry
 from unroll.comparison import Budget, parse_budget
 
 ESTIMATORS = ["full-bptt", "tbptt-5", "pes"]

@@ -11,7 +11,7 @@ from jax.flatten_util import ravel_pytree
 import unroll
 from tests.systems import rnn_system, rnn_theta, tree_mean, window_estimates
 from tests.test_rtrl import _max_diff
-from unroll.system import inexact_leaves, with_inexact_leaves
+from unroll._system import inexact_leaves, with_inexact_leaves
 
 KEY = jax.random.key(0)
 FROZEN = optax.set_to_zero()  # keeps the synthesizer as it starts
@@ -106,4 +106,4 @@ def test_mlp_synthesizer_starts_at_zero_and_learns():
     state = est.init(theta, KEY)
     for _ in range(3):
         _, state, _ = jax.jit(est.estimate)(theta, state, KEY)
-    assert float(jnp.max(jnp.abs(state.extra.params["W2"]))) > 0
+    assert float(jnp.max(jnp.abs(state.shared.params["W2"]))) > 0

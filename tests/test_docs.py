@@ -145,7 +145,7 @@ def test_every_public_name_has_a_reference_entry():
     missing = [name for name in unroll.__all__ if not any(obj is getattr(unroll, name) for obj in documented)]
     assert not missing, (
         f"unroll.__all__ names without an API reference entry: {', '.join(missing)}; add a line "
-        f"'::: unroll.NAME' for each to a page under docs/reference/ (a module, e.g. '::: unroll.logging', "
+        f"'::: unroll.NAME' for each to a page under docs/reference/ (a module, e.g. '::: unroll.callbacks', "
         "gets its own page there and a line in mkdocs.yml's nav)"
     )
 

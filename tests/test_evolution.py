@@ -14,8 +14,8 @@ import pytest
 import unroll
 from tests.stochastic import THETA, exact, linear_quadratic, stream_averages, z_scores
 from unroll._tree import perturbations, tree_scale
+from unroll.contract import Estimator
 from unroll.estimators._es import check_es, es_windowed, perturbed_rule
-from unroll.window import Estimator
 
 HORIZON, TRUNCATION, WORKERS, PARTICLES, SIGMA = 7, 3, 3, 4, 0.3
 NUM_WINDOWS = 7  # 21 steps: each worker covers every time index exactly 3 times
@@ -132,7 +132,7 @@ def test_nres_aligned_windows_average_to_full_es():
         grad, state, _ = est.estimate(theta, state, jax.random.key(k))
         grads.append(np.asarray(grad))
     eps = np.asarray(state.acc)[0]  # [P, 3]: each particle's episode noise (NRES's accumulator)
-    # the episode's data key: the first episode of worker 0 (see unroll.window.start_workers)
+    # the episode's data key: the first episode of worker 0 (see unroll._engine.start_workers)
     worker_key = jax.random.split(jax.random.key(3), 1)[0]
     _, episode_key, _ = jax.random.split(worker_key, 3)
     losses = np.array([unroll.episode_loss(system, theta + e, episode_key) for e in eps])

@@ -9,7 +9,7 @@ from tests.stochastic import THETA, exact, linear_quadratic, stream_averages, z_
 
 
 def _first_episode_key(init_key):
-    """The data key of worker 0's first episode (see unroll.window)."""
+    """The data key of worker 0's first episode (see unroll.contract and unroll._engine)."""
     worker_key = jax.random.split(init_key, 1)[0]
     return jax.random.split(worker_key, 3)[1]
 

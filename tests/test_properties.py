@@ -24,7 +24,7 @@ computed in another order (forward vs reverse accumulation, another summation or
 x64, which alone gave 2e-8 relative differences between a compiled and an eager unroll;
 the system keeps its per-step weights in a float64 table.)
 
-Workers and keys, as ``unroll.window`` makes them: ``init(theta, key)`` gives worker
+Workers and keys, as ``unroll.builder`` makes them: ``init(theta, key)`` gives worker
 ``w`` the key ``wk = split(key, W)[w]``; each episode of that worker starts from
 ``next, data, noise = split(wk, 3)``, runs ``system.init(theta, data)`` and continues the
 chain from ``next``. Worker ``w`` is staggered ``floor(w T / W)`` steps into its first

@@ -25,8 +25,8 @@ from jax.sharding import PartitionSpec as P
 import unroll
 from tests.stochastic import linear_quadratic
 from tests.systems import ESTIMATOR_NAMES, REGISTERED, rnn_system, rnn_theta, sharding_case
+from unroll._engine import reset_schedule
 from unroll.sharding import state_shardings
-from unroll.window import reset_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "sharding_worker.py"
@@ -89,7 +89,7 @@ SHARD_SHAPES.update(
     }
 )
 # the leaves of the state that are not per trajectory (dni: synthesizer + adam state), replicated
-NUM_REPLICATED = {name: len(jax.tree_util.tree_leaves(_unsharded_state(name).extra)) for name in ESTIMATOR_NAMES}
+NUM_REPLICATED = {name: len(jax.tree_util.tree_leaves(_unsharded_state(name).shared)) for name in ESTIMATOR_NAMES}
 
 # their backward scan sums theta's cotangent over the trajectories at every step, one
 # all-reduce per step (XLA's CPU pipeline does not move it out of the loop)
@@ -206,7 +206,7 @@ def test_state_shardings_split_the_trajectories_and_replicate_the_rest():
     shardings = state_shardings(state, mesh)
     split, whole = P("d"), P()
     assert all(s.spec == split for s in jax.tree_util.tree_leaves(shardings.workers))
-    others = jax.tree_util.tree_leaves(shardings.extra)
+    others = jax.tree_util.tree_leaves(shardings.shared)
     assert others and all(s.spec == whole for s in others)
     # a state with no Worker (a custom estimator's) is replicated
     assert all(s.spec == whole for s in jax.tree_util.tree_leaves(state_shardings({"a": jnp.zeros((2, 2))}, mesh)))

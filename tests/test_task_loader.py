@@ -16,7 +16,8 @@ import pytest
 
 import unroll
 from tests import user_task
-from unroll import cli, task_loader
+from unroll import _task_loader as task_loader
+from unroll import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -90,7 +90,7 @@ def test_a_stopped_run_ends_early_with_the_history_so_far():
     """With on_nonfinite="stop", once every seed has stopped the loop ends at its next
     check (every STOP_CHECK_EVERY steps): the history covers the steps run, all after the
     stop rejected, and theta is the last finite one. "skip" runs every step."""
-    from unroll.train import STOP_CHECK_EVERY
+    from unroll.training import STOP_CHECK_EVERY
 
     system, theta0 = _exploding_system(), jnp.asarray([0.55])
     with pytest.warns(RuntimeWarning, match=r"exploding: a non-finite loss.*stopped at outer step\(s\) \[3\]"):

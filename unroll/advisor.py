@@ -79,9 +79,9 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from unroll import registry
+from unroll._exact import episode_loss
 from unroll.checkpointing import format_bytes
 from unroll.diagnostics import lyapunov_spectrum, outlook_from_exponent, quality_of_windows, window_sampler
-from unroll.exact import episode_loss
 from unroll.task import Task, _memory_models, _sizes, check_memory_limit
 
 __all__ = ["Advice", "AdviceRow", "Recommendation", "advise", "bias_threshold", "verify"]
@@ -510,7 +510,7 @@ def advise(
       ``rows``, ``exponent``, ``chaotic``, ``reference``, ``reasons``, ``estimator()``,
       ``to_markdown()``, ``to_json()``.
     """
-    from unroll.task_loader import load_task
+    from unroll._task_loader import load_task
 
     seconds = _check_seconds(seconds)
     task = load_task(task, task_options).task
@@ -870,7 +870,7 @@ class _Measure:
         self.exact_quality: dict[int, tuple] = {}  # num_workers -> (label, quality figures, flags)
 
     def all(self, candidates: list[_Candidate], progress: bool) -> list[AdviceRow]:
-        from unroll.progress import progress as bar
+        from unroll._progress import progress as bar
 
         rows = []
         first_left = sum(c.first_pass for c in candidates)

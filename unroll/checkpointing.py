@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unroll.system import (
+from unroll._system import (
     MemoryBytes,
     check_memory_budget,
     check_positive_int,

@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:  # only for an annotation: each command imports what it uses where it runs
-    from unroll.train import TrainingInterrupted
+    from unroll.training import TrainingInterrupted
 
 USAGE_ERROR = 2
 INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}  # the shell's exit codes for these signals
@@ -24,7 +24,7 @@ INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}  # the shell's exit codes for thes
 
 def _list(_: argparse.Namespace) -> int:
     from unroll import registry
-    from unroll.task_loader import DEFAULT_ESTIMATORS, TASKS, entry_points, task_options
+    from unroll._task_loader import DEFAULT_ESTIMATORS, TASKS, entry_points, task_options
 
     def show(name, make, where=""):
         options = ", ".join(f"{n}={d!r}" for n, d in task_options(make).items()) if callable(make) else "none"
@@ -123,7 +123,7 @@ class _CompareSettings(NamedTuple):
 
 def _compare(args: argparse.Namespace) -> int:
     from unroll.comparison import compare, summary_text
-    from unroll.train import TrainingInterrupted
+    from unroll.training import TrainingInterrupted
 
     settings = _compare_settings(args)
     try:
@@ -188,9 +188,9 @@ def _compare_settings(args: argparse.Namespace) -> _CompareSettings:
 
 
 def _advise(args: argparse.Namespace) -> int:
+    from unroll._task_loader import load_task
     from unroll.advisor import advise, verify
     from unroll.plotting import plot_advice
-    from unroll.task_loader import load_task
 
     task_options = dict(parse_task_option(text) for text in args.task_option or [])
     if args.horizon is not None:

@@ -45,12 +45,12 @@ import optax
 
 import unroll
 from unroll import registry
+from unroll._system import check_positive_int
+from unroll._task_loader import TASKS as TASKS  # re-exported: the built-in tasks
+from unroll._task_loader import load_task
 from unroll.plotting import plot_curves
-from unroll.system import check_positive_int
 from unroll.task import Task
-from unroll.task_loader import TASKS as TASKS  # re-exported: the built-in tasks
-from unroll.task_loader import load_task
-from unroll.train import train
+from unroll.training import train
 
 BUDGETS = {
     "outer-steps": "the same number of outer steps (estimates) for every estimator",
@@ -227,7 +227,7 @@ def compare(
       seed: the base of the seeds' keys.
       checkpoint_every: outer steps between checkpoints (default: a tenth of each run).
       tensorboard: a folder: each estimator's metrics are also streamed to
-        ``tensorboard/<estimator>/seed<i>`` (``unroll.logging.tensorboard``).
+        ``tensorboard/<estimator>/seed<i>`` (``unroll.callbacks.tensorboard``).
       config: the ``--config`` file's contents, recorded in the summary.
 
     Returns:
@@ -235,7 +235,7 @@ def compare(
     """
     plan = _prepare(task, estimators, steps, seeds, budget, task_options, seed, checkpoint_every, out_dir)
     writers = (
-        {name: unroll.logging.tensorboard(os.path.join(tensorboard, name)) for name in plan.names}
+        {name: unroll.callbacks.tensorboard(os.path.join(tensorboard, name)) for name in plan.names}
         if tensorboard
         else {}
     )

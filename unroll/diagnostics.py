@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from unroll.system import check_positive_int, check_system, real_view
+from unroll._system import check_positive_int, check_system, real_view
 
 __all__ = [
     "GradientQuality",
@@ -491,7 +491,7 @@ def gradient_vs_horizon(
     compiled computation per horizon (shapes change with it)."""
     from jax.flatten_util import ravel_pytree
 
-    from unroll.exact import episode_loss
+    from unroll._exact import episode_loss
 
     num_episodes = check_positive_int(num_episodes, "num_episodes")
     rows = []
@@ -541,7 +541,7 @@ def loss_along(
     Returns ``(losses, smoothed or None)``."""
     from jax.flatten_util import ravel_pytree
 
-    from unroll.exact import episode_loss
+    from unroll._exact import episode_loss
 
     flat, unravel = ravel_pytree(theta)
     d = ravel_pytree(direction)[0]

@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from unroll._system import check_positive_int, from_real_parts, real_parts, split_discrete
 from unroll._tree import PyTree
-from unroll.system import check_positive_int, from_real_parts, real_parts, split_discrete
 
 
 def _compose(earlier, later):

@@ -15,16 +15,16 @@ import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from unroll.contract import Estimator
 from unroll.estimators.bptt import full_bptt, truncated_bptt
 from unroll.estimators.checkpointed import checkpointed_bptt
 from unroll.estimators.dni import dni
 from unroll.estimators.evolution import es, nres, pes, truncated_es
 from unroll.estimators.forward_gradient import forward_gradient
 from unroll.estimators.gpes import gpes
-from unroll.estimators.parallel import parallel_bptt
+from unroll.estimators.parallel_bptt import parallel_bptt
 from unroll.estimators.rtrl import rtrl, snap
 from unroll.estimators.uoro import uoro
-from unroll.window import Estimator
 
 FAMILIES = {
     "bptt": "backpropagation through time: exact or truncated, reverse mode",

@@ -1,14 +1,14 @@
 """Estimators over several devices and hosts: the trajectory axes of the state split by a mesh.
 
 Every windowed estimator holds its trajectories with leading axes ``[W, P]``
-(workers x particles; ``unroll.window.Worker.t`` has exactly that shape) and runs a
+(workers x particles; ``unroll.contract.Worker.t`` has exactly that shape) and runs a
 window as one ``vmap`` over them inside a ``lax.scan``. ``shard`` pins those axes to a
 ``jax.sharding.Mesh`` with ``jax.lax.with_sharding_constraint`` on the state entering
 and leaving ``init`` and ``estimate``; under ``jax.jit`` XLA's SPMD partitioner (GSPMD)
 then runs each device's block of trajectories through the whole window and turns the
 means over ``[W, P]`` (``g = 1/(W P K) sum_{w,p,k} ...``, the loss) into all-reduces.
 The steps themselves need no communication (the reset schedule of a window is found
-before its scan, ``unroll.window.reset_schedule``). Same keys, same estimates, up to the
+before its scan, the engine's ``reset_schedule``). Same keys, same estimates, up to the
 summation order of the means. Splitting particles (``PartitionSpec(None, "d")``) also
 gathers each window's antithetic noise (``[W, P, |theta|]``, once per window). The
 reverse-mode estimators (``truncated_bptt``, ``full_bptt``, ``dni``) are the exception:
@@ -30,7 +30,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from unroll._tree import PyTree
-from unroll.window import Estimate, Estimator, Worker
+from unroll.contract import Estimate, Estimator, Worker
 
 AXES = ("workers", "particles")
 

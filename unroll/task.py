@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import optax
 
-from unroll.system import PyTree, check_against_theta, check_memory_budget, check_positive_int, check_system
+from unroll._system import PyTree, check_against_theta, check_memory_budget, check_positive_int, check_system
 
 # the episodes the default evaluation averages over: keys split(key(EVALUATION_SEED), EVALUATION_EPISODES)
 EVALUATION_EPISODES = 64
@@ -257,8 +257,8 @@ def default_evaluation(system, num_episodes: int = EVALUATION_EPISODES) -> Calla
 
 def _sizes(system, theta) -> tuple[int, int, int, int]:
     """``(state bytes, state floats, theta bytes, theta floats)`` of one trajectory, by tracing ``init``."""
+    from unroll._system import inexact_leaves
     from unroll.checkpointing import state_bytes
-    from unroll.system import inexact_leaves
 
     state = jax.eval_shape(system.init, theta, jax.random.key(0))
     floats = sum(math.prod(leaf.shape) for leaf in inexact_leaves(state))

@@ -1,2 +1,3 @@
-"""Gradient estimators, one module per family; the window machinery and the builder they
-are made from are in ``unroll.window``, their registry in ``unroll.registry``."""
+"""Gradient estimators, one module per family, each made with the builder
+(`unroll.builder`) from the types of `unroll.contract`; every one is registered in
+`unroll.registry` and re-exported from `unroll`."""

@@ -9,21 +9,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from unroll._constructor import check_window
+from unroll._engine import trajectory_sum
+from unroll._system import check_particles, check_sigma, inexact_leaves
 from unroll._tree import perturbations, tree_add, tree_scale
-from unroll.system import check_particles, check_sigma, inexact_leaves
-from unroll.window import (
-    EpisodeStart,
-    Estimator,
-    Gradient,
-    Rule,
-    Step,
-    Window,
-    WindowGradient,
-    check_window,
-    summed,
-    trajectory_sum,
-    windowed,
-)
+from unroll.builder import summed, windowed
+from unroll.contract import EpisodeStart, Estimator, Gradient, Rule, Step, Window, WindowGradient
 
 NONFINITE = ("stop", "drop")
 
@@ -86,7 +77,7 @@ def dropping(scale: float, antithetic: bool, horizon: int) -> WindowGradient:
     objective restricted to the perturbations that stay finite, a biased estimate of the
     unrestricted one (which is infinite there anyway)."""
 
-    def gradient(window: Window, theta, extra) -> Gradient:
+    def gradient(window: Window, theta, shared) -> Gradient:
         result = window.run(theta)
         shape = result.losses.shape[:2]
         keep = _finite_rows([result.losses, *jax.tree_util.tree_leaves(result.total)], shape)
@@ -105,7 +96,7 @@ def dropping(scale: float, antithetic: bool, horizon: int) -> WindowGradient:
         restart = ~keep if workers.t.shape == shape else ~own
         result = result._replace(workers=workers._replace(t=jnp.where(restart, horizon, workers.t)))
         loss = jnp.where(kept > 0, jnp.sum(mask(result.losses)) / jnp.maximum(kept * steps, 1), jnp.nan)
-        return Gradient(grad, result, extra, {"loss": loss, "dropped": keep.size - kept})
+        return Gradient(grad, result, shared, {"loss": loss, "dropped": keep.size - kept})
 
     return gradient
 

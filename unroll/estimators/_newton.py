@@ -27,8 +27,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from unroll.contract import Gradient
 from unroll.parallel import discrete_inputs, episode_view, matrix_recurrence, sequential_recurrence, solve_recurrence
-from unroll.window import Gradient
 
 
 class Settings(NamedTuple):
@@ -144,13 +144,13 @@ def _adjoints(system, settings: Settings, theta, keys, xs, trajectory):
 def newton_gradient(system, settings: Settings):
     """The ``WindowGradient`` of ``parallel_bptt(solver=...)``: ``W P`` whole episodes from
     the window's episode keys, solved in parallel, ``g = grad (1/(W P T)) sum l`` by the
-    implicit adjoint; the extra state is the last trajectories when warm-starting."""
+    implicit adjoint; the shared state is the last trajectories when warm-starting."""
 
-    def gradient(window, theta, extra):
+    def gradient(window, theta, shared):
         shape = window.episode_keys.shape[:2]  # [W, P] (raw uint32 keys add a trailing axis)
         keys = window.episode_keys.reshape((-1,) + window.episode_keys.shape[2:])
         fixed = jax.lax.stop_gradient(theta)
-        guesses = extra if settings.warm_start else None
+        guesses = shared if settings.warm_start else None
         trajectory, xs, solution = _solve(system, settings, fixed, keys, guesses)
         lam, adjoint_info = _adjoints(system, settings, fixed, keys, xs, trajectory)
         weight = 1.0 / (keys.shape[0] * system.horizon)
@@ -174,7 +174,7 @@ def newton_gradient(system, settings: Settings):
             "fallback": jnp.sum(~solution.converged).astype(jnp.int32),
             **adjoint_info,
         }
-        new_extra = trajectory if settings.warm_start else extra
-        return Gradient(grad, finish(window.start_states, losses.reshape(shape + losses.shape[1:])), new_extra, info)
+        new_shared = trajectory if settings.warm_start else shared
+        return Gradient(grad, finish(window.start_states, losses.reshape(shape + losses.shape[1:])), new_shared, info)
 
     return gradient

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from unroll.system import inexact_leaves, real_parts, real_view, with_inexact_leaves
+from unroll._system import inexact_leaves, real_parts, real_view, with_inexact_leaves
 
 
 def initial_influence(system, theta, key):

@@ -9,8 +9,10 @@ exact when ``K = T`` and windows are aligned to episodes. (Checkpointed BPTT is
 
 from __future__ import annotations
 
-from unroll.system import check_num_workers, check_system
-from unroll.window import Estimator, backprop, check_window, keyword_only, plain_rule, windowed
+from unroll._constructor import check_window, keyword_only
+from unroll._system import check_num_workers, check_system
+from unroll.builder import backprop, plain_rule, windowed
+from unroll.contract import Estimator
 
 
 @keyword_only

@@ -8,9 +8,12 @@ import functools
 
 import jax
 
+from unroll._constructor import keyword_only
+from unroll._engine import flatten_trajectories, unflatten_trajectories
+from unroll._system import check_memory_budget, check_num_workers, check_system, inexact_leaves
+from unroll.builder import plain_rule, windowed
 from unroll.checkpointing import Program, budget_slots, checkpointed_episodes, plan, program
-from unroll.system import check_memory_budget, check_num_workers, check_system, inexact_leaves
-from unroll.window import Estimator, Gradient, _flat, _unflat, keyword_only, plain_rule, windowed
+from unroll.contract import Estimator, Gradient
 
 
 @functools.lru_cache(maxsize=16)
@@ -30,19 +33,21 @@ def _checkpointed_gradient(system, schedule):
     (``schedule(states)``, at trace time), and the cotangents of the initial states flow
     into ``init``."""
 
-    def gradient(window, theta, extra):
+    def gradient(window, theta, shared):
         def start(theta):
             states, finish = window.restart(theta)
             return inexact_leaves(states), (states, finish)
 
         _, init_vjp, (states, finish) = jax.vjp(start, theta, has_aux=True)
         shape = jax.tree_util.tree_leaves(states)[0].shape[:2]  # [W, P]
-        grad, ct0, losses, final, _ = checkpointed_episodes(system, schedule(states), theta, _flat(states))
-        ct0, losses, final = _unflat((ct0, losses, final), shape)
+        grad, ct0, losses, final, _ = checkpointed_episodes(
+            system, schedule(states), theta, flatten_trajectories(states)
+        )
+        ct0, losses, final = unflatten_trajectories((ct0, losses, final), shape)
         (d_init,) = init_vjp(ct0)
         num = window.num_steps // system.horizon  # trajectories: the estimate is their mean
         grad = jax.tree_util.tree_map(lambda g, d: (g + d) / num, grad, d_init)
-        return Gradient(grad, finish(final, losses), extra)
+        return Gradient(grad, finish(final, losses), shared)
 
     return gradient
 

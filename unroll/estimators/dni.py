@@ -24,13 +24,15 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from unroll.system import (
+from unroll._constructor import check_window, keyword_only
+from unroll._system import (
     check_positive_int,
     check_real_state,
     inexact_leaves,
     with_inexact_leaves,
 )
-from unroll.window import Estimator, Gradient, check_window, keyword_only, plain_rule, windowed
+from unroll.builder import plain_rule, windowed
+from unroll.contract import Estimator, Gradient
 
 
 class Synthesizer(NamedTuple):
@@ -70,7 +72,7 @@ def mlp_synthesizer(hidden: int = 64) -> Synthesizer:
 
 
 class Synthesis(NamedTuple):
-    """DNI's ``extra`` state (``state.extra``): the synthesizer's parameters and its
+    """DNI's shared state (`state.shared`): the synthesizer's parameters and its
     optimizer's state (replicated, not per trajectory)."""
 
     params: Any
@@ -153,5 +155,5 @@ def dni(
         truncation=truncation,
         num_workers=num_workers,
         gradient=_synthetic_gradient(synthesizer, optimizer, system.horizon),
-        extra=synthesis,
+        shared_state=synthesis,
     )

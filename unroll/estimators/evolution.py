@@ -16,7 +16,7 @@ step and which noise ``xi`` weighs its loss:
 
 (GPES, between PES and NRES, is ``unroll.estimators.gpes``.) A step that ends an
 episode is weighed with the old episode's ``xi``; the new episode's ``xi`` holds only
-the noise that touched it (``unroll.window``).
+the noise that touched it (``unroll.contract``).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from unroll._constructor import keyword_only
 from unroll._tree import normal_like, tree_add, tree_scale
+from unroll.contract import EpisodeStart, Estimator, Rule, Step
 from unroll.estimators._es import check_es, es_windowed, perturbed_rule
-from unroll.window import EpisodeStart, Estimator, Rule, Step, keyword_only
 
 
 @keyword_only

@@ -14,13 +14,15 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from unroll._tree import normal_like, tree_scale
-from unroll.system import (
+from unroll._constructor import check_window, keyword_only
+from unroll._system import (
     check_positive_int,
     inexact_leaves,
     with_inexact_leaves,
 )
-from unroll.window import EpisodeStart, Estimator, Rule, Step, check_window, keyword_only, windowed
+from unroll._tree import normal_like, tree_scale
+from unroll.builder import windowed
+from unroll.contract import EpisodeStart, Estimator, Rule, Step
 
 
 class Tangent(NamedTuple):

@@ -21,10 +21,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from unroll._constructor import keyword_only
+from unroll._system import check_positive_int
 from unroll._tree import tree_add, tree_scale
+from unroll.contract import EpisodeStart, Estimator, Rule, Step
 from unroll.estimators._es import check_es, es_windowed
-from unroll.system import check_positive_int
-from unroll.window import EpisodeStart, Estimator, Rule, Step, keyword_only
 
 
 class Chunked(NamedTuple):

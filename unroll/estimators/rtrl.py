@@ -19,14 +19,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from unroll.estimators._sparsity import InfluencePattern, influence_pattern, initial_influence, step_jacobians
-from unroll.system import (
+from unroll._constructor import check_window, keyword_only
+from unroll._system import (
     check_positive_int,
     inexact_leaves,
     real_parts,
     real_view,
 )
-from unroll.window import EpisodeStart, Estimator, Rule, Step, check_window, keyword_only, windowed
+from unroll.builder import windowed
+from unroll.contract import EpisodeStart, Estimator, Rule, Step
+from unroll.estimators._sparsity import InfluencePattern, influence_pattern, initial_influence, step_jacobians
 
 __all__ = ["influence_pattern", "rtrl", "snap"]
 

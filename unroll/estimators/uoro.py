@@ -8,14 +8,16 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from unroll._tree import rademacher_like, tree_norm
-from unroll.system import (
+from unroll._constructor import check_window, keyword_only
+from unroll._system import (
     check_positive_float,
     check_real_state,
     inexact_leaves,
     with_inexact_leaves,
 )
-from unroll.window import EpisodeStart, Estimator, Rule, Step, check_window, keyword_only, windowed
+from unroll._tree import rademacher_like, tree_norm
+from unroll.builder import windowed
+from unroll.contract import EpisodeStart, Estimator, Rule, Step
 
 
 class RankOne(NamedTuple):

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from unroll.system import System
+from unroll._system import System
 
 # episodes evaluated at once in the parallel form hold about this many steps together
 # (its states are [T, ...] per episode: at T = 1e5 one episode at a time)

@@ -47,7 +47,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from unroll.system import System, check_positive_float, check_positive_int
+from unroll._system import System, check_positive_float, check_positive_int
 from unroll.task import Task, adam_cosine, standard_settings
 from unroll.tasks import inner
 from unroll.tasks.evaluation import episode_evaluator

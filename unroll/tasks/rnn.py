@@ -32,9 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unroll._system import System, check_positive_float, check_positive_int
 from unroll._tree import PyTree
 from unroll.parallel import linear_recurrence
-from unroll.system import System, check_positive_float, check_positive_int
 from unroll.task import Task, adam_cosine, standard_settings
 from unroll.tasks.evaluation import episode_evaluator, map_episodes
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from unroll.estimators._newton import Settings, newton_gradient
-from unroll.parallel import SOLVERS, episode_view
-from unroll.system import (
+from unroll._constructor import keyword_only
+from unroll._system import (
     check_discrete_independent,
     check_episode_against_theta,
     check_num_workers,
@@ -20,14 +19,17 @@ from unroll.system import (
     check_positive_int,
     check_system,
 )
-from unroll.window import Estimator, Gradient, keyword_only, plain_rule, windowed
+from unroll.builder import plain_rule, windowed
+from unroll.contract import Estimator, Gradient
+from unroll.estimators._newton import Settings, newton_gradient
+from unroll.parallel import SOLVERS, episode_view
 
 
 def _episode_gradient(system):
     """A ``WindowGradient`` for whole episodes run by ``system.episode`` from the keys the
     next episodes start from: ``g = grad (1/(W T)) sum_{w,t} l_{w,t}``."""
 
-    def gradient(window, theta, extra):
+    def gradient(window, theta, shared):
         def mean_loss(theta):
             run = lambda key: system.episode(theta, key)
             losses = jax.vmap(jax.vmap(run))(window.episode_keys)
@@ -36,7 +38,7 @@ def _episode_gradient(system):
         (_, losses), grad = jax.value_and_grad(mean_loss, has_aux=True)(theta)
         _, finish = window.restart(theta)
         # the final states are never formed; the next window starts new episodes anyway
-        return Gradient(grad, finish(window.start_states, losses), extra)
+        return Gradient(grad, finish(window.start_states, losses), shared)
 
     return gradient
 
@@ -93,7 +95,7 @@ def parallel_bptt(
         num_workers=num_workers,
         gradient=_episode_gradient(system) if settings is None else newton_gradient(system, settings),
         stagger=False,
-        extra=_previous_trajectories(system, num_workers) if settings and settings.warm_start else None,
+        shared_state=_previous_trajectories(system, num_workers) if settings and settings.warm_start else None,
     )
 
     def init(theta, key):
@@ -148,8 +150,8 @@ def _solver_settings(system, solver, tolerance, max_iterations, initial_guess) -
 def _previous_trajectories(system, num_workers: int):
     """The warm-start state: ``[W, T, N]`` zeros, replaced by each call's trajectories."""
 
-    def extra(theta, key):
+    def previous(theta, key):
         x0 = jax.eval_shape(lambda th, k: episode_view(system, th, k).x0, theta, key)  # the real view, [N]
         return jnp.zeros((num_workers, system.horizon) + x0.shape, x0.dtype)
 
-    return extra
+    return previous

@@ -1,4 +1,6 @@
-"""The outer loop: estimate, update with optax, record, one jit-compiled step."""
+"""`unroll.train`, the host side of the outer loop: compile, loop, evaluate, save and
+resume, signals, the clock, callbacks and the progress bar. The pure step it runs is
+`unroll.train_step.make_train_step`."""
 
 from __future__ import annotations
 
@@ -17,63 +19,11 @@ import numpy as np
 import optax
 
 from unroll import resume
-from unroll.progress import progress as progress_bar
+from unroll._progress import progress as progress_bar
+from unroll._system import check_positive_int
+from unroll.contract import Estimator
 from unroll.resume import fingerprint_hash
-from unroll.system import check_positive_int
-from unroll.window import Estimator
-
-ON_NONFINITE = ("stop", "skip")
-
-
-class TrainState(NamedTuple):
-    theta: Any
-    opt_state: Any
-    estimator_state: Any
-    step: jax.Array  # outer steps taken
-    first_nonfinite: jax.Array  # outer step of the first non-finite loss/gradient, -1 if none
-    num_rejected: jax.Array  # outer steps not applied (non-finite, or after a stop)
-
-
-def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
-def _global_norm(tree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.abs(x) ** 2) for x in jax.tree_util.tree_leaves(tree)))
-
-
-def make_train_step(estimator: Estimator, optimizer: optax.GradientTransformation, on_nonfinite: str = "stop"):
-    """One outer step ``(TrainState, key) -> (TrainState, metrics)``, pure and jit-able.
-
-    A step whose loss, gradient or new theta is not finite is discarded; with
-    ``on_nonfinite="stop"`` every later step is discarded too (the state stays at the
-    last finite one), with ``"skip"`` training goes on with the next key.
-    """
-    if on_nonfinite not in ON_NONFINITE:
-        raise ValueError(
-            f"`on_nonfinite`={on_nonfinite!r} must be one of {ON_NONFINITE}; pass on_nonfinite='stop' "
-            "(end the run at its last finite theta) or 'skip' (drop that step and go on)."
-        )
-
-    def step(state: TrainState, key: jax.Array):
-        grad, estimator_state, info = estimator.estimate(state.theta, state.estimator_state, key)
-        updates, opt_state = optimizer.update(grad, state.opt_state, state.theta)
-        theta = optax.apply_updates(state.theta, updates)
-        finite = _all_finite((grad, info["loss"], theta))
-        stopped = (state.first_nonfinite >= 0) & (on_nonfinite == "stop")
-        accept = finite & ~stopped
-        kept = jax.tree_util.tree_map(
-            lambda new, old: jnp.where(accept, new, old),
-            (theta, opt_state, estimator_state),
-            (state.theta, state.opt_state, state.estimator_state),
-        )
-        first = jnp.where((state.first_nonfinite < 0) & ~finite, state.step, state.first_nonfinite)
-        metrics = dict(info, grad_norm=_global_norm(grad), accepted=accept)
-        new_state = TrainState(*kept, state.step + 1, first, state.num_rejected + (~accept).astype(jnp.int32))
-        return new_state, metrics
-
-    return step
+from unroll.train_step import TrainState, make_train_step
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -197,7 +147,7 @@ def train(
         ``train_time_s``): the run stops after the step that exhausts it, so the history may be shorter than
         ``num_steps`` (for comparisons at equal training time). ``None``: no limit.
       callback: ``fn(step, metrics)``, called on the host every ``callback_every`` outer steps and once at the end
-        (e.g. ``unroll.logging.tensorboard(logdir)``), with ``step`` the outer steps done and ``metrics`` the steps
+        (e.g. ``unroll.callbacks.tensorboard(logdir)``), with ``step`` the outer steps done and ``metrics`` the steps
         since the previous call, as numpy arrays ``[k]`` (``[num_seeds, k]``): ``metrics["step"]`` (the outer steps
         done after each of them, as in the history's ``eval_step``), every per-step history entry, and the
         evaluations made since (``eval_step``, ``eval/<name>``). It waits for those steps to finish (the steps are
@@ -262,7 +212,7 @@ def _check_callback(callback, callback_every) -> dict:
     if not callable(callback):
         raise TypeError(
             f"`callback` must be a function fn(step, metrics) (or None), got {type(callback).__name__}; "
-            "pass e.g. callback=unroll.logging.tensorboard('runs/tb') or callback=lambda step, m: print(step)."
+            "pass e.g. callback=unroll.callbacks.tensorboard('runs/tb') or callback=lambda step, m: print(step)."
         )
     every = check_positive_int(
         callback_every, "callback_every", "Pass an int >= 1, the outer steps between calls of `callback`."

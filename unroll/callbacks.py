@@ -1,6 +1,6 @@
 """Streaming a run's metrics to the tools people watch them in: ``train(..., callback=...)``.
 
-    theta, history = unroll.train(est, optimizer, theta, key, 10_000, callback=unroll.logging.tensorboard("runs/tb"))
+    theta, history = unroll.train(est, optimizer, theta, key, 10_000, callback=unroll.callbacks.tensorboard("runs/tb"))
 
 then ``tensorboard --logdir runs/tb``. A callback is any ``fn(step, metrics)`` (see
 ``unroll.train``); this module has ready ones.
@@ -35,7 +35,7 @@ def tensorboard(logdir: str, every_seed: bool = True) -> Callable[[int, dict], N
         from tensorboardX import SummaryWriter
     except ImportError as err:
         raise ImportError(
-            "unroll.logging.tensorboard writes with tensorboardX, which is not installed; "
+            "unroll.callbacks.tensorboard writes with tensorboardX, which is not installed; "
             "pip install 'unroll[log]' (or pip install tensorboardX)."
         ) from err
     writers: dict[str, SummaryWriter] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from unroll.system import check_against_theta, check_positive_int, check_system
+from unroll._system import check_against_theta, check_positive_int, check_system
 
 
 def episode_loss(system, theta, key) -> jax.Array:

@@ -12,7 +12,7 @@ import pytest
 
 import unroll
 from tests.stochastic import THETA, linear_quadratic
-from unroll.progress import progress
+from unroll._progress import progress
 
 
 def read_scalars(logdir: str) -> dict[str, dict[int, float]]:
@@ -113,7 +113,7 @@ def test_bad_callbacks_are_refused(kwargs, error, match):
 
 @pytest.mark.parametrize("num_seeds", [None, 2])
 def test_tensorboard_event_files_hold_the_history(tmp_path, num_seeds):
-    writer = unroll.logging.tensorboard(str(tmp_path))
+    writer = unroll.callbacks.tensorboard(str(tmp_path))
     _, history = _run(writer, num_seeds=num_seeds, callback_every=2)
     writer.close()
     folders = [str(tmp_path)] if num_seeds is None else [str(tmp_path / f"seed{i}") for i in range(num_seeds)]
@@ -142,7 +142,7 @@ def test_tensorboard_names_the_missing_package(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboardx)
     with pytest.raises(ImportError, match=r"pip install 'unroll\[log\]'"):
-        unroll.logging.tensorboard("runs/tb")
+        unroll.callbacks.tensorboard("runs/tb")
 
 
 def test_progress_bar_shows_step_rate_and_loss():
