@@ -239,7 +239,7 @@ def test_a_diverging_estimator_is_recorded_and_the_others_go_on(tmp_path, capsys
 
 
 def test_compare_tensorboard_event_files_read_back_to_the_csv(tmp_path):
-    from tests.test_logging import read_scalars
+    from tests.test_callbacks import read_scalars
 
     out, board = tmp_path / "run", tmp_path / "tb"
     argv = ["compare", "influence-balancing", "--estimators", "pes", "tbptt-1", "--seeds", "2", "--steps", "6"]
@@ -301,3 +301,43 @@ def test_advise_with_nothing_in_the_memory_budget_exits_1_and_says_why(tmp_path,
     printed = capsys.readouterr().out
     assert code == 1
     assert "No recommendation: no candidate fits the memory budget of 16 B" in printed
+
+
+def test_only_unrolls_own_usage_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    # a plain ValueError raised inside unroll (a bug of ours, or one JAX raised through us) is not a
+    # usage error: it propagates with its traceback
+    from unroll import comparison
+
+    def broken(task, task_options=None):
+        raise ValueError("an internal invariant broke")
+
+    monkeypatch.setattr(comparison, "load_task", broken)
+    with pytest.raises(ValueError, match="an internal invariant broke"):
+        cli.main(["compare", "influence-balancing", "--out", str(tmp_path / "x"), "--no-progress"])
+    assert "error:" not in capsys.readouterr().err
+
+
+def test_a_task_that_needs_a_missing_extra_names_it(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from unroll.tasks import inner
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # `import sklearn...` raises ImportError
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    inner.digits.cache_clear()
+    try:
+        code = cli.main(["compare", "lopt-digits", "--steps", "1", "--out", str(tmp_path / "x"), "--no-progress"])
+    finally:
+        inner.digits.cache_clear()
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "pip install 'unroll[tasks]'" in err and "scikit-learn" in err
+
+
+def test_import_unroll_imports_neither_matplotlib_nor_scikit_learn():
+    import subprocess
+    import sys
+
+    code = "import sys, unroll; print(sorted(m for m in ('matplotlib', 'sklearn', 'scipy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

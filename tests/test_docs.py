@@ -6,6 +6,7 @@ seconds; skipped without the ``docs`` extra).
 """
 
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -40,9 +41,24 @@ def markdown_files(top=DOCS):
     return found
 
 
+def _registry_tables():
+    """docs/hooks/registry_tables.py, the mkdocs hook that writes the registry's tables."""
+    spec = importlib.util.spec_from_file_location("registry_tables", os.path.join(DOCS, "hooks", "registry_tables.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+REGISTRY_TABLES = _registry_tables()
+
+
 def read(path):
+    """A file's text; a docs page as the site builds it, with the registry's tables filled in."""
     with open(path, encoding="utf-8") as f:
-        return f.read()
+        text = f.read()
+    if path.endswith(".md") and os.path.abspath(path).startswith(DOCS + os.sep):
+        text = REGISTRY_TABLES.on_page_markdown(text, None, None, None)
+    return text
 
 
 def prose_lines(text):
@@ -66,8 +82,7 @@ def entries(paths):
 
 def resolve(dotted):
     """The object a mkdocstrings entry ``dotted`` documents. Collected from the sources, a
-    submodule wins over a package attribute of the same name (``unroll.train`` is the
-    module ``unroll/train.py``, not the function it defines), so the longest importable
+    submodule wins over a package attribute of the same name, so the longest importable
     module prefix is taken first, then attributes."""
     parts = dotted.split(".")
     for cut in range(len(parts), 0, -1):

@@ -15,7 +15,8 @@ import unroll
 from tests.stochastic import THETA, exact, linear_quadratic, stream_averages, z_scores
 from unroll._tree import perturbations, tree_scale
 from unroll.contract import Estimator
-from unroll.estimators._es import check_es, es_windowed, perturbed_rule
+from unroll.estimators._es import check_es, es_windowed
+from unroll.estimators.evolution import _perturbed_rule as perturbed_rule
 
 HORIZON, TRUNCATION, WORKERS, PARTICLES, SIGMA = 7, 3, 3, 4, 0.3
 NUM_WINDOWS = 7  # 21 steps: each worker covers every time index exactly 3 times
@@ -73,10 +74,10 @@ def _buggy_pes(system, truncation, sigma, num_particles, num_workers) -> Estimat
     credited with the noise of the next episode (this window's eps) instead of its own xi."""
     honest = perturbed_rule(system)
 
-    def step(theta, state, t, xi, eps):
-        state, xi, loss, _ = honest.step(theta, state, t, xi, eps)
-        weight = jax.tree_util.tree_map(lambda a, b: jnp.where(t == system.horizon - 1, b, a), xi, eps)
-        return state, xi, loss, tree_scale(loss, weight)
+    def step(theta, state, t, acc, eps):
+        state, acc, loss, _ = honest.step(theta, state, t, acc, eps)
+        weight = jax.tree_util.tree_map(lambda a, b: jnp.where(t == system.horizon - 1, b, a), acc.xi, eps)
+        return state, acc, loss, tree_scale(loss, weight)
 
     settings = check_es(system, truncation, sigma, num_particles, num_workers, True)
     return es_windowed(system, honest._replace(step=step), settings)
@@ -131,7 +132,7 @@ def test_nres_aligned_windows_average_to_full_es():
     for k in range(horizon // truncation):
         grad, state, _ = est.estimate(theta, state, jax.random.key(k))
         grads.append(np.asarray(grad))
-    eps = np.asarray(state.acc)[0]  # [P, 3]: each particle's episode noise (NRES's accumulator)
+    eps = np.asarray(state.acc.eps)[0]  # [P, 3]: each particle's episode noise (NRES's accumulator)
     # the episode's data key: the first episode of worker 0 (see unroll._engine.start_workers)
     worker_key = jax.random.split(jax.random.key(3), 1)[0]
     _, episode_key, _ = jax.random.split(worker_key, 3)

@@ -121,7 +121,7 @@ def test_fast_path_equals_general_path(problem):
     fast, state, _ = window_estimates(unroll.rtrl(system, truncation=3, num_workers=2, sparse=True), theta, 5, KEY)
     assert _max_diff(fast, dense) < 1e-12
     pattern = influence_pattern(system, theta, KEY)
-    assert state.acc.shape == (2, 1, pattern.num_colors, pattern.mask.shape[0])
+    assert state.acc.influence.shape == (2, 1, pattern.num_colors, pattern.mask.shape[0])
 
 
 @pytest.mark.parametrize("n", [4, 16, 64])
@@ -133,7 +133,7 @@ def test_diagonal_recurrence_takes_the_fast_path_with_colours_independent_of_wid
     pattern = influence_pattern(system, theta, KEY)
     assert pattern.compressed and pattern.num_colors == 4
     state = unroll.rtrl(system, truncation=3).init(theta, KEY)  # default: picked automatically
-    assert state.acc.shape == (1, 1, 4, 2 * n)
+    assert state.acc.influence.shape == (1, 1, 4, 2 * n)
 
 
 @pytest.mark.parametrize("problem", ["tanh_rnn", "gru"])
@@ -144,7 +144,7 @@ def test_dense_recurrences_keep_the_dense_path_by_default(problem):
     assert not pattern.compressed and pattern.num_colors > pattern.mask.shape[0]
     assert pattern.mask[:, np.asarray(pattern.color) >= 0].all()  # RTRL keeps every reachable entry
     state = unroll.rtrl(system, truncation=3).init(theta, KEY)
-    assert state.acc.shape[2:] == pattern.mask.shape
+    assert state.acc.influence.shape[2:] == pattern.mask.shape
 
 
 def test_sparse_flag_is_checked():

@@ -28,7 +28,7 @@ def test_snap1_is_rtrl_on_a_diagonal_recurrence():
     # imaginary parts, of the 8 real coordinates); c_re, c_im reach none
     mask = influence_pattern(system, theta, KEY, order=1).mask
     assert float(np.mean(mask)) == pytest.approx(16 / (24 * 4))
-    assert state.acc.shape == (1, 1, 4, 8)  # compressed: 4 colours x 8 coordinates
+    assert state.acc.influence.shape == (1, 1, 4, 8)  # compressed: 4 colours x 8 coordinates
 
 
 @pytest.mark.parametrize("problem", ["tanh_rnn", "tanh_rnn_learned_h0", "gru"])

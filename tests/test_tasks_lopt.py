@@ -292,7 +292,7 @@ def test_family_member_is_its_unpadded_network():
         assert np.all(w0[~mask] == 0)
         small = jnp.asarray(w0[mask])  # the live parameters, in the small network's flat order
         assert small.size == inner.mlp(sizes).num_params
-        layout = lopt._layout(inner.mlp(sizes).tensor_sizes)
+        layout = lopt.sizes_layout(inner.mlp(sizes).tensor_sizes)
         state_small, expected = arch.init_state(small.size, jnp.float64), []
         for t in range(horizon):
             value, g = jax.value_and_grad(small_loss)(small, t)

@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from unroll._errors import BadType
 from unroll._system import check_num_workers, check_system, check_truncation
 
 
@@ -20,7 +21,7 @@ def keyword_only(constructor: Callable) -> Callable:
         if len(args) > 1:
             extra = args[1:]
             named = ", ".join(f"{name}={_short(value)}" for name, value in zip(names, extra))
-            raise TypeError(
+            raise BadType(
                 f"`{constructor.__name__}` takes `system` and then keyword arguments only, got {len(extra)} more "
                 f"positional argument(s); name the argument(s): {constructor.__name__}(system, {named})."
             )

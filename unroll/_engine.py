@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from unroll._errors import BadValue
 from unroll._tree import PyTree
 from unroll.contract import Rule, WindowResult, Worker
 
@@ -28,9 +29,10 @@ def episode_start(rule: Rule, theta: PyTree, worker: Worker, noise: PyTree) -> t
 
 
 def batched_select(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
-    """``where(pred[i], on_true[i], on_false[i])`` along the leading axis of every leaf."""
+    """`where(pred, on_true, on_false)` per trajectory: `pred` has the leaves' leading axes
+    (`[N]` flattened, or `[W, P]`, as a `Rule.begin` sees them), broadcast over the rest."""
     return jax.tree_util.tree_map(
-        lambda a, b: jnp.where(pred.reshape(pred.shape + (1,) * (a.ndim - 1)), a, b), on_true, on_false
+        lambda a, b: jnp.where(pred.reshape(pred.shape + (1,) * (a.ndim - pred.ndim)), a, b), on_true, on_false
     )
 
 
@@ -71,7 +73,7 @@ def run_windows(
     """
     horizon = system.horizon
     if num_steps > horizon:
-        raise ValueError(f"a window of {num_steps} steps is longer than the horizon {horizon}.")
+        raise BadValue(f"a window of {num_steps} steps is longer than the horizon {horizon}.")
     shape = workers.t.shape
     workers, acc, noise = flatten_trajectories(workers), flatten_trajectories(acc), flatten_trajectories(noise)
     if num_active is not None:

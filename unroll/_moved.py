@@ -14,6 +14,9 @@ MOVED = {
     "(`windowed`, `summed`, `backprop`, `plain_rule`)",
     "unroll.system": "`unroll.System` (the module is internal now)",
     "unroll.exact": "`unroll.exact_gradient` and `unroll.episode_loss` (the module is internal now)",
+    "unroll.tasks.lorenz": "`unroll.tasks.lorenz` (the function; its module is internal now)",
+    "unroll.tasks.influence": "`unroll.tasks` (`influence_balancing`, `influence_loss`, ...; the module is internal now)",
+    "unroll.tasks.hyper": "`unroll.tasks` (`lr_schedule`, `mlp_hyperparameters`, ...; the module is internal now)",
     "unroll.estimators.parallel": "`unroll.estimators.parallel_bptt` (`unroll.parallel_bptt`); "
     "`unroll.parallel` holds the recurrence solvers",
 }

@@ -27,13 +27,41 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from unroll._errors import BadType, BadValue
+from unroll._jax_compat import used_inputs
 from unroll._tree import PyTree
 
 
 class System(NamedTuple):
-    """An unrolled computation: ``init(theta, key) -> state``,
-    ``step(theta, state, t) -> (state, loss)``, the episode length ``horizon`` and,
-    optionally, the parallel form ``episode(theta, key) -> losses [horizon]``."""
+    r"""An unrolled computation: an episode of `horizon` steps of `step` from `init`.
+
+    The objective every estimator targets is the mean per-step loss of an episode,
+
+    $$
+    L(\theta) = \mathbb E_{\text{key}}\Big[\frac{1}{T} \sum_{t<T} \ell_t\Big],
+    $$
+
+    $T$ = `horizon`. Any object with `init`, `step` and `horizon` attributes is a system to
+    the estimators; this is the reference type. `init` and `step` must be pure, jit-able
+    functions of their arguments (closing over constants is fine); they are traced against
+    `theta` at each estimator's `init`, before anything runs.
+
+    Attributes:
+        init: `init(theta, key) -> state` starts one episode: `theta` the outer parameters
+            (a pytree of float arrays), `key` a JAX PRNG key (the episode's data), `state`
+            any pytree of arrays.
+        step: `step(theta, state, t) -> (state, loss)` advances one step: `t` is the int32
+            index of the step inside the episode, $0 \le t < T$; the new state must keep the
+            structure, shapes and dtypes of `init`'s, and `loss` is a real float scalar
+            $\ell_t$.
+        horizon: $T$, the episode length (a positive Python int). After $T$ steps an
+            episode is over and the next step starts a new one from `init`.
+        episode: optional (default `None`): the parallel form
+            `episode(theta, key) -> losses [horizon]`, the same per-step losses as stepping
+            the episode that `init(theta, key)` starts, computed in parallel over time (e.g.
+            by `unroll.parallel.linear_recurrence`). Only estimators that need it
+            (`parallel_bptt`) read it; a system without it is unchanged everywhere.
+    """
 
     init: Callable[[PyTree, jax.Array], PyTree]
     step: Callable[[PyTree, PyTree, jax.Array], tuple[PyTree, jax.Array]]
@@ -45,19 +73,19 @@ def check_system(system: Any, name: str = "system") -> None:
     """Checks the parts of a system that can be checked without theta (construction time)."""
     for attr in ("init", "step", "horizon"):
         if not hasattr(system, attr):
-            raise TypeError(
+            raise BadType(
                 f"`{name}` has no attribute `{attr}` (got {type(system).__name__}); "
                 "build it with unroll.System(init=..., step=..., horizon=...)."
             )
     for attr in ("init", "step"):
         if not callable(getattr(system, attr)):
-            raise TypeError(
+            raise BadType(
                 f"`{name}.{attr}` must be a function, got {type(getattr(system, attr)).__name__}; "
                 f"pass a pure function as unroll.System({attr}=...)."
             )
     horizon = system.horizon
     if isinstance(horizon, bool) or not isinstance(horizon, numbers.Integral) or horizon < 1:
-        raise ValueError(
+        raise BadValue(
             f"`{name}.horizon` must be a positive Python int (the episode length), got {horizon!r}; "
             "pass e.g. unroll.System(..., horizon=100)."
         )
@@ -70,9 +98,9 @@ def check_positive_int(value: Any, name: str, fix: str = "") -> int:
     it is an integer below 1."""
     fix = fix or "Pass an int >= 1 (a Python or numpy integer, not a float, bool or string)."
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be a positive int, got {value!r}. {fix}")
+        raise BadType(f"`{name}` must be a positive int, got {value!r}. {fix}")
     if value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}. {fix}")
+        raise BadValue(f"`{name}` must be a positive int, got {value!r}. {fix}")
     return int(value)
 
 
@@ -84,9 +112,9 @@ def check_positive_float(value: Any, name: str, fix: str) -> float:
             raise TypeError
         number = float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"`{name}` must be a positive float, got {value!r}; {fix}") from None
+        raise BadType(f"`{name}` must be a positive float, got {value!r}; {fix}") from None
     if not 0 < number < float("inf"):
-        raise ValueError(f"`{name}` must be a positive finite float, got {value!r}; {fix}")
+        raise BadValue(f"`{name}` must be a positive finite float, got {value!r}; {fix}")
     return number
 
 
@@ -96,7 +124,7 @@ def check_truncation(truncation: Any, horizon: int) -> int:
         truncation, "truncation", "It is the number of steps per window: use 1 <= truncation <= horizon."
     )
     if truncation > horizon:
-        raise ValueError(
+        raise BadValue(
             f"`truncation`={truncation} is longer than the episode (`horizon`={horizon}); "
             f"use truncation <= {horizon}, or full_bptt / es for whole episodes."
         )
@@ -120,7 +148,7 @@ def check_sigma(sigma: Any) -> float:
 def check_particles(num_particles: Any, antithetic: Any, name: str = "num_particles") -> int:
     """A particle count; even when particles come in antithetic pairs."""
     if not isinstance(antithetic, (bool, np.bool_)):
-        raise TypeError(
+        raise BadType(
             f"`antithetic` must be True or False, got {antithetic!r}; True draws the particles in pairs (+eps, -eps)."
         )
     num_particles = check_positive_int(
@@ -130,7 +158,7 @@ def check_particles(num_particles: Any, antithetic: Any, name: str = "num_partic
         f" >= {2 if antithetic else 1}, e.g. {name}=64.",
     )
     if antithetic and num_particles % 2:
-        raise ValueError(
+        raise BadValue(
             f"`{name}`={num_particles} is odd but `antithetic=True` uses pairs (+eps, -eps); "
             f"use an even number such as {num_particles + 1}, or antithetic=False."
         )
@@ -162,14 +190,14 @@ def check_memory_budget(memory_budget: Any, *, allow_bytes: bool = True) -> int 
     if isinstance(memory_budget, str) and allow_bytes:
         match = re.fullmatch(r"\s*(\d+\.?\d*|\.\d+)\s*([A-Za-z]+)\s*", memory_budget)
         if not match or match.group(2) not in _BYTE_UNITS:
-            raise ValueError(
+            raise BadValue(
                 f"`memory_budget`={memory_budget!r} is not a size in bytes: write a number and a unit, one of "
                 f"{', '.join(_BYTE_UNITS)} (e.g. memory_budget='64MiB'), or pass a count of states as an int "
                 "(e.g. memory_budget=10)."
             )
         size = int(float(match.group(1)) * _BYTE_UNITS[match.group(2)])
         if size < 1:
-            raise ValueError(f"`memory_budget`={memory_budget!r} is less than one byte. {_BUDGET_FIX}")
+            raise BadValue(f"`memory_budget`={memory_budget!r} is less than one byte. {_BUDGET_FIX}")
         return MemoryBytes(memory_budget, size)
     fix = _BUDGET_FIX
     if isinstance(memory_budget, str):
@@ -184,7 +212,7 @@ def check_memory_budget(memory_budget: Any, *, allow_bytes: bool = True) -> int 
 def check_real_state(estimator: str, leaves: list) -> None:
     """Estimators whose approximation lives on a real state vector (``uoro``, ``dni``)."""
     if any(jnp.iscomplexobj(x) for x in leaves):
-        raise TypeError(
+        raise BadType(
             f"`{estimator}` needs a real state; this system's state has complex leaves: use rtrl instead "
             "(or carry the real and imaginary parts as two float leaves)."
         )
@@ -231,7 +259,7 @@ def check_theta(theta: PyTree) -> None:
     """
     leaves = jax.tree_util.tree_leaves_with_path(theta)
     if not leaves:
-        raise ValueError(
+        raise BadValue(
             f"`theta`={theta!r} has no array leaves; pass the outer parameters as a pytree of float arrays, "
             "e.g. {'w': jnp.zeros(3)}."
         )
@@ -242,7 +270,7 @@ def check_theta(theta: PyTree) -> None:
             continue  # a float leaf
         library = _library_fix(theta, path)  # only for a bad leaf: it walks theta
         if python_int:
-            raise TypeError(
+            raise BadType(
                 f"`{_path_str(path)}` is a Python {type(leaf).__name__} ({leaf!r}), not a float; theta leaves must be "
                 + (
                     f"float arrays: {library}."
@@ -257,7 +285,7 @@ def check_theta(theta: PyTree) -> None:
                 if callable(leaf)
                 else "theta must be a pytree of float arrays, e.g. jnp.asarray(x, jnp.float32)"
             )
-            raise TypeError(f"`{_path_str(path)}` is a {kind} ({leaf!r:.40}), not a float array; {fix}.")
+            raise BadType(f"`{_path_str(path)}` is a {kind} ({leaf!r:.40}), not a float array; {fix}.")
         dtype = jnp.result_type(leaf)  # a non-float dtype
         if library:
             fix = library
@@ -270,7 +298,7 @@ def check_theta(theta: PyTree) -> None:
                 "convert it with jnp.asarray(x, jnp.float32) (or float64), or keep integer constants "
                 "out of theta (close over them in init/step)"
             )
-        raise TypeError(f"`{_path_str(path)}` has dtype {dtype}, but theta leaves must be real float arrays; {fix}.")
+        raise BadType(f"`{_path_str(path)}` has dtype {dtype}, but theta leaves must be real float arrays; {fix}.")
 
 
 def check_against_theta(system: Any, theta: PyTree, key: jax.Array) -> None:
@@ -288,21 +316,21 @@ def check_against_theta(system: Any, theta: PyTree, key: jax.Array) -> None:
     on = f"the state system.init returns ({_shapes(state)}) and a traced int32 t"
     out = _traced(system.step, "system.step(theta, state, t)", on, (theta, state, t), lambda out: out)
     if not (isinstance(out, tuple) and len(out) == 2):
-        raise TypeError(
+        raise BadType(
             "`system.step` must return a pair (state, loss), got "
             f"{type(out).__name__}{f' of length {len(out)}' if isinstance(out, (tuple, list)) else ''}; "
             "return `new_state, loss`."
         )
     new_state, loss = out
     if jax.tree_util.tree_structure(new_state) != jax.tree_util.tree_structure(state):
-        raise TypeError(
+        raise BadType(
             "`system.step` returned a state whose pytree structure differs from `system.init`'s: "
             f"{jax.tree_util.tree_structure(new_state)} vs {jax.tree_util.tree_structure(state)}; "
             "return the same structure every step."
         )
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(state), jax.tree_util.tree_leaves(new_state)):
         if a.shape != b.shape or a.dtype != b.dtype:
-            raise TypeError(
+            raise BadType(
                 f"`system.step` changed state{jax.tree_util.keystr(path)} from {a.dtype}{list(a.shape)} "
                 f"to {b.dtype}{list(b.shape)}; each state leaf must keep its shape and dtype "
                 "(cast with .astype and check broadcasting)."
@@ -317,7 +345,7 @@ def check_against_theta(system: Any, theta: PyTree, key: jax.Array) -> None:
             fix = "return a real loss, e.g. jnp.abs(z) ** 2 or jnp.real(z)"
         else:
             fix = "make it floating point, e.g. loss.astype(jnp.float32) (an integer loss has no gradient)"
-        raise TypeError(f"`system.step` must return a float scalar loss, got {desc}; {fix}.")
+        raise BadType(f"`system.step` must return a float scalar loss, got {desc}; {fix}.")
 
 
 def _traced(fn: Callable, call: str, inputs: str, args: tuple, check_output: Callable):
@@ -327,13 +355,13 @@ def _traced(fn: Callable, call: str, inputs: str, args: tuple, check_output: Cal
     try:
         return jax.eval_shape(lambda *a: check_output(fn(*a)), *args)
     except _OutputError as err:
-        raise TypeError(str(err)) from None
+        raise BadType(str(err)) from None
     except Exception as err:
         err.add_note(f"(raised while unroll traced `{call}` on {inputs}, before running anything)")
         raise
 
 
-class _OutputError(TypeError):
+class _OutputError(BadType):
     """What a system function returned is not a pytree of arrays (raised inside the trace)."""
 
 
@@ -397,14 +425,14 @@ def check_parallel_form(system: Any, estimator: str) -> None:
     """Construction-time check that ``system`` has a parallel form ``episode``."""
     episode = getattr(system, "episode", None)
     if episode is None:
-        raise ValueError(
+        raise BadValue(
             f"`{estimator}` needs the system's parallel form `system.episode(theta, key) -> losses [horizon]`, "
             "and this system has none (episode=None). Give it one, unroll.System(init, step, horizon, "
             "episode=...) (e.g. with unroll.parallel.linear_recurrence; the tasks' gilr, gilr-lstm and lru cells "
             "have one), or use full_bptt or checkpointed_bptt for the same gradient step by step."
         )
     if not callable(episode):
-        raise TypeError(
+        raise BadType(
             f"`system.episode` must be a function episode(theta, key) -> losses [horizon], got "
             f"{type(episode).__name__}; pass a pure function as unroll.System(..., episode=...)."
         )
@@ -417,7 +445,7 @@ def check_episode_against_theta(system: Any, theta: PyTree, key: jax.Array) -> N
     shape, dtype = getattr(losses, "shape", None), getattr(losses, "dtype", None)
     if shape != (system.horizon,) or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
         desc = f"{dtype}{list(shape)}" if dtype is not None else type(losses).__name__
-        raise TypeError(
+        raise BadType(
             f"`system.episode` must return the episode's per-step losses, a real float array of shape "
             f"[horizon] = [{system.horizon}], got {desc}; return one loss per step (the same as `step`'s), "
             "not their mean."
@@ -455,17 +483,16 @@ def check_discrete_independent(system: Any, theta: PyTree, key: jax.Array, estim
     split = split_discrete(state)
     if not split.discrete:
         return
-    from jax._src.interpreters import partial_eval as pe  # (no public API finds a jaxpr's used inputs)
 
     def discrete_after(floats, discrete, t):
         return split_discrete(system.step(theta, split.merge(floats, discrete), t)[0]).discrete
 
     closed = jax.make_jaxpr(discrete_after)(split.floats, split.discrete, jax.ShapeDtypeStruct((), jnp.int32))
-    _, used = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))
+    used = used_inputs(closed)
     float_paths = [path for path, x in jax.tree_util.tree_leaves_with_path(state) if is_inexact(x)]
     read = [jax.tree_util.keystr(path) or "(the state)" for path, u in zip(float_paths, used) if u]
     if read:
-        raise ValueError(
+        raise BadValue(
             f"`{estimator}` iterates on the state's float leaves and computes its int and key leaves once, "
             f"so those must not depend on the floats; but this system's `step` computes its discrete leaves "
             f"from the float leaves state{', state'.join(read)}. Make the discrete leaves a function of "

@@ -23,15 +23,16 @@ import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from unroll._errors import BadType, BadValue
 from unroll.task import Task
-from unroll.tasks.hyper import DEFAULT_ESTIMATORS as HYPER_ESTIMATORS
-from unroll.tasks.hyper import lr_schedule_setup, mlp_hyper_setup
-from unroll.tasks.influence import DEFAULT_ESTIMATORS as INFLUENCE_ESTIMATORS
-from unroll.tasks.influence import influence_balancing_setup
+from unroll.tasks._hyper import DEFAULT_ESTIMATORS as HYPER_ESTIMATORS
+from unroll.tasks._hyper import lr_schedule_setup, mlp_hyper_setup
+from unroll.tasks._influence import DEFAULT_ESTIMATORS as INFLUENCE_ESTIMATORS
+from unroll.tasks._influence import influence_balancing_setup
+from unroll.tasks._lorenz import DEFAULT_ESTIMATORS as LORENZ_ESTIMATORS
+from unroll.tasks._lorenz import lorenz_setup
 from unroll.tasks.lopt import DEFAULT_ESTIMATORS as LOPT_ESTIMATORS
 from unroll.tasks.lopt import lopt_digits_setup, lopt_quadratic_setup
-from unroll.tasks.lorenz import DEFAULT_ESTIMATORS as LORENZ_ESTIMATORS
-from unroll.tasks.lorenz import lorenz_setup
 from unroll.tasks.rnn import DEFAULT_ESTIMATORS as RNN_ESTIMATORS
 from unroll.tasks.rnn import char_lm_setup, copy_setup, flip_flop_setup, long_dependency_setup
 
@@ -91,13 +92,13 @@ def load_task(reference: Any, options: dict | None = None) -> LoadedTask:
     options = dict(options or {})
     if isinstance(reference, Task):
         if options:
-            raise ValueError(
+            raise BadValue(
                 f"task options {sorted(options)} were given with a ready Task; pass them to the function that "
                 "builds it instead."
             )
         return LoadedTask(reference, {}, "a Task object")
     if not isinstance(reference, str):
-        raise TypeError(
+        raise BadType(
             f"the task must be an unroll.Task or a name (built-in, 'file.py:NAME' or 'package.module:NAME'), "
             f"got {type(reference).__name__}."
         )
@@ -110,20 +111,20 @@ def load_task(reference: Any, options: dict | None = None) -> LoadedTask:
     if ":" not in reference:
         known = ", ".join([*TASKS, *plugins])
         hint = " (a file's task is named file.py:NAME)" if reference.endswith(".py") else ""
-        raise ValueError(
+        raise BadValue(
             f"unknown task {reference!r}{hint}; choose from {known}, or point at your own: "
             "path/to/file.py:NAME or package.module:NAME (see `unroll list`)."
         )
     where, attribute = reference.rsplit(":", 1)
     if not attribute.isidentifier():
-        raise ValueError(f"task {reference!r}: {attribute!r} after ':' is not a Python name; write FILE.py:NAME.")
+        raise BadValue(f"task {reference!r}: {attribute!r} after ':' is not a Python name; write FILE.py:NAME.")
     if where.endswith(".py") or os.sep in where or "/" in where:
         module, source = _import_file(where, reference), f"file {os.path.abspath(where)}:{attribute}"
     else:
         module, source = _import_module(where, reference), f"module {reference}"
     if not hasattr(module, attribute):
         defined = sorted(n for n, v in vars(module).items() if not n.startswith("_") and _defines_task(v, module))
-        raise ValueError(
+        raise BadValue(
             f"task {reference!r}: {where} has no attribute {attribute!r}; it defines "
             f"{', '.join(defined) if defined else 'no Task and no function'}."
         )
@@ -138,13 +139,13 @@ def _defines_task(value, module) -> bool:
 def _loaded(found, options: dict, label: str, source: str) -> LoadedTask:
     if isinstance(found, Task):
         if options:
-            raise ValueError(
+            raise BadValue(
                 f"task {label!r} is a Task, which takes no options (got {', '.join(sorted(options))}); make it a "
                 "function that returns the Task and takes them as keyword arguments."
             )
         return LoadedTask(found, {}, source)
     if not callable(found):
-        raise TypeError(
+        raise BadType(
             f"task {label!r} is a {type(found).__name__}, not an unroll.Task or a function returning one; "
             "define e.g. `def make(horizon=100): return unroll.Task(system, theta)`."
         )
@@ -156,7 +157,7 @@ def _made(make: Callable, options: dict, label: str) -> Task:
     check_options(make, options, label)
     task = make(**options)  # the user's own code: its exceptions keep their traceback
     if not isinstance(task, Task):
-        raise TypeError(
+        raise BadType(
             f"task {label!r} returned {type(task).__name__}, not an unroll.Task; return "
             "unroll.Task(system, theta, ...)."
         )
@@ -176,7 +177,7 @@ def check_options(make: Callable, options: dict, label: str) -> None:
         takes = ", ".join(
             f"{n}={d!r}" if d is not inspect.Parameter.empty else n for n, d in task_options(make).items()
         )
-        raise ValueError(
+        raise BadValue(
             f"task {label!r}: {err}; its options: {takes or 'none'} (see `unroll list`, --task-option KEY=VALUE)."
         ) from None
 
@@ -186,7 +187,7 @@ _LOADED_FILES: set[str] = set()  # the module names task files were loaded under
 
 def _import_file(path: str, reference: str):
     if not os.path.isfile(path):
-        raise ValueError(f"task {reference!r}: no such file {path!r} (relative to {os.getcwd()}).")
+        raise BadValue(f"task {reference!r}: no such file {path!r} (relative to {os.getcwd()}).")
     path = os.path.abspath(path)
     stem = os.path.splitext(os.path.basename(path))[0]
     # its own name where free (or held by an earlier task file of the same name), else one of its own
@@ -214,7 +215,7 @@ def _import_module(name: str, reference: str):
         return importlib.import_module(name)
     except ModuleNotFoundError as err:
         if err.name is not None and (name == err.name or name.startswith(err.name + ".")):
-            raise ValueError(
+            raise BadValue(
                 f"task {reference!r}: no module named {err.name!r} (looked in the working directory and the "
                 "installed packages); for a file write path/to/file.py:NAME."
             ) from None

@@ -79,12 +79,37 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from unroll import registry
+from unroll._errors import BadType, BadValue
 from unroll._exact import episode_loss
 from unroll.checkpointing import format_bytes
 from unroll.diagnostics import lyapunov_spectrum, outlook_from_exponent, quality_of_windows, window_sampler
-from unroll.task import Task, _memory_models, _sizes, check_memory_limit
+from unroll.task import Task, check_memory_limit, memory_models, trajectory_sizes
 
-__all__ = ["Advice", "AdviceRow", "Recommendation", "advise", "bias_threshold", "verify"]
+__all__ = [
+    "BIAS_TOLERANCE",
+    "BIAS_Z",
+    "CHAOS_Z",
+    "GROWTH_FACTOR",
+    "MIN_SECONDS",
+    "NORM_GROWTH",
+    "NUM_EPISODES",
+    "NUM_TRAJECTORIES",
+    "ORDER",
+    "REFERENCE_SHARE",
+    "REFERENCE_TARGET",
+    "REPEATS",
+    "Advice",
+    "AdviceRow",
+    "advise",
+    "bias_threshold",
+    "compiled_memory",
+    "exact_episodes",
+    "Recommendation",
+    "span",
+    "Verification",
+    "verify",
+    "windows_per_sample",
+]
 
 # the rule's thresholds: judgements, stated in the docs and tested on the built-in tasks
 BIAS_Z = 4.0  # a bias is significant beyond this many standard errors (the estimator's and the reference's)
@@ -129,21 +154,31 @@ def _order() -> list[str]:
 
 
 def exact_episodes(name: str) -> bool:
-    """Whether ``name`` computes the exact gradient of whole episodes: the BPTT family's estimators
-    without a window (full, parallel, DEER, checkpointed). From the same workers they give the same
-    estimate (their tests prove parallel == sequential == checkpointed), so their bias, cosine and SNR
-    are measured once and shared; they differ in seconds and memory.
+    """Whether `name` computes the exact gradient of whole episodes.
+
+    These are the BPTT family's estimators without a window (full, parallel, DEER, checkpointed).
+    From the same workers they give the same estimate (their tests prove parallel == sequential ==
+    checkpointed), so their bias, cosine and SNR are measured once and shared; they differ in
+    seconds and memory.
 
     Args:
       name: a registry name.
+
+    Returns:
+      True for a BPTT-family estimator that is not windowed.
     """
     entry = registry.get(name)
     return entry.family == "bptt" and not entry.windowed
 
 
 class Recommendation(NamedTuple):
-    """The recommended estimator: its registry ``name``, the keyword arguments its constructor is
-    called with (``settings``) and the row's ``label``."""
+    """The recommended estimator, and how to build it (`python`).
+
+    Attributes:
+      name: its registry name.
+      settings: the keyword arguments its constructor is called with.
+      label: the row's label (`AdviceRow.label`).
+    """
 
     name: str
     settings: dict
@@ -156,12 +191,36 @@ class Recommendation(NamedTuple):
 
 
 class AdviceRow(NamedTuple):
-    """One candidate at one setting, every figure measured on the task at ``task.theta``.
+    r"""One candidate at one setting, every figure measured on the task at `task.theta`.
 
-    ``verdict`` is ``"recommended"``, ``"ok"``, the flags that rule it out joined by commas
-    (``"biased"``, ``"exploding"``, ``"over budget"``), ``"not applicable"``, ``"not measured"``
-    (time) or ``"non-finite"``; ``note`` says why, with the figure. Figures not measured are NaN
-    (``memory`` -1)."""
+    Figures not measured are NaN (`memory` -1).
+
+    Attributes:
+      label: as `unroll compare` spells it (`tbptt-10`), plus the settings that differ from the task's.
+      name: the registry name.
+      settings: the constructor's keyword arguments.
+      family: the registry family (`"bptt"`, `"es"`, ...).
+      verdict: `"recommended"`, `"ok"`, the flags that rule it out joined by commas (`"biased"`,
+        `"exploding"`, `"over budget"`), `"not applicable"`, `"not measured"` (time) or `"non-finite"`.
+      note: why, with the figure.
+      seconds: per `estimate` call, compiled (median of repeats).
+      system_steps: per call (`info["steps"]`: all workers and particles).
+      memory: bytes of the compiled call (arguments + outputs + temporaries - aliased; `compiled_memory`).
+      compile_seconds: `init` and `estimate`, traced and compiled.
+      measure_seconds: all the time spent on this row.
+      span: steps differentiated through (0 for the ES family; `span`).
+      windows_per_sample: windows averaged into a sample of `gradient_quality` (covering whole episodes;
+        `windows_per_sample`).
+      num_samples: the samples of `gradient_quality` taken.
+      quality_index: the samples' keys are `split(fold_in(fold_in(key, 3), quality_index), 32)[:num_samples]`.
+      bias_z: the largest component's bias in standard errors (the estimator's and the reference's).
+      relative_bias: $|m - G| / |G|$, the estimate's expected noise taken out of $|m - G|$.
+      cosine: $\cos(m, G)$, the cosine of the mean estimate (`cosine_of_mean`).
+      mean_cosine: the mean over samples of each sample's cosine with $G$.
+      snr: of one call's estimate, $|m|^2 / V$ (`gradient_quality`'s `window_snr`).
+      progress: the expected progress per call, $\max(\cos, 0)^2\, \mathrm{snr} / (1 + \mathrm{snr})$.
+      progress_per_second: `progress` divided by `seconds`, the figure candidates are ranked by.
+    """
 
     label: str  # as `unroll compare` spells it (tbptt-10), plus the settings that differ from the task's
     name: str  # registry name
@@ -188,8 +247,33 @@ class AdviceRow(NamedTuple):
 
 
 class Advice(NamedTuple):
-    """What ``advise`` found. ``rows`` are ordered by expected progress per second (measured
-    rows first); ``reasons`` are the sentences a person reads, each with its figure."""
+    r"""What `advise` found: the recommendation, every candidate's row and the evidence.
+
+    Attributes:
+      task: the task measured.
+      recommendation: the `Recommendation`, or `None` when no candidate qualifies (`reasons` says why).
+      rows: the `AdviceRow`s, ordered by expected progress per second (measured rows first).
+      exponent: $\lambda_1$ per step (mean over trajectories).
+      exponent_error: its standard error.
+      chaotic: whether the system is chaotic over its horizon ($\lambda_1 > 3\,\mathrm{SE}$ and
+        $e^{\lambda_1 T} \ge$ `GROWTH_FACTOR`).
+      exploding: whether its BPTT-family gradients explode (chaotic, and the median gradient norm grows at least
+        `NORM_GROWTH` times from $h = T/16$ to $h = T$).
+      reference: `"exact"` or `"smoothed, sigma=..."`.
+      reference_error: the reference's relative standard error $|\mathrm{SE}| / |G|$.
+      reference_samples: episodes (exact) or antithetic pairs (smoothed) averaged.
+      reference_gradient: $G$, theta's structure.
+      reference_standard_error: $G$'s standard error per component, theta's structure.
+      reasons: the sentences a person reads, each with its figure.
+      skipped: `"label: why"` for each candidate not measured.
+      horizons: prefix lengths $h$ of the gradient-norm curve.
+      norm_median: median norm over episodes of the exact gradient of the first $h$ steps' mean loss.
+      norm_max: the max norm over episodes of the same.
+      running: `[trajectories, steps]`: the running $\lambda_1$ estimates.
+      seconds: the call's wall time.
+      timings: seconds of each phase: `chaos`, `gradient_norms`, `reference`, `candidates`.
+      budget: `{"seconds": ..., "memory_budget": bytes}`.
+    """
 
     task: Task
     recommendation: Recommendation | None
@@ -214,14 +298,25 @@ class Advice(NamedTuple):
     budget: dict  # {"seconds": ..., "memory_budget": bytes}
 
     def estimator(self):
-        """The recommendation built on ``task.system``; a ``ValueError`` saying why if there is none."""
+        """The recommendation built on `task.system`.
+
+        Returns:
+          The recommended estimator.
+
+        Raises:
+          BadValue: there is no recommendation (a `ValueError`; the message says why).
+        """
         if self.recommendation is None:
-            raise ValueError(self.reasons[-1])  # "No recommendation: ..., the figure"
+            raise BadValue(self.reasons[-1])  # "No recommendation: ..., the figure"
         entry = registry.get(self.recommendation.name)
         return entry.constructor(self.task.system, **self.recommendation.settings)
 
     def to_json(self) -> str:
-        """Everything but the task and the reference gradient (its norm is there), as JSON (non-finite figures as the strings ``"inf"``/``"nan"``)."""
+        """Everything but the task and the reference gradient (its norm is there), as JSON.
+
+        Returns:
+          The JSON text, indented; non-finite figures as the strings `"inf"`/`"nan"`.
+        """
         return json.dumps(_jsonable(self._data()), indent=2)
 
     def _data(self) -> dict:
@@ -262,8 +357,14 @@ class Advice(NamedTuple):
         }
 
     def to_markdown(self, plots: dict | None = None) -> str:
-        """The report: the recommendation as a line of Python, the reasons, the table of every
-        candidate and, with ``plots`` (``{caption: path}``), the plots."""
+        """The report: the recommendation as a line of Python, the reasons, the table of every candidate, the plots.
+
+        Args:
+          plots: `{caption: path}` of images to include (e.g. `unroll.plotting.plot_advice`'s), or `None`.
+
+        Returns:
+          The markdown text.
+        """
         lines = [f"# Advice for {self.task.name} (horizon {self.task.system.horizon})", ""]
         if self.recommendation is not None:
             lines += ["Recommended:", "", "```python", self.recommendation.python, "```", ""]
@@ -299,7 +400,11 @@ class Advice(NamedTuple):
         return "\n".join(lines) + "\n"
 
     def summary(self) -> str:
-        """A few lines for the terminal: the recommendation (or why there is none) and the top rows."""
+        """A few lines for the terminal: the recommendation (or why there is none) and the top rows.
+
+        Returns:
+          The text, lines joined by newlines.
+        """
         measured = [row for row in self.rows if math.isfinite(row.progress_per_second)][:5]
         lines = [f"{self.task.name}: " + self.reasons[0]]
         for row in measured:
@@ -315,13 +420,23 @@ class Advice(NamedTuple):
 
 
 def bias_threshold(num_components: int) -> float:
-    r"""The bias z beyond which a bias is significant: ``BIAS_Z`` standard errors for one component,
-    made family-wise over ``num_components`` (Bonferroni), $z_p = -\Phi^{-1}(\Phi(-z_1) / p)$, so that
-    the chance that the largest of $p$ unbiased components' $|z|$ passes it is that of one passing 4.
-    (``gradient_quality``'s ``bias_z`` is the largest over the components.)
+    r"""The bias z beyond which a bias is significant, made family-wise over theta's components.
+
+    `BIAS_Z` standard errors $z_1$ for one component, made family-wise over `num_components`
+    (Bonferroni),
+
+    $$
+    z_p = -\Phi^{-1}\left(\Phi(-z_1) / p\right),
+    $$
+
+    so that the chance that the largest of $p$ unbiased components' $|z|$ passes it is that of
+    one passing 4. (`gradient_quality`'s `bias_z` is the largest over the components.)
 
     Args:
       num_components: $p$, the floats in theta.
+
+    Returns:
+      $z_p$, a float (4 at $p = 1$).
     """
     from statistics import NormalDist
 
@@ -384,9 +499,9 @@ class _Candidate(NamedTuple):
 
 def _check_seconds(seconds: Any) -> float:
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
-        raise TypeError(f"`seconds` must be a number of seconds, got {seconds!r}; e.g. seconds=120.")
+        raise BadType(f"`seconds` must be a number of seconds, got {seconds!r}; e.g. seconds=120.")
     if seconds < MIN_SECONDS:
-        raise ValueError(
+        raise BadValue(
             f"`seconds`={seconds:g} is below what the system's own measurements need ({MIN_SECONDS:g} s: compiling "
             "the Lyapunov, gradient and reference computations alone takes seconds on a CPU); pass seconds >= "
             f"{MIN_SECONDS:g}, e.g. seconds=120."
@@ -406,25 +521,23 @@ def _parse_candidates(candidates, task: Task) -> list[tuple[str, int | None, boo
     if candidates is None:
         return [(name, None, False) for name in _order()]
     if isinstance(candidates, str) or not all(isinstance(c, str) for c in candidates):
-        raise TypeError(
-            f"`candidates` must be a list of estimator names, e.g. ['pes', 'tbptt-10'], got {candidates!r}."
-        )
+        raise BadType(f"`candidates` must be a list of estimator names, e.g. ['pes', 'tbptt-10'], got {candidates!r}.")
     parsed = []
     for text in candidates:
         match = re.fullmatch(r"([a-z][a-z-]*?)(?:-(\d+))?", text)
         name = match.group(1) if match else text
         if not match or name not in registry.ESTIMATORS:
-            raise ValueError(
+            raise BadValue(
                 f"unknown candidate {text!r}; choose from {', '.join(registry.ESTIMATORS)} (add -K for a "
                 "truncation, e.g. tbptt-10)."
             )
         truncation = match.group(2)
         if truncation is not None:
             if not registry.get(name).windowed:
-                raise ValueError(f"candidate {text!r}: {name} takes no truncation; write {name!r}.")
+                raise BadValue(f"candidate {text!r}: {name} takes no truncation; write {name!r}.")
             truncation = int(truncation)
             if not 1 <= truncation <= task.system.horizon:
-                raise ValueError(
+                raise BadValue(
                     f"candidate {text!r}: truncation {truncation} must lie in [1, horizon={task.system.horizon}]."
                 )
         parsed.append((name, truncation, truncation is not None))
@@ -479,16 +592,17 @@ def advise(
     progress: bool = True,
     task_options: dict | None = None,
 ) -> Advice:
-    r"""Measures ``task``'s system at ``task.theta`` and recommends an estimator, with the
-    evidence (the module's docstring gives every measurement and the rule):
+    r"""Measures `task`'s system at `task.theta` and recommends an estimator, with the evidence.
+
+    The module's docstring gives every measurement and the rule:
 
     * chaos: $\lambda_1 \pm \mathrm{SE}$ and the exact gradient's norm against the horizon;
     * a reference gradient $G$, exact or (under chaos) of the $\sigma$-smoothed loss;
     * per candidate: seconds and system steps per call, compiled memory, and bias, cosine and
       SNR against $G$;
-    * the rank by expected progress per second, $\max(\cos, 0)^2\, \mathrm{snr} / (1 +
-      \mathrm{snr}) / \text{seconds per call}$, biased, exploding and over-budget candidates
-      excluded.
+    * the rank by expected progress per second,
+      $\max(\cos, 0)^2\, \mathrm{snr} / (1 + \mathrm{snr}) / \text{seconds per call}$,
+      biased, exploding and over-budget candidates excluded.
 
     Args:
       task: an ``unroll.Task``, or what ``unroll compare`` takes: a built-in name,
@@ -557,16 +671,16 @@ def advise(
 
     candidate_list, not_applicable = _candidates(task, parsed, chaotic, exponent, budget, grid)
     if not candidate_list and not not_applicable:
-        raise ValueError("no candidate to measure; pass at least one registered estimator in `candidates`.")
+        raise BadValue("no candidate to measure; pass at least one registered estimator in `candidates`.")
     first_cost = 3.0  # seconds: a guess at one candidate's compile and measurement until one is measured
     if clock.left() < first_cost:
-        raise ValueError(
+        raise BadValue(
             f"`seconds`={seconds:g} leaves no time for a candidate: the system's measurements (chaos, gradient "
             f"norms, reference) took {clock.elapsed():.1f} s and one candidate takes about {first_cost:g} s more; "
             f"pass seconds >= {math.ceil(clock.elapsed() + 4 * first_cost)}."
         )
     measure = _Measure(task, reference, error, jax.random.fold_in(key, 3), clock, budget, exploding, exponent)
-    full_model = _memory_models(system, theta, task.settings)["full-bptt"]
+    full_model = memory_models(system, theta, task.settings)["full-bptt"]
     if full_model > budget:  # full-bptt is not compiled: checkpointed-bptt stands in
         measure.full_bptt_memory = full_model
     rows = list(not_applicable)
@@ -613,7 +727,7 @@ def _key(key: Any) -> jax.Array:
         return jax.random.key(key)
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         return key
-    raise TypeError(f"`key` must be an int seed or a JAX key (jax.random.key(0)), got {key!r}.")
+    raise BadType(f"`key` must be an int seed or a JAX key (jax.random.key(0)), got {key!r}.")
 
 
 def _lyapunov(system, theta, key) -> np.ndarray:
@@ -730,7 +844,7 @@ def _candidates(task: Task, parsed, chaotic: bool, exponent: float, budget: int,
     """The candidates to measure, in order (every first-pass one before the grid), and the rows of
     those that do not apply to this system."""
     system = task.system
-    models = _memory_models(system, task.theta, task.settings)
+    models = memory_models(system, task.theta, task.settings)
     first, around, rows, seen = [], [], [], set()
     for name, truncation, fixed in parsed:
         why = _not_applicable(name, system, exponent, models, budget)
@@ -743,7 +857,7 @@ def _candidates(task: Task, parsed, chaotic: bool, exponent: float, budget: int,
             if why is not None:
                 rows.append(_empty_row(label, name, settings, "not applicable", why))
                 break
-            modelled = _memory_models(system, task.theta, {**task.settings, **overrides})
+            modelled = memory_models(system, task.theta, {**task.settings, **overrides})
             over = _over_model(name, modelled, budget)
             if over is not None:
                 rows.append(_empty_row(label, name, settings, "over budget", over, memory=modelled[name]))
@@ -804,30 +918,37 @@ def _empty_row(label, name, settings, verdict, note, **figures) -> AdviceRow:
 
 
 def windows_per_sample(horizon: int, truncation: int, num_workers: int) -> int:
-    """The consecutive windows of ``truncation`` steps after which ``num_workers`` staggered workers
-    have covered every step of an episode equally often: ``lcm(K, T / W) / K`` where ``W`` divides
-    ``T`` (worker ``w`` starts at ``w T / W``), else ``lcm(K, T) / K`` (each worker alone covers
-    whole episodes).
+    r"""The consecutive windows after which staggered workers have covered every step of an episode equally often.
+
+    That is $\mathrm{lcm}(K, T / W) / K$ windows of $K$ steps where $W$ divides $T$ (worker $w$
+    starts at $w T / W$), else $\mathrm{lcm}(K, T) / K$ (each worker alone covers whole episodes).
 
     Args:
-      horizon: the episode length ``T``.
-      truncation: the window length ``K``.
-      num_workers: the staggered workers ``W``.
+      horizon: the episode length $T$.
+      truncation: the window length $K$.
+      num_workers: the staggered workers $W$.
+
+    Returns:
+      The number of windows, an int.
     """
     stride = horizon // num_workers if horizon % num_workers == 0 else horizon
     return math.lcm(truncation, stride) // truncation
 
 
 def span(name: str, settings: dict, horizon: int) -> int:
-    """The steps a candidate differentiates through, from its registry family: none for the ES
-    family (0); its window for a windowed BPTT or synthetic-gradient estimator (``tbptt``, ``dni``);
-    the whole episode for the exact ones and the forward-mode ones (which carry their influence or
-    tangents across windows).
+    """The steps a candidate differentiates through, from its registry family.
+
+    None for the ES family (0); its window for a windowed BPTT or synthetic-gradient estimator
+    (`tbptt`, `dni`); the whole episode for the exact ones and the forward-mode ones (which carry
+    their influence or tangents across windows).
 
     Args:
       name: a registry name.
-      settings: its constructor's keyword arguments.
+      settings: its constructor's keyword arguments (`truncation` is read for a windowed one).
       horizon: the episode length $T$.
+
+    Returns:
+      The span in steps: 0, the truncation $K$, or $T$.
     """
     entry = registry.get(name)
     if entry.family == "es":
@@ -838,11 +959,15 @@ def span(name: str, settings: dict, horizon: int) -> int:
 
 
 def compiled_memory(compiled) -> int:
-    """The bytes of a compiled call by XLA's memory analysis: arguments, outputs and temporaries,
-    outputs that alias arguments counted once; -1 where the backend gives no analysis.
+    """The bytes of a compiled call by XLA's memory analysis.
+
+    Arguments, outputs and temporaries are counted, outputs that alias arguments once.
 
     Args:
-      compiled: ``jax.jit(f).lower(...).compile()``.
+      compiled: `jax.jit(f).lower(...).compile()`.
+
+    Returns:
+      The bytes, an int; -1 where the backend gives no analysis.
     """
     analysis = compiled.memory_analysis()
     if analysis is None:
@@ -1034,7 +1159,7 @@ class _Measure:
                 f"full-bptt fits the memory budget ({format_bytes(self.full_bptt_memory)}); checkpointing is "
                 "considered only where it does not"
             )
-        state_bytes = max(_sizes(self.task.system, self.task.theta)[0], 1)
+        state_bytes = max(trajectory_sizes(self.task.system, self.task.theta)[0], 1)
         workers = int(settings.get("num_workers", 1))
         horizon = self.task.system.horizon
         trajectory = workers * horizon * state_bytes
@@ -1176,9 +1301,16 @@ class _Build(NamedTuple):
 
 
 class Verification(NamedTuple):
-    """The race of ``verify``: the ``raced`` labels (best expected first), the race's ``winner``
-    (lowest final objective, mean over seeds), each one's ``objectives``, whether the winner is
-    the recommendation (``agrees``), the comparison's folder and a sentence that says it."""
+    """The race of `verify`, and whether its winner is the recommendation.
+
+    Attributes:
+      raced: the labels raced, best expected first.
+      winner: the race's winner (lowest final objective, mean over seeds).
+      objectives: each label's final objective, mean over seeds.
+      agrees: whether the winner is the recommendation.
+      out_dir: the comparison's folder.
+      text: a sentence that says it.
+    """
 
     raced: tuple
     winner: str
@@ -1197,9 +1329,11 @@ def verify(
     out_dir: str | None = None,
     progress: bool = True,
 ) -> Verification:
-    """Races the ``top`` unflagged candidates of ``advice`` (by expected progress per second) under
-    ``unroll.compare`` at an equal budget of ``seconds`` of training each, on the same task, and
-    says whether the race's winner (lowest final objective, mean over seeds) is the recommendation.
+    """Races the `top` candidates of `advice` under `unroll.compare`, to check the recommendation.
+
+    The `top` unflagged candidates (by expected progress per second) race at an equal budget of
+    `seconds` of training each, on the same task; the result says whether the race's winner
+    (lowest final objective, mean over seeds) is the recommendation.
 
     Args:
       advice: what ``advise`` returned.
@@ -1208,16 +1342,22 @@ def verify(
       seeds: seeds per candidate. Default: the task's.
       out_dir: the comparison's folder. Default: ``runs/<task>-verify-<time>``.
       progress: progress bars.
+
+    Returns:
+      A `Verification`.
+
+    Raises:
+      BadValue: the advice has no recommendation, or fewer than two candidates qualify.
     """
     import dataclasses
 
     from unroll.comparison import compare
 
     if advice.recommendation is None:
-        raise ValueError("nothing to verify: the advice has no recommendation (see its reasons).")
+        raise BadValue("nothing to verify: the advice has no recommendation (see its reasons).")
     rows = [row for row in advice.rows if row.verdict in ("recommended", "ok")][:top]
     if len(rows) < 2:
-        raise ValueError(
+        raise BadValue(
             f"nothing to race: only {len(rows)} candidate qualifies ({rows[0].label}); the race needs two or more."
         )
     task = advice.task

@@ -31,6 +31,7 @@ from unroll._engine import (
     unflatten_trajectories,
     window_info,
 )
+from unroll._errors import BadValue
 from unroll._system import check_against_theta, with_inexact_leaves
 from unroll._tree import PyTree
 from unroll.contract import (
@@ -51,7 +52,14 @@ __all__ = ["backprop", "plain_rule", "summed", "windowed"]
 
 
 def plain_rule(system) -> Rule:
-    """The rule with no accumulator: just the system's own dynamics."""
+    """The rule with no accumulator: just the system's own dynamics.
+
+    Args:
+        system: the unrolled system.
+
+    Returns:
+        A `Rule` whose accumulator and contributions are `()`.
+    """
 
     def start(theta, key, noise_key, noise):
         return EpisodeStart(system.init(theta, key), ())
@@ -64,8 +72,15 @@ def plain_rule(system) -> Rule:
 
 
 def summed(scale: float = 1.0) -> WindowGradient:
-    """``g = scale / (W P K) sum_{w,p} total_{w,p}``: the mean step contribution, times
-    ``scale`` (``1 / sigma^2`` for ES)."""
+    r"""The mean step contribution, times `scale`:
+    $g = \frac{\text{scale}}{W P K} \sum_{w,p} \text{total}_{w,p}$.
+
+    Args:
+        scale: a constant factor ($1 / \sigma^2$ for ES).
+
+    Returns:
+        A `WindowGradient` (forward-mode and ES estimators use it).
+    """
 
     def gradient(window: Window, theta: PyTree, shared: PyTree) -> Gradient:
         result = window.run(theta)
@@ -75,8 +90,17 @@ def summed(scale: float = 1.0) -> WindowGradient:
 
 
 def backprop(window: Window, theta: PyTree, shared: PyTree) -> Gradient:
-    """``g = grad_theta (1/(W P K)) sum_{w,p,k} l_{w,p,k}``, reverse mode through the
-    window, the incoming states held fixed."""
+    r"""Reverse mode through the window, the incoming states held fixed:
+    $g = \nabla_\theta \frac{1}{W P K} \sum_{w,p,k} \ell_{w,p,k}$.
+
+    Args:
+        window: the window to run.
+        theta: the outer parameters.
+        shared: the estimator's shared state, passed through.
+
+    Returns:
+        The `Gradient`.
+    """
 
     def mean_loss(theta):
         result = window.run(theta)
@@ -89,7 +113,7 @@ def backprop(window: Window, theta: PyTree, shared: PyTree) -> Gradient:
 def _check_workers(workers: Worker, shape: tuple[int, int]) -> None:
     """Trace-time check that an estimator state belongs to this estimator."""
     if tuple(workers.t.shape) != shape:
-        raise ValueError(
+        raise BadValue(
             f"`state` holds workers of shape {tuple(workers.t.shape)}, expected {shape} (num_workers, "
             "num_particles); pass the state returned by this estimator's own init."
         )
@@ -104,7 +128,7 @@ def _checked_acc(state: WindowState, rule: Rule, theta: PyTree, noise: PyTree) -
     got = [tuple(x.shape) for x in jax.tree_util.tree_leaves(state.acc)]
     want = [shape + tuple(x.shape) for x in jax.tree_util.tree_leaves(expected)]
     if jax.tree_util.tree_structure(state.acc) != jax.tree_util.tree_structure(expected) or got != want:
-        raise ValueError(
+        raise BadValue(
             f"`state.acc` has leaves of shapes {got}, expected {want} for this estimator and theta; pass the "
             "state returned by this estimator's own init."
         )
@@ -124,7 +148,7 @@ def windowed(
     branch: bool = False,
     shared_state: Callable[[PyTree, jax.Array], PyTree] | None = None,
 ) -> Estimator:
-    """A windowed estimator: $W \times P$ trajectories advanced by windows of $K$ steps.
+    r"""A windowed estimator: $W \times P$ trajectories advanced by windows of $K$ steps.
 
     Each call of `estimate` runs every trajectory $K$ = `truncation` steps under `rule`
     (resetting any that ends its episode, also mid-window) and returns `gradient`'s

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from unroll._errors import BadType, MissingExtra
+
 __all__ = ["tensorboard"]
 
 
@@ -28,13 +30,23 @@ def tensorboard(logdir: str, every_seed: bool = True) -> Callable[[int, dict], N
     returned function's ``close()`` closes them.
 
     Needs tensorboardX (``pip install 'unroll[log]'``).
+
+    Args:
+      logdir: the folder of the event files.
+      every_seed: with a seed axis, write each seed to `logdir/seed<i>` (True) or only their mean to `logdir`.
+
+    Returns:
+      The callback `fn(step, metrics)`, for `train(..., callback=...)`; its `close()` closes the files.
+
+    Raises:
+      MissingExtra: tensorboardX is not installed.
     """
     if not isinstance(logdir, (str, os.PathLike)) or not str(logdir):
-        raise TypeError(f"`logdir`={logdir!r} must be a folder path, e.g. tensorboard('runs/tb').")
+        raise BadType(f"`logdir`={logdir!r} must be a folder path, e.g. tensorboard('runs/tb').")
     try:
         from tensorboardX import SummaryWriter
     except ImportError as err:
-        raise ImportError(
+        raise MissingExtra(
             "unroll.callbacks.tensorboard writes with tensorboardX, which is not installed; "
             "pip install 'unroll[log]' (or pip install tensorboardX)."
         ) from err

@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unroll._errors import BadValue
 from unroll._system import (
     MemoryBytes,
     check_memory_budget,
@@ -65,16 +66,17 @@ from unroll._system import (
 
 __all__ = [
     "Action",
-    "Plan",
-    "Program",
-    "Segment",
     "budget_slots",
     "checkpointed_episode",
     "checkpointed_episodes",
+    "format_bytes",
     "forward_steps",
+    "Plan",
     "plan",
+    "Program",
     "program",
     "repetitions",
+    "Segment",
     "spine",
     "split",
     "state_bytes",
@@ -88,9 +90,18 @@ def _beta(m: int, r: int) -> int:
 
 @functools.lru_cache(maxsize=1 << 16)
 def repetitions(length: int, slots: int) -> int:
-    """``rho_m(t)``: the unique ``r >= 0`` with ``binom(m + r - 1, m) < t <= binom(m + r, m)``
-    (``t = length``, ``m = slots``), the most times any step runs beyond its first in an
-    optimal schedule. Galloping then bisection: ``O(log t)`` binomials."""
+    r"""$\rho_m(t)$: the most times any step runs beyond its first in an optimal schedule.
+
+    It is the unique $r \ge 0$ with $\binom{m + r - 1}{m} < t \le \binom{m + r}{m}$.
+    Galloping then bisection: $O(\log t)$ binomials.
+
+    Args:
+      length: $t$, the steps to backpropagate.
+      slots: $m$, the state slots.
+
+    Returns:
+      $\rho_m(t)$, an int.
+    """
     hi = 1
     while _beta(slots, hi) < length:
         hi *= 2
@@ -102,16 +113,36 @@ def repetitions(length: int, slots: int) -> int:
 
 
 def forward_steps(length: int, slots: int) -> int:
-    """``C(t, m) = (r + 1) t - binom(m + r, m + 1)`` with ``r = rho_m(t)``: the least number
-    of step evaluations that backpropagate ``t`` steps with ``m`` slots."""
+    r"""$C(t, m)$: the least number of step evaluations that backpropagate $t$ steps with $m$ slots.
+
+    In closed form, with $r = \rho_m(t)$ (`repetitions`),
+
+    $$
+    C(t, m) = (r + 1)\, t - \binom{m + r}{m + 1}.
+    $$
+
+    Args:
+      length: $t$, the steps to backpropagate.
+      slots: $m$, the state slots.
+
+    Returns:
+      $C(t, m)$, an int.
+    """
     r = repetitions(length, slots)
     return (r + 1) * length - _beta(slots + 1, r - 1)
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def split(length: int, slots: int) -> int:
-    """The smallest optimal first advance ``y*(t, m)`` (0 for a leaf: ``t == 1`` or
-    ``m == 1``); see the module docstring for the derivation."""
+    r"""The smallest optimal first advance $y^*(t, m)$; see the module docstring for the derivation.
+
+    Args:
+      length: $t$, the steps to backpropagate.
+      slots: $m$, the state slots.
+
+    Returns:
+      $y^*(t, m)$, an int; 0 for a leaf ($t = 1$ or $m = 1$).
+    """
     if length == 1 or slots == 1:
         return 0
     q = max(1, repetitions(length + 1, slots) - 1)
@@ -125,11 +156,20 @@ def _unit_split(length: int, slots: int) -> bool:
 
 
 def spine(length: int, slots: int) -> int:
-    """How many nodes in a row, down the right path from ``(t, m)``, split off one step:
-    the largest ``K`` with ``y*(t - k, m - k) == 1`` for all ``k < K``. ``1 + (m - k)(m - k
-    + 1) / 2 - (t - k)`` decreases in ``k``, so bisection finds it; every such node is a
-    store of the next state and a one-step leaf, so ``actions()`` emits the ``K`` nodes
-    at once (with ``m >= t`` the whole episode is one spine: store every state)."""
+    r"""How many nodes in a row, down the right path from $(t, m)$, split off one step.
+
+    That is the largest $K$ with $y^*(t - k, m - k) = 1$ for all $k < K$.
+    $1 + (m - k)(m - k + 1) / 2 - (t - k)$ decreases in $k$, so bisection finds it; every such
+    node is a store of the next state and a one-step leaf, so `actions()` emits the $K$ nodes
+    at once (with $m \ge t$ the whole episode is one spine: store every state).
+
+    Args:
+      length: $t$, the steps to backpropagate.
+      slots: $m$, the state slots.
+
+    Returns:
+      $K$, an int.
+    """
     lo, hi = 0, min(length, slots) - 1  # the count of unit splits lies in [lo, hi]
     while lo < hi:
         mid = (lo + hi + 1) // 2
@@ -169,13 +209,16 @@ def _subtrees(length: int, slots: int) -> dict:
 
 
 class Segment(NamedTuple):
-    """One node of the split tree: backpropagate ``length`` steps starting at episode step
-    ``start`` with ``slots`` state slots.
+    """One node of the split tree: backpropagate `length` steps starting at episode step `start` with `slots` slots.
 
-    ``split == 0`` marks a leaf: a single step (``length == 1``) or a one-slot segment
-    (``slots == 1``, every step recomputed from the segment's start). Otherwise ``left``
-    is ``[start, start + split)`` with ``slots`` slots (solved second) and ``right`` is
-    ``[start + split, start + length)`` with ``slots - 1`` slots (solved first).
+    Attributes:
+      start: the episode step the segment starts at.
+      length: the steps it backpropagates.
+      slots: the state slots it has.
+      split: the first advance $y$; 0 marks a leaf: a single step (`length == 1`) or a one-slot segment
+        (`slots == 1`, every step recomputed from the segment's start).
+      left: `[start, start + split)` with `slots` slots (solved second); `None` for a leaf.
+      right: `[start + split, start + length)` with `slots - 1` slots (solved first); `None` for a leaf.
     """
 
     start: int
@@ -187,13 +230,20 @@ class Segment(NamedTuple):
 
 
 class Action(NamedTuple):
-    """The flattened schedule, one entry per action (int arrays of equal length).
+    r"""The flattened schedule, one entry per action (int arrays of equal length).
 
-    Every action loads the state in slot ``src`` (the state at episode step ``time``) and
-    runs ``count`` forward steps from it. Then, if ``store``, it writes the result into slot
-    ``dst``; otherwise it backpropagates step ``time + count`` from the result (one more
+    Every action loads the state in slot `src` (the state at episode step `time`) and
+    runs `count` forward steps from it. Then, if `store`, it writes the result into slot
+    `dst`; otherwise it backpropagates step `time + count` from the result (one more
     forward step, evaluated with its backward pass). Backward actions come in the order
-    ``T - 1, T - 2, ..., 0``; slot 0 holds the episode's initial state.
+    $T - 1, T - 2, \dots, 0$; slot 0 holds the episode's initial state.
+
+    Attributes:
+      src: the slot each action loads.
+      time: the episode step of the state in `src`.
+      count: the forward steps run from it.
+      store: bool: whether the action stores its result (else it backpropagates a step).
+      dst: the slot a store writes; -1 for backward actions.
     """
 
     src: np.ndarray
@@ -204,15 +254,16 @@ class Action(NamedTuple):
 
 
 class Plan(NamedTuple):
-    """The optimal schedule for ``horizon`` steps and ``memory_budget`` state slots.
+    """The optimal schedule for `horizon` steps and `memory_budget` state slots (`plan`).
 
-    * ``forward_steps``: ``C(horizon, memory_budget)``, the least number of forward step
-      evaluations (each step's evaluation for its own backward pass included);
-    * ``split``: the top-level smallest optimal split ``y`` (0 if ``horizon == 1`` or
-      ``memory_budget == 1``);
-    * ``slots_used``: the slots the schedule actually fills (``<= memory_budget``);
-    * ``num_actions``: the length of ``actions()``, ``horizon`` backward actions plus one
-      store per split.
+    Attributes:
+      horizon: the steps to backpropagate, $T$.
+      memory_budget: the state slots, $m$ (the initial state's included).
+      forward_steps: $C(T, m)$, the least number of forward step evaluations (each step's evaluation for its
+        own backward pass included).
+      split: the top-level smallest optimal split $y$ (0 if `horizon == 1` or `memory_budget == 1`).
+      slots_used: the slots the schedule actually fills (`<= memory_budget`).
+      num_actions: the length of `actions()`, `horizon` backward actions plus one store per split.
     """
 
     horizon: int
@@ -223,15 +274,40 @@ class Plan(NamedTuple):
     num_actions: int
 
     def cost(self, length: int, slots: int) -> int:
-        """``C(length, slots)`` (closed form; any ``length, slots >= 1``)."""
+        """$C(t, m)$ (closed form; any $t, m \\ge 1$).
+
+        Args:
+          length: $t$.
+          slots: $m$.
+
+        Returns:
+          `forward_steps(length, slots)`.
+        """
         return forward_steps(length, slots)
 
     def split_of(self, length: int, slots: int) -> int:
-        """The smallest optimal split ``y`` of ``C(length, slots)`` (0 for a leaf)."""
+        """The smallest optimal split $y$ of $C(t, m)$ (0 for a leaf).
+
+        Args:
+          length: $t$.
+          slots: $m$ (more than $t$ counts as $t$).
+
+        Returns:
+          $y$, an int.
+        """
         return split(length, min(slots, length))
 
     def split_tree(self, start: int = 0, length: int | None = None, slots: int | None = None) -> Segment:
-        """The recursive schedule as a tree of ``Segment`` (the whole episode by default)."""
+        """The recursive schedule as a tree of `Segment` (the whole episode by default).
+
+        Args:
+          start: the episode step the tree's root starts at.
+          length: the steps of the root. Default: `horizon`.
+          slots: the slots of the root. Default: `memory_budget`.
+
+        Returns:
+          The root `Segment`.
+        """
         length = self.horizon if length is None else length
         slots = self.memory_budget if slots is None else slots
         y = self.split_of(length, slots)
@@ -247,12 +323,16 @@ class Plan(NamedTuple):
         )
 
     def actions(self) -> Action:
-        """The schedule as the stack-machine program of ``Action`` (see its docstring).
+        """The schedule as the stack-machine program of `Action` (see its docstring).
 
         Depth-first order (a split's store, its right part, its left part), built level by
         level of the split tree with numpy: every node's place in the list is its parent's
-        plus the sizes of the subtrees before it, known per distinct ``(length, slots)``;
-        a run of unit splits (``spine``) is one node."""
+        plus the sizes of the subtrees before it, known per distinct `(length, slots)`;
+        a run of unit splits (`spine`) is one node.
+
+        Returns:
+          An `Action` of `num_actions` entries.
+        """
         budget = min(self.memory_budget, self.horizon)
         stats, width = _subtrees(self.horizon, budget), budget + 1
         out = Action(*(np.empty(self.num_actions, d) for d in (np.int32, np.int32, np.int32, bool, np.int32)))
@@ -303,12 +383,20 @@ class Plan(NamedTuple):
 
 
 def plan(horizon: int, memory_budget: int) -> Plan:
-    """The schedule backpropagating ``horizon`` steps with ``memory_budget`` hidden-state
-    slots (the initial state included) in the fewest forward steps (closed form: a few
-    hundred binomials even at ``horizon = 10^6``; ``Plan.actions()`` flattens it).
+    """The schedule backpropagating `horizon` steps with `memory_budget` slots in the fewest forward steps.
+
+    The slots hold hidden states, the initial state included. Closed form: a few hundred
+    binomials even at $T = 10^6$; `Plan.actions()` flattens it.
 
     >>> plan(10, 2).forward_steps, plan(100, 10).forward_steps
     (30, 322)
+
+    Args:
+      horizon: $T$, the steps to backpropagate (a positive int).
+      memory_budget: $m$, a count of state slots (not bytes; `budget_slots` converts those).
+
+    Returns:
+      A `Plan`.
     """
     horizon = check_positive_int(horizon, "horizon", "It is the number of steps to backpropagate, e.g. horizon=100.")
     memory_budget = check_memory_budget(memory_budget, allow_bytes=False)
@@ -321,8 +409,14 @@ def plan(horizon: int, memory_budget: int) -> Plan:
 
 
 def state_bytes(state) -> int:
-    """The bytes of one state (a pytree of arrays or ``jax.ShapeDtypeStruct``; PRNG key
-    leaves by their key data): what one slot of the executor's buffer holds."""
+    """The bytes of one state: what one slot of the executor's buffer holds.
+
+    Args:
+      state: a pytree of arrays or `jax.ShapeDtypeStruct` (PRNG key leaves are counted by their key data).
+
+    Returns:
+      The bytes, an int.
+    """
     total = 0
     for leaf in jax.tree_util.tree_leaves(jax.eval_shape(lambda s: s, state)):
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
@@ -332,21 +426,38 @@ def state_bytes(state) -> int:
 
 
 def format_bytes(num_bytes: float) -> str:
-    """``4104`` -> ``"4.008 KiB"``."""
+    """A number of bytes in binary units, to 4 significant digits: `4104` -> `"4.008 KiB"`.
+
+    Args:
+      num_bytes: the bytes.
+
+    Returns:
+      The text, in B, KiB, MiB, GiB or TiB.
+    """
     power = min(int(math.log(max(num_bytes, 1), 1024)), 4)
     return f"{num_bytes / 1024**power:.4g} {('B', 'KiB', 'MiB', 'GiB', 'TiB')[power]}"
 
 
 def budget_slots(memory_budget: int | str | MemoryBytes, state) -> int:
-    """The number of state slots ``memory_budget`` gives for states like ``state`` (one
-    episode's state): a count as it is; bytes (``"64MiB"``) as ``floor(bytes / state_bytes(
-    state))``. A bytes budget that cannot hold one state is refused, naming the minimum."""
+    r"""The number of state slots `memory_budget` gives for states like `state` (one episode's state).
+
+    Args:
+      memory_budget: a count of slots, taken as it is; or bytes (`"64MiB"`), giving
+        $\lfloor \text{bytes} / \text{state\_bytes}(\text{state}) \rfloor$ slots.
+      state: one episode's state (arrays or `jax.ShapeDtypeStruct`s).
+
+    Returns:
+      The number of slots, an int.
+
+    Raises:
+      BadValue: a bytes budget that cannot hold one state (the message names the minimum).
+    """
     budget = check_memory_budget(memory_budget)
     if not isinstance(budget, MemoryBytes):
         return budget
     one = state_bytes(state)
     if budget.size < one:
-        raise ValueError(
+        raise BadValue(
             f"`memory_budget`={budget.text!r} ({budget.size:,} B) cannot hold one state: a state of this system "
             f"takes {one:,} B{f' ({format_bytes(one)})' if one >= 1024 else ''}, so the least bytes budget is memory_budget='{one}B'; pass at least "
             f"that (or a count of states, e.g. memory_budget=1)."
@@ -358,7 +469,7 @@ def budget_slots(memory_budget: int | str | MemoryBytes, state) -> int:
 
 
 class Program(NamedTuple):
-    """A schedule (``checkpointing.Plan.actions()``) regrouped for execution.
+    r"""A schedule (`checkpointing.Plan.actions()`) regrouped for execution (`program`).
 
     Every *op* runs a forward chain of ``chain_length`` steps from slot ``src`` (the state
     at step ``time``), then backpropagates the steps of its backward entries, each from
@@ -371,8 +482,16 @@ class Program(NamedTuple):
 
     Sizes, all ``O(actions)``: ``ops`` one row of 7 ``int32`` per op (at most one per
     action), ``store_end`` one ``int32`` per store (at most ``T``), ``back_slot`` one per
-    step (``uint8`` while the slots fit). At ``T = 10^6``, ``m = 100``: about 105k ops,
+    step (``uint8`` while the slots fit). At $T = 10^6$, $m = 100$: about 105k ops,
     946k stores and 1M backward entries, 7.7 MB in all.
+
+    Attributes:
+      block: the steps the executor unrolls per block.
+      slots: the kept slots; the buffer has one more, the scratch slot.
+      ops: `(src, time, chain_length, store_begin, store_count, back_begin, back_length)`: int32 arrays
+        `[num_ops]`.
+      store_end: int32 `[num_stores]`: the chain steps done when each store lands.
+      back_slot: `[T]`: the slot each backward entry backpropagates from (the smallest int dtype that fits).
     """
 
     block: int
@@ -388,11 +507,20 @@ def _slot_dtype(num_slots: int):
 
 
 def program(schedule, block: int = 4) -> Program:
-    """Regroups ``schedule.actions()`` into ops: a run of store actions continuing one
-    another is one chain; the backward actions after it that recompute nothing are its
-    backward list; a backward action that first recomputes ``count > 0`` steps starts an
-    op of its own, a chain into the scratch slot plus a backward pass from it. Same steps,
-    same order, same results (numpy over the actions, no Python loop)."""
+    """Regroups `schedule.actions()` into ops for the executor (`checkpointed_episodes`).
+
+    A run of store actions continuing one another is one chain; the backward actions after it that
+    recompute nothing are its backward list; a backward action that first recomputes `count > 0`
+    steps starts an op of its own, a chain into the scratch slot plus a backward pass from it. Same
+    steps, same order, same results (numpy over the actions, no Python loop).
+
+    Args:
+      schedule: a `Plan` (anything with `actions()` and `slots_used`).
+      block: the steps the executor unrolls per block.
+
+    Returns:
+      A `Program`.
+    """
     a, slots = schedule.actions(), schedule.slots_used
     count, n = a.count.astype(np.int64), a.src.size
     # a store continues the chain when the action before it stored exactly the state it loads
@@ -436,18 +564,24 @@ def _blocked_loop(length, block: int, body, carry):
 
 
 def checkpointed_episodes(system, program: Program, theta, states0):
-    """Backpropagates a batch of episodes (``B``, the leading axis of every leaf of
-    ``states0``) by executing ``program`` with a buffer of ``program.slots + 1`` hidden
-    states per episode: one ``lax.scan`` over its ops, each a blocked loop over its
-    chain's forward steps then one over its backward passes. The step runs vmapped over
-    the batch; the buffer is indexed with scalar slots (batch inside), which costs
-    XLA:CPU less than vmapping the whole executor.
+    r"""Backpropagates a batch of episodes by executing `program` with `program.slots + 1` states per episode.
 
-    Returns ``(theta_grad, state0_cotangents, losses [B, T], final_states, forward_steps)``:
-    the gradient of ``sum_b (1/T) sum_t l_t^b`` through the steps (``states0`` held as an
-    input), the cotangents of the float leaves of ``states0``, the per-step losses, the
-    states after the last step, and the number of step evaluations per episode
-    (``C(T, m)``).
+    The batch $B$ is the leading axis of every leaf of `states0`. One `lax.scan` runs over the
+    program's ops, each a blocked loop over its chain's forward steps then one over its backward
+    passes. The step runs vmapped over the batch; the buffer is indexed with scalar slots (batch
+    inside), which costs XLA:CPU less than vmapping the whole executor.
+
+    Args:
+      system: the system (its `step` and `horizon` $T$).
+      program: the schedule to execute (`program(plan(T, m))`).
+      theta: the outer parameters.
+      states0: the episodes' initial states, a leading batch axis `[B]` on every leaf.
+
+    Returns:
+      `(theta_grad, state0_cotangents, losses [B, T], final_states, forward_steps)`: the gradient of
+      $\sum_b \frac1T \sum_t \ell_t^b$ through the steps (`states0` held as an input), the cotangents of the
+      float leaves of `states0`, the per-step losses, the states after the last step, and the number of step
+      evaluations per episode ($C(T, m)$).
     """
     horizon, block = system.horizon, program.block
     step = jax.vmap(system.step, in_axes=(None, 0, None))
@@ -501,8 +635,17 @@ def checkpointed_episodes(system, program: Program, theta, states0):
 
 
 def checkpointed_episode(system, program: Program, theta, state0):
-    """``checkpointed_episodes`` for one episode: ``(theta_grad, state0_cotangent,
-    losses [T], final_state, forward_steps)``."""
+    """`checkpointed_episodes` for one episode.
+
+    Args:
+      system: the system.
+      program: the schedule to execute.
+      theta: the outer parameters.
+      state0: the episode's initial state (no batch axis).
+
+    Returns:
+      `(theta_grad, state0_cotangent, losses [T], final_state, forward_steps)`.
+    """
     batch = lambda tree: jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], tree)
     grad, ct, losses, final, num_forward = checkpointed_episodes(system, program, theta, batch(state0))
     first = lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)

@@ -2,8 +2,9 @@
 ``TASK`` is a built-in name, an installed entry point's name, ``path/to/file.py:NAME`` or
 ``package.module:NAME``.
 
-Usage errors (a bad flag, file, name or option) are one line on stderr and exit code 2; an
-exception raised in the user's own code propagates with its traceback."""
+Usage errors (a bad flag, file, name or option, refused by unroll's own checks) are one line on
+stderr and exit code 2; any other exception (raised in the user's own code, by JAX, or a bug of
+ours) propagates with its traceback."""
 
 from __future__ import annotations
 
@@ -15,11 +16,16 @@ import sys
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
+from unroll._errors import BadValue, UsageError
+
+__all__ = ["main"]
+
+
 if TYPE_CHECKING:  # only for an annotation: each command imports what it uses where it runs
     from unroll.training import TrainingInterrupted
 
-USAGE_ERROR = 2
-INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}  # the shell's exit codes for these signals
+_USAGE_ERROR = 2
+_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}  # the shell's exit codes for these signals
 
 
 def _list(_: argparse.Namespace) -> int:
@@ -48,7 +54,7 @@ def _list(_: argparse.Namespace) -> int:
     return 0
 
 
-CONFIG_KEYS = {
+_CONFIG_KEYS = {
     "task",
     "estimators",
     "seeds",
@@ -62,7 +68,7 @@ CONFIG_KEYS = {
 }
 
 
-def load_config(path: str) -> dict:
+def _load_config(path: str) -> dict:
     """The settings of ``--config FILE.toml``: top-level ``task``, ``estimators`` (a list),
     ``seeds``, ``steps``, ``horizon``, ``out``, ``seed``, ``checkpoint_every``, ``budget`` and a
     ``[task_options]`` table of the task's own keyword arguments (e.g. ``cell``, ``hidden``)."""
@@ -72,24 +78,24 @@ def load_config(path: str) -> dict:
         with open(path, "rb") as f:
             config = tomllib.load(f)
     except OSError as err:
-        raise ValueError(f"--config {path!r}: cannot read it ({err.strerror}).") from None
+        raise BadValue(f"--config {path!r}: cannot read it ({err.strerror}).") from None
     except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"--config {path!r} is not valid TOML: {err}.") from None
-    unknown = sorted(set(config) - CONFIG_KEYS)
+        raise BadValue(f"--config {path!r} is not valid TOML: {err}.") from None
+    unknown = sorted(set(config) - _CONFIG_KEYS)
     if unknown:
-        raise ValueError(
-            f"--config {path!r}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(CONFIG_KEYS))}."
+        raise BadValue(
+            f"--config {path!r}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_CONFIG_KEYS))}."
         )
     if "estimators" in config and not (
         isinstance(config["estimators"], list) and all(isinstance(e, str) for e in config["estimators"])
     ):
-        raise ValueError(f'--config {path!r}: `estimators` must be a list of names, e.g. ["pes", "tbptt-10"].')
+        raise BadValue(f'--config {path!r}: `estimators` must be a list of names, e.g. ["pes", "tbptt-10"].')
     if not isinstance(config.get("task_options", {}), dict):
-        raise ValueError(f"--config {path!r}: `task_options` must be a table, e.g. [task_options] hidden = 32.")
+        raise BadValue(f"--config {path!r}: `task_options` must be a table, e.g. [task_options] hidden = 32.")
     return config
 
 
-def parse_task_option(text: str) -> tuple[str, object]:
+def _parse_task_option(text: str) -> tuple[str, object]:
     """``"hidden=32"`` -> ``("hidden", 32)``: the value read as a TOML value (numbers, booleans,
     quoted strings, lists), else kept as the string given (``cell=lstm``)."""
     import tomllib
@@ -97,9 +103,7 @@ def parse_task_option(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not key.isidentifier():
-        raise ValueError(
-            f"--task-option {text!r}: write KEY=VALUE with KEY a Python name, e.g. --task-option hidden=32."
-        )
+        raise BadValue(f"--task-option {text!r}: write KEY=VALUE with KEY a Python name, e.g. --task-option hidden=32.")
     try:
         return key, tomllib.loads(f"value = {value.strip()}")["value"]
     except tomllib.TOMLDecodeError:
@@ -151,18 +155,18 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _compare_settings(args: argparse.Namespace) -> _CompareSettings:
     """The flags over the --config file's settings, checked before anything runs."""
-    config = load_config(args.config) if args.config else None
+    config = _load_config(args.config) if args.config else None
     file = config or {}
     task = args.task or file.get("task")
     if task is None:
-        raise ValueError(
+        raise BadValue(
             "no task given: name one (see `unroll list`), point at your own (path/to/file.py:NAME or "
             "package.module:NAME) or set `task` in the --config file."
         )
     estimators = [e for part in args.estimators for e in part.split(",") if e] if args.estimators else None
     estimators = estimators or file.get("estimators")
     task_options = dict(file.get("task_options", {}))
-    task_options.update(parse_task_option(text) for text in args.task_option or [])
+    task_options.update(_parse_task_option(text) for text in args.task_option or [])
     horizon = args.horizon if args.horizon is not None else file.get("horizon")
     if horizon is not None:
         task_options["horizon"] = horizon
@@ -192,12 +196,12 @@ def _advise(args: argparse.Namespace) -> int:
     from unroll.advisor import advise, verify
     from unroll.plotting import plot_advice
 
-    task_options = dict(parse_task_option(text) for text in args.task_option or [])
+    task_options = dict(_parse_task_option(text) for text in args.task_option or [])
     if args.horizon is not None:
         task_options["horizon"] = args.horizon
     candidates = [c for part in args.candidates for c in part.split(",") if c] if args.candidates else None
     if args.verify_seconds is not None and not args.verify_seconds > 0:
-        raise ValueError(f"--verify-seconds {args.verify_seconds}: must be positive, e.g. --verify-seconds 20.")
+        raise BadValue(f"--verify-seconds {args.verify_seconds}: must be positive, e.g. --verify-seconds 20.")
     loaded = load_task(args.task, task_options or None)
     advice = advise(
         loaded.task,
@@ -247,28 +251,26 @@ def _interrupted(err: TrainingInterrupted, argv: list[str], out: str | None) -> 
         f"{err.checkpoint}; resume with: {again}",
         file=sys.stderr,
     )
-    return INTERRUPTED[err.signal_name]
+    return _INTERRUPTED[err.signal_name]
 
 
 def _usage_error(err: BaseException) -> bool:
-    """A ``TypeError`` / ``ValueError`` of unroll's own checks: raised by unroll's code (its innermost
-    frame), with no frame of the user's code on the way (JAX's, the standard library's and installed
-    packages' frames aside). Anything else, such as an error inside the user's task, keeps its traceback."""
+    """An error of unroll's own input checks (`unroll._errors.UsageError`: `BadValue`,
+    `BadType`), raised with no frame of the user's code on the way (JAX's, the standard
+    library's and installed packages' frames aside). Anything else (an error inside the
+    user's task, a JAX tracing error, a bug of ours) keeps its traceback."""
     import sysconfig
 
+    if not isinstance(err, UsageError):
+        return False
     package = os.path.dirname(os.path.abspath(__file__)) + os.sep
     paths = sysconfig.get_paths()
     libraries = tuple({os.path.abspath(paths[k]) + os.sep for k in ("stdlib", "platstdlib", "purelib", "platlib")})
     files, tb = [], err.__traceback__
     while tb is not None:
-        files.append(
-            os.path.abspath(tb.tb_frame.f_code.co_filename)
-            if not tb.tb_frame.f_code.co_filename.startswith("<")
-            else "<"
-        )
+        name = tb.tb_frame.f_code.co_filename
+        files.append("<" if name.startswith("<") else os.path.abspath(name))
         tb = tb.tb_next
-    if not files or not files[-1].startswith(package):
-        return False
     return all(f.startswith(package) or f == "<" or f.startswith(libraries) for f in files)
 
 
@@ -278,10 +280,10 @@ class _OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         print(f"{self.prog}: error: {message}; see `{self.prog} --help`.", file=sys.stderr)
-        raise SystemExit(USAGE_ERROR)
+        raise SystemExit(_USAGE_ERROR)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="unroll", description="Gradient estimators for unrolled computations.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     sub.add_parser("list", help="list tasks and estimators").set_defaults(run=_list)
@@ -376,19 +378,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `unroll` command: `unroll list`, `unroll compare TASK`, `unroll advise TASK`.
+
+    Args:
+      argv: the arguments after `unroll` (default: `sys.argv[1:]`).
+
+    Returns:
+      The exit code: 0 on success, 1 when `advise` finds no estimator to recommend, 2 for a
+      usage error of unroll's own checks (one line on stderr), 130 / 143 after Ctrl-C /
+      SIGTERM (the run saved itself). Any other exception propagates with its traceback.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        args = _build_parser().parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a usage error (2, already printed)
         return exit_.code
     args.argv = argv
     try:
         return args.run(args)
-    except (TypeError, ValueError) as err:  # bad input: a wrong type (e.g. seeds = "two" in --config) or value
+    except UsageError as err:  # unroll's own checks: a wrong type (e.g. seeds = "two" in --config), value or extra
         if not _usage_error(err):
             raise  # an error in the user's own code (or a bug of ours): its traceback
         print(f"unroll {args.command}: error: {err}", file=sys.stderr)
-        return USAGE_ERROR
+        return _USAGE_ERROR
 
 
 if __name__ == "__main__":

@@ -45,12 +45,27 @@ import optax
 
 import unroll
 from unroll import registry
+from unroll._errors import BadType, BadValue
 from unroll._system import check_positive_int
 from unroll._task_loader import TASKS as TASKS  # re-exported: the built-in tasks
 from unroll._task_loader import load_task
 from unroll.plotting import plot_curves
 from unroll.task import Task
 from unroll.training import train
+
+__all__ = [
+    "BUDGETS",
+    "Budget",
+    "TASKS",
+    "build_estimator",
+    "compare",
+    "parse_budget",
+    "parse_estimator",
+    "report",
+    "summary_text",
+    "system_steps_per_outer_step",
+]
+
 
 BUDGETS = {
     "outer-steps": "the same number of outer steps (estimates) for every estimator",
@@ -60,29 +75,51 @@ BUDGETS = {
 
 
 class Budget(NamedTuple):
-    """What every estimator of a comparison gets the same amount of."""
+    """What every estimator of a comparison gets the same amount of (`parse_budget`'s result).
+
+    Attributes:
+      kind: a key of `BUDGETS`: `"outer-steps"`, `"system-steps"` or `"seconds"`.
+      amount: the amount each estimator gets (an int of steps, or float seconds); `None`: what `steps` outer
+        steps of the first estimator spend.
+    """
 
     kind: str  # a key of BUDGETS
     amount: float | None  # None: what `steps` outer steps of the first estimator spend
 
 
-class Allowance(NamedTuple):
-    """One estimator's share of the budget, as ``unroll.train`` takes it."""
+class _Allowance(NamedTuple):
+    """One estimator's share of the budget, as `unroll.train` takes it.
+
+    Attributes:
+      num_steps: outer steps (at most, under a time limit): `train`'s `num_steps`.
+      time_limit: seconds of training, or `None`: `train`'s `time_limit`.
+      calibration: with a seconds budget, the short timed run that sized `num_steps` (a dict with its
+        `outer_steps` and `seconds`); else `None`.
+    """
 
     num_steps: int  # outer steps (at most, under a time limit)
     time_limit: float | None  # seconds of training, or None
     calibration: dict | None = None  # seconds budget: the short timed run that sized num_steps
 
 
-class Run(NamedTuple):
-    """One estimator's finished run."""
+class _Run(NamedTuple):
+    """One estimator's finished run.
+
+    Attributes:
+      theta: the final theta, with a leading seed axis (`unroll.train`'s, with `num_seeds`).
+      history: `unroll.train`'s history of the run, with a leading seed axis.
+      family: the registry name it was built from (`"tbptt"` for `"tbptt-10"`), or the task's own build's name.
+      truncation: its truncation, or `None` for an estimator of whole episodes.
+      settings: every keyword argument it was built with (`_estimator_settings`).
+      allowance: its share of the budget (`_Allowance`).
+    """
 
     theta: Any
     history: dict
     family: str
     truncation: int | None
     settings: dict
-    allowance: Allowance
+    allowance: _Allowance
 
 
 def parse_budget(budget: Any) -> Budget:
@@ -102,12 +139,12 @@ def parse_budget(budget: Any) -> Budget:
     elif isinstance(budget, tuple) and len(budget) == 2:
         kind, amount = budget
     else:
-        raise TypeError(
+        raise BadType(
             f"`budget` must be one of {', '.join(map(repr, BUDGETS))}, optionally with an amount "
             f"('seconds=60'), got {budget!r}."
         )
     if kind not in BUDGETS:
-        raise ValueError(
+        raise BadValue(
             f"unknown budget kind {kind!r}; choose from {', '.join(BUDGETS)}, optionally with an amount, "
             "e.g. --budget system-steps=200000 or --budget seconds=60."
         )
@@ -116,36 +153,50 @@ def parse_budget(budget: Any) -> Budget:
     try:
         value = float(amount)
     except (TypeError, ValueError):
-        raise ValueError(f"budget {kind}={amount!r}: the amount must be a number, e.g. {kind}=100.") from None
+        raise BadValue(f"budget {kind}={amount!r}: the amount must be a number, e.g. {kind}=100.") from None
     if not 0 < value < math.inf:
-        raise ValueError(f"budget {kind}={amount}: the amount must be positive, e.g. {kind}=100.")
+        raise BadValue(f"budget {kind}={amount}: the amount must be positive, e.g. {kind}=100.")
     if kind != "seconds":
         if value != int(value):
-            raise ValueError(f"budget {kind}={amount}: {kind} are counted in whole steps, e.g. {kind}=100.")
+            raise BadValue(f"budget {kind}={amount}: {kind} are counted in whole steps, e.g. {kind}=100.")
         value = int(value)
     return Budget(kind, value)
 
 
 def parse_estimator(name: str, task: Task) -> tuple[str, int | None]:
-    """``"tbptt-10"`` -> ``("tbptt", 10)``; ``"pes"`` -> ``("pes", the task's truncation)``;
-    ``("full-bptt", None)`` for estimators of whole episodes. Names are the registry's, or
-    exactly a key of ``task.estimators`` (the task's own builds, e.g. ``"pes-10 num_particles=24"``
-    from ``unroll advise --verify``), which gets the task's truncation."""
+    """An estimator's name split into its family and truncation: `"tbptt-10"` -> `("tbptt", 10)`.
+
+    `"pes"` -> `("pes", the task's truncation)`; `("full-bptt", None)` for estimators of whole
+    episodes. Names are the registry's, or exactly a key of `task.estimators` (the task's own
+    builds, e.g. `"pes-10 num_particles=24"` from `unroll advise --verify`), which gets the
+    task's truncation.
+
+    Args:
+      name: a registry name, with `-K` for a truncation $K$ in $[1, T]$ ($T$ the horizon), or a key of
+        `task.estimators`.
+      task: the task whose settings give the default truncation.
+
+    Returns:
+      `(family, truncation)`, `truncation` None for an estimator of whole episodes.
+
+    Raises:
+      BadValue: an unknown name, a truncation on an estimator that takes none, or one outside $[1, T]$.
+    """
     if name in task.estimators:
         return name, task.settings["truncation"]
     match = re.fullmatch(r"([a-z][a-z-]*?)(?:-(\d+))?", name)
     family = match.group(1) if match else name
     if not match or family not in {**registry.ESTIMATORS, **task.estimators}:
         known = ", ".join(sorted({**registry.ESTIMATORS, **task.estimators}))
-        raise ValueError(f"unknown estimator {name!r}; choose from {known} (add -K for a truncation, e.g. tbptt-10).")
+        raise BadValue(f"unknown estimator {name!r}; choose from {known} (add -K for a truncation, e.g. tbptt-10).")
     windowed = registry.ESTIMATORS[family].windowed if family in registry.ESTIMATORS else True
     if match.group(2) is None:
         return family, task.settings["truncation"] if windowed else None
     if not windowed:
-        raise ValueError(f"estimator {family!r} takes no truncation; write {family!r} without -{match.group(2)}.")
+        raise BadValue(f"estimator {family!r} takes no truncation; write {family!r} without -{match.group(2)}.")
     truncation = int(match.group(2))
     if not 1 <= truncation <= task.system.horizon:
-        raise ValueError(f"estimator {name!r}: truncation {truncation} must lie in [1, horizon={task.system.horizon}].")
+        raise BadValue(f"estimator {name!r}: truncation {truncation} must lie in [1, horizon={task.system.horizon}].")
     return family, truncation
 
 
@@ -154,18 +205,37 @@ def _shared_settings(task: Task, truncation: int | None) -> dict:
     return task.settings if truncation is None else {**task.settings, "truncation": truncation}
 
 
-def estimator_settings(task: Task, name: str, truncation: int | None) -> dict:
-    """Every keyword argument ``name`` is built with on ``task`` (the registry's defaults merged with
-    the task's shared settings and ``truncation``): ``registry.ESTIMATORS[name].constructor(system,
-    **these)`` rebuilds it. A task's own build records its truncation alone."""
+def _estimator_settings(task: Task, name: str, truncation: int | None) -> dict:
+    """Every keyword argument `name` is built with on `task`.
+
+    These are the registry's defaults merged with the task's shared settings and `truncation`:
+    `registry.ESTIMATORS[name].constructor(system, **these)` rebuilds it. A task's own build records
+    its `settings` attribute, else its truncation alone.
+
+    Args:
+      task: the task.
+      name: a registry name (a family, without `-K`), or a key of `task.estimators`.
+      truncation: the window length for a windowed estimator, else `None`.
+
+    Returns:
+      A dict of keyword arguments.
+    """
     if name in task.estimators:
         return dict(getattr(task.estimators[name], "settings", {"truncation": truncation}))
     return registry.constructor_settings(name, **_shared_settings(task, truncation))
 
 
 def build_estimator(task: Task, name: str, truncation: int | None):
-    """The task's own build of ``name`` if it has one, else the registry's with the task's
-    shared settings (and ``truncation``, for a windowed one)."""
+    """The task's own build of `name` if it has one, else the registry's with the task's shared settings.
+
+    Args:
+      task: the task.
+      name: a registry name (a family, without `-K`), or a key of `task.estimators`.
+      truncation: the window length for a windowed estimator (passed as the `truncation` setting), else `None`.
+
+    Returns:
+      The built estimator.
+    """
     if name in task.estimators:
         return task.estimators[name](task.system, truncation)
     return registry.build(name, task.system, **_shared_settings(task, truncation))
@@ -187,9 +257,9 @@ def compare(
     tensorboard: str | None = None,
     config: dict | None = None,
 ) -> tuple[str, dict]:
-    """Runs every estimator on ``task`` at an equal budget and writes ``metrics.csv``,
-    ``summary.json``, ``curves.png`` and ``report.md`` to ``out_dir``.
+    """Runs every estimator on `task` at an equal budget and writes the results to `out_dir`.
 
+    The files written are `metrics.csv`, `summary.json`, `curves.png` and `report.md`.
     Seeds are ``split(key(seed), seeds)``. Each estimator's run is checkpointed to
     ``out_dir/checkpoints/`` every ``checkpoint_every`` outer steps and on interrupt; an
     ``out_dir`` that holds checkpoints of the same comparison resumes from them (one of
@@ -239,7 +309,7 @@ def compare(
         if tensorboard
         else {}
     )
-    runs: dict[str, Run] = {}
+    runs: dict[str, _Run] = {}
     for name in plan.names:
         if plan.budget.kind == "seconds" and plan.budget.amount is None and runs:  # the first one's seconds
             seconds = round(float(runs[plan.names[0]].history["train_time_s"]), 3)
@@ -291,7 +361,7 @@ def _prepare(task, estimators, steps, seeds, budget, task_options, seed, checkpo
     return _Plan(loaded, names, parsed, built, seeds, steps, seed, checkpoint_every, budget, per_step, out_dir)
 
 
-def _run(plan: _Plan, name: str, progress: bool, callback) -> Run:
+def _run(plan: _Plan, name: str, progress: bool, callback) -> _Run:
     """Trains ``name`` for its share of the budget (checkpointed; a finished run is read back)."""
     task, (family, truncation) = plan.loaded.task, plan.parsed[name]
     allowance = _allowance(plan, name, lambda seconds: _calibrate(plan.built[name], task, plan.seeds, seconds))
@@ -319,7 +389,7 @@ def _run(plan: _Plan, name: str, progress: bool, callback) -> Run:
         callback=callback,
         callback_every=eval_every,
     )
-    return Run(theta, history, family, truncation, estimator_settings(task, family, truncation), allowance)
+    return _Run(theta, history, family, truncation, _estimator_settings(task, family, truncation), allowance)
 
 
 def _check_run(task: Task, seeds, steps, checkpoint_every, seed) -> tuple[int, int, int | None]:
@@ -330,17 +400,21 @@ def _check_run(task: Task, seeds, steps, checkpoint_every, seed) -> tuple[int, i
     if checkpoint_every is not None:
         checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"`seed`={seed!r} must be a non-negative int (the base of the seeds' keys), e.g. --seed 0.")
+        raise BadValue(f"`seed`={seed!r} must be a non-negative int (the base of the seeds' keys), e.g. --seed 0.")
     return seeds, steps, checkpoint_every
 
 
 def system_steps_per_outer_step(estimator, theta) -> int:
-    """$n_e$: the system steps (all workers and particles) one ``estimate`` of ``estimator`` takes,
-    its ``info["steps"]``, read from one compiled call whose other outputs XLA prunes.
+    """$n_e$: the system steps (all workers and particles) one `estimate` of `estimator` takes.
+
+    It is the estimate's `info["steps"]`, read from one compiled call whose other outputs XLA prunes.
 
     Args:
-      estimator: an ``unroll`` estimator.
+      estimator: an `unroll` estimator.
       theta: the outer parameters it is called on.
+
+    Returns:
+      $n_e$, an int.
     """
     key = jax.random.key(0)
     steps = jax.jit(lambda: estimator.estimate(theta, estimator.init(theta, key), key)[2]["steps"])()
@@ -359,33 +433,33 @@ def _check_system_steps(budget: Budget, per_step: dict[str, int], names: list[st
     short = {name: n for name, n in per_step.items() if n > budget.amount}
     if short:
         given = "" if budget.amount != steps * per_step[names[0]] else f" ({steps} outer steps of {names[0]})"
-        raise ValueError(
+        raise BadValue(
             f"budget system-steps={budget.amount}{given} is less than one outer step of "
             + ", ".join(f"{name} ({n} system steps)" for name, n in short.items())
             + f"; give at least system-steps={max(short.values())} (or more --steps)."
         )
 
 
-def _allowance(plan: _Plan, name: str, calibrate) -> Allowance:
+def _allowance(plan: _Plan, name: str, calibrate) -> _Allowance:
     """``name``'s outer steps and time limit under the plan's budget. A seconds budget is sized by
     ``calibrate(seconds)`` once (a tenth of the budget, from 0.2 to 2 seconds); its result is kept
     beside the checkpoint, so a resumed comparison runs the same number of steps."""
     budget = plan.budget
     if budget.kind == "outer-steps":
-        return Allowance(budget.amount, None)
+        return _Allowance(budget.amount, None)
     if budget.kind == "system-steps":
-        return Allowance(budget.amount // plan.per_step[name], None)
+        return _Allowance(budget.amount // plan.per_step[name], None)
     if budget.amount is None:  # the first estimator sets the seconds of the others
-        return Allowance(plan.steps, None)
+        return _Allowance(plan.steps, None)
     path = os.path.join(plan.out_dir, "checkpoints", f"{name}.allowance.json")
     if os.path.exists(path):
         with open(path) as f:
             kept = json.load(f)
         if kept["time_limit"] == budget.amount:
-            return Allowance(kept["num_steps"], kept["time_limit"], kept["calibration"])
+            return _Allowance(kept["num_steps"], kept["time_limit"], kept["calibration"])
     calibration = calibrate(min(2.0, max(0.2, 0.1 * budget.amount)))
     rate = calibration["outer_steps"] / max(calibration["seconds"], 1e-9)
-    allowance = Allowance(max(1, math.floor(rate * budget.amount)), float(budget.amount), calibration)
+    allowance = _Allowance(max(1, math.floor(rate * budget.amount)), float(budget.amount), calibration)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(allowance._asdict(), f)
@@ -538,7 +612,7 @@ def _summary(plan: _Plan, runs: dict, command: str, config: dict | None) -> dict
     return out
 
 
-def _estimator_entry(task: Task, run: Run, seeds: int) -> dict:
+def _estimator_entry(task: Task, run: _Run, seeds: int) -> dict:
     history = run.history
     entry = {
         "family": run.family,
@@ -579,15 +653,21 @@ def _estimator_entry(task: Task, run: Run, seeds: int) -> dict:
 
 
 def summary_text(summary: dict) -> str:
-    """The header, the reference answers, the budget and the estimators' table, as ``unroll
-    compare`` prints them."""
+    """The header, the reference answers, the budget and the estimators' table, as `unroll compare` prints them.
+
+    Args:
+      summary: a comparison's summary dict (`compare`'s, or `summary.json` read back).
+
+    Returns:
+      The text, lines joined by newlines (no trailing newline).
+    """
     reference = summary["reference"]
     known = {k: v for k, v in reference.items() if isinstance(v, (int, float)) and k != "horizon"}
     objective = reference.get("objective", "evaluate(theta)['objective']")
     lines = [f"{summary['task']} (horizon {summary['horizon']}): objective = {objective}"]
     if known:
         lines.append("  reference: " + ", ".join(f"{k} = {v:.5g}" for k, v in known.items()))
-    lines.append(f"  budget: {budget_text(summary['budget'])}")
+    lines.append(f"  budget: {_budget_text(summary['budget'])}")
     for name, why in summary.get("left_out", {}).items():
         lines.append(f"  left out: {name} ({why})")
     estimators = summary["estimators"]
@@ -618,7 +698,15 @@ def summary_text(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def budget_text(budget: dict) -> str:
+def _budget_text(budget: dict) -> str:
+    """A budget in words, e.g. `"60 seconds of training per estimator"`.
+
+    Args:
+      budget: a summary's `budget` entry, a dict with `kind` and `amount` (`None`: no amount given).
+
+    Returns:
+      The words; just the kind where the amount is `None`.
+    """
     amount = budget["amount"]
     if budget["kind"] == "seconds":
         return f"{amount:g} seconds of training per estimator" if amount is not None else "seconds"
@@ -626,7 +714,14 @@ def budget_text(budget: dict) -> str:
 
 
 def report(summary: dict) -> str:
-    """``report.md``: the table, the reference answers, the budget, the plot and the command."""
+    """`report.md`: the table, the reference answers, the budget, the plot and the command.
+
+    Args:
+      summary: a comparison's summary dict (`compare`'s, or `summary.json` read back).
+
+    Returns:
+      The markdown text of the report.
+    """
     reference = "\n".join(f"* `{k}`: {json.dumps(v, default=_json_default)}" for k, v in summary["reference"].items())
     seconds = "\n".join(
         f"| {name} | {e['outer_steps_run']} | {e['system_steps']:,} | {e['train_time_s']:.2f} | {e['compile_s']:.2f} |"
@@ -636,7 +731,7 @@ def report(summary: dict) -> str:
     return f"""# Comparison: {summary["task"]}
 
 Horizon {summary["horizon"]}; {len(summary["seeds"])} seeds (`{summary["seed_keys"]}`); \
-budget: {budget_text(summary["budget"])} ({summary["budget"]["meaning"]}); optimizer: {summary["optimizer"]}.
+budget: {_budget_text(summary["budget"])} ({summary["budget"]["meaning"]}); optimizer: {summary["optimizer"]}.
 Task from {summary["task_source"]}, options {json.dumps(summary["task_options"], default=_json_default)}.
 
 ```text

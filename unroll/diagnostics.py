@@ -1,12 +1,12 @@
-"""Diagnostics of an unrolled system: why an estimator fails on it.
+r"""Diagnostics of an unrolled system: why an estimator fails on it.
 
-``lyapunov_spectrum``: the ``k`` leading Lyapunov exponents of the state dynamics
-``s_{t+1} = f_theta(s_t, t)`` by the QR (Benettin) method: carry an orthonormal
-``Q_t`` (``[N, k]``, on the state's real view), push it through the step with ``k``
-Jacobian-vector products, re-orthonormalize ``J_t Q_t = Q_{t+1} R_t`` and average
-``log |diag R_t|``. No dense Jacobian is formed (unless ``k = N``, when the ``N`` jvps
-are the Jacobian). Positive exponents mean chaos: gradients through ``T`` steps grow
-like ``exp(lambda_1 T)`` (Metz et al. 2021). ``parallel_outlook`` turns the same exponent
+``lyapunov_spectrum``: the $k$ leading Lyapunov exponents of the state dynamics
+$s_{t+1} = f_\theta(s_t, t)$ by the QR (Benettin) method: carry an orthonormal
+$Q_t$ (`[N, k]`, on the state's real view), push it through the step with $k$
+Jacobian-vector products, re-orthonormalize $J_t Q_t = Q_{t+1} R_t$ and average
+$\log |\mathrm{diag}\, R_t|$. No dense Jacobian is formed (unless $k = N$, when the $N$ jvps
+are the Jacobian). Positive exponents mean chaos: gradients through $T$ steps grow
+like $e^{\lambda_1 T}$ (Metz et al. 2021). ``parallel_outlook`` turns the same exponent
 into a forecast of how many Newton iterations DEER needs to evaluate the system in
 parallel over time.
 """
@@ -20,22 +20,24 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from unroll._errors import BadType, BadValue
 from unroll._system import check_positive_int, check_system, real_view
 
 __all__ = [
-    "GradientQuality",
-    "JacobianSpectrum",
-    "HorizonGradients",
-    "LyapunovSpectrum",
-    "ParallelOutlook",
+    "ITERATIONS_TIMES_EXPONENT",
     "estimate_samples",
     "gradient_quality",
     "gradient_vs_horizon",
+    "GradientQuality",
+    "HorizonGradients",
     "jacobian_spectrum",
+    "JacobianSpectrum",
     "loss_along",
     "lyapunov_spectrum",
+    "LyapunovSpectrum",
     "outlook_from_exponent",
     "parallel_outlook",
+    "ParallelOutlook",
     "quality_of_windows",
     "quality_table",
     "window_sampler",
@@ -43,9 +45,13 @@ __all__ = [
 
 
 class LyapunovSpectrum(NamedTuple):
-    """``exponents``: ``[k]``, per step, largest first (divide by the time step for per unit
-    time); ``running``: ``[num_steps, k]``, the estimate after each measured step (for a
-    convergence plot); ``final_state``: the state after warm-up and measurement."""
+    """The leading Lyapunov exponents of a system, and how their estimate converged (`lyapunov_spectrum`).
+
+    Attributes:
+      exponents: `[k]`, per step, largest first (divide by the time step for per unit time).
+      running: `[num_steps, k]`, the estimate after each measured step (for a convergence plot).
+      final_state: the state after warm-up and measurement.
+    """
 
     exponents: jax.Array
     running: jax.Array
@@ -55,19 +61,33 @@ class LyapunovSpectrum(NamedTuple):
 def lyapunov_spectrum(
     system, theta, key, num_steps: int, k: int | None = None, warmup: int = 100, state=None
 ) -> LyapunovSpectrum:
-    """The ``k`` leading Lyapunov exponents (per step) of ``system``'s state dynamics at
-    ``theta``, from ``state`` (default ``system.init(theta, key)``) after ``warmup`` steps
-    that bring the state onto its attractor and align ``Q`` (started at a random
-    orthonormal frame drawn from ``key``) with the leading directions.
+    r"""The `k` leading Lyapunov exponents (per step) of `system`'s state dynamics at `theta`.
 
-    The state runs on without episode resets; the step's time index is ``t mod horizon``.
+    They are measured from `state` (default `system.init(theta, key)`) after `warmup` steps
+    that bring the state onto its attractor and align $Q$ (started at a random
+    orthonormal frame drawn from `key`) with the leading directions, by the QR method of the
+    module's docstring.
+
+    The state runs on without episode resets; the step's time index is $t \bmod T$ ($T$ the horizon).
     A pytree state is flattened to its real view (complex leaves as real and imaginary
-    parts; int and key leaves carried along, not differentiated). ``k`` defaults to the
-    full dimension ``N``. Everything is one ``lax.scan``: jit-able."""
+    parts; int and key leaves carried along, not differentiated). Everything is one `lax.scan`: jit-able.
+
+    Args:
+      system: the system.
+      theta: the outer parameters, fixed.
+      key: the key of the initial state (when `state` is None) and of the random initial frame.
+      num_steps: the measured steps the exponents are averaged over.
+      k: the number of exponents, at most the state's real dimension $N$. Default: all $N$.
+      warmup: the steps run before measuring (an int >= 0; 0 measures from the first step).
+      state: the state to start from. Default: `system.init(theta, key)`.
+
+    Returns:
+      A `LyapunovSpectrum`.
+    """
     check_system(system)
     num_steps = check_positive_int(num_steps, "num_steps", "the number of measured steps, e.g. 10_000.")
     if isinstance(warmup, bool) or not isinstance(warmup, numbers.Integral) or warmup < 0:
-        raise ValueError(
+        raise BadValue(
             f"`warmup` must be an int >= 0, got {warmup!r}; it is the number of steps run before measuring, "
             "e.g. warmup=1000 (0 measures from the first step)."
         )
@@ -77,7 +97,7 @@ def lyapunov_spectrum(
     dim = vector.shape[0]
     k = dim if k is None else check_positive_int(k, "k", f"the number of exponents, at most the state size {dim}.")
     if k > dim:
-        raise ValueError(f"`k`={k} exceeds the state's real dimension N={dim}; pass k <= {dim} (or None for all).")
+        raise BadValue(f"`k`={k} exceeds the state's real dimension N={dim}; pass k <= {dim} (or None for all).")
     frame, _ = jnp.linalg.qr(jax.random.normal(jax.random.fold_in(key, 1), (dim, k), vector.dtype))
 
     def advance(carry, t):
@@ -103,9 +123,14 @@ ITERATIONS_TIMES_EXPONENT = {"deer": 3.0, "quasi-deer": 30.0}
 
 
 class ParallelOutlook(NamedTuple):
-    """What ``parallel_outlook`` finds: the leading Lyapunov ``exponent`` (per step), the
-    ``expected_iterations`` of the Newton solve (``horizon`` where it is not contracting),
-    whether parallel evaluation is ``expected_fast`` and the ``rule`` that says so, in words."""
+    """What `parallel_outlook` finds: whether parallel evaluation over time is expected fast.
+
+    Attributes:
+      exponent: the leading Lyapunov exponent (per step).
+      expected_iterations: the expected iterations of the Newton solve (`horizon` where it is not contracting).
+      expected_fast: whether parallel evaluation is expected fast.
+      rule: the rule that says so, in words.
+    """
 
     exponent: float
     expected_iterations: int
@@ -116,9 +141,10 @@ class ParallelOutlook(NamedTuple):
 def parallel_outlook(
     system, theta, key, *, solver: str = "deer", max_iterations: int = 100, num_steps: int = 1000, warmup: int = 100
 ) -> ParallelOutlook:
-    r"""Whether evaluating ``system`` in parallel over time by Newton iterations
-    (``parallel_bptt(system, solver=...)``) is expected to converge fast, from the leading
-    Lyapunov exponent $\lambda_1$ (``lyapunov_spectrum`` over ``num_steps``). It speaks of
+    r"""Whether evaluating `system` in parallel over time by Newton iterations is expected to converge fast.
+
+    The evaluation is `parallel_bptt(system, solver=...)`'s; the forecast comes from the leading
+    Lyapunov exponent $\lambda_1$ (`lyapunov_spectrum` over `num_steps`). It speaks of
     evaluation speed only: the gradient it computes is the exact one either way, and which
     estimator suits the system is ``unroll.advise``'s question.
 
@@ -140,9 +166,12 @@ def parallel_outlook(
       max_iterations: the iteration cap of the Newton solve.
       num_steps: the steps $\lambda_1$ is averaged over.
       warmup: the steps run before measuring.
+
+    Returns:
+      A `ParallelOutlook` (Python values).
     """
     if solver not in ITERATIONS_TIMES_EXPONENT:
-        raise ValueError(f"`solver` must be 'deer' or 'quasi-deer', got {solver!r}.")
+        raise BadValue(f"`solver` must be 'deer' or 'quasi-deer', got {solver!r}.")
     max_iterations = check_positive_int(max_iterations, "max_iterations", "the iteration cap, e.g. 100.")
     spectrum = jax.jit(lambda th, k: lyapunov_spectrum(system, th, k, num_steps, k=1, warmup=warmup))(theta, key)
     return outlook_from_exponent(float(spectrum.exponents[0]), system.horizon, solver, max_iterations)
@@ -158,9 +187,13 @@ def outlook_from_exponent(
       horizon: the episode length $T$ (the iterations where the system is not contracting).
       solver: ``"deer"`` or ``"quasi-deer"`` (its constant $c$).
       max_iterations: the iteration cap.
+
+    Returns:
+      A `ParallelOutlook`: expected iterations $\min(T, \lceil c / |\lambda_1| \rceil)$ when $\lambda_1 < 0$, else
+      $T$; expected fast iff $\lambda_1 < 0$ and $c / |\lambda_1| \le$ `max_iterations`.
     """
     if solver not in ITERATIONS_TIMES_EXPONENT:
-        raise ValueError(f"`solver` must be 'deer' or 'quasi-deer', got {solver!r}.")
+        raise BadValue(f"`solver` must be 'deer' or 'quasi-deer', got {solver!r}.")
     c = ITERATIONS_TIMES_EXPONENT[solver]
     contracting = exponent < 0
     expected = min(horizon, math.ceil(c / -exponent)) if contracting else horizon
@@ -181,21 +214,37 @@ def outlook_from_exponent(
 
 
 class JacobianSpectrum(NamedTuple):
-    """Along one trajectory of ``num_steps`` steps: ``step``, ``[num_steps, N]``, the singular
-    values of each one-step Jacobian ``d s_{t+1} / d s_t`` (largest first); ``log_product``,
-    ``[num_steps, N]``, the logs of the singular values of the products
-    ``d s_{t+1} / d s_0 = J_t ... J_0`` (logs, so exploding products stay finite)."""
+    r"""Singular values of the state Jacobians along one trajectory of `num_steps` steps (`jacobian_spectrum`).
+
+    Attributes:
+      step: `[num_steps, N]`, the singular values of each one-step Jacobian
+        $J_t = \partial s_{t+1} / \partial s_t$ (largest first).
+      log_product: `[num_steps, N]`, the logs of the singular values of the products
+        $\partial s_{t+1} / \partial s_0 = J_t \cdots J_0$ (logs, so exploding products stay finite).
+    """
 
     step: jax.Array
     log_product: jax.Array
 
 
 def jacobian_spectrum(system, theta, key, num_steps: int, state=None) -> JacobianSpectrum:
-    """Singular values of the one-step state Jacobians and of their products along the
-    trajectory from ``state`` (default ``system.init(theta, key)``), on the state's real
-    view, time index ``t mod horizon``. Dense: ``N`` jvps and an ``N x N`` SVD per step
-    (use ``lyapunov_spectrum`` for large ``N``). The product is carried rescaled by its
-    largest entry, the log scale kept apart, so it neither overflows nor underflows."""
+    r"""Singular values of the one-step state Jacobians and of their products along a trajectory.
+
+    The trajectory starts from `state` (default `system.init(theta, key)`), on the state's real
+    view, time index $t \bmod T$. Dense: $N$ jvps and an $N \times N$ SVD per step
+    (use `lyapunov_spectrum` for large $N$). The product is carried rescaled by its
+    largest entry, the log scale kept apart, so it neither overflows nor underflows.
+
+    Args:
+      system: the system.
+      theta: the outer parameters, fixed.
+      key: the key of the initial state (when `state` is None).
+      num_steps: the steps of the trajectory.
+      state: the state to start from. Default: `system.init(theta, key)`.
+
+    Returns:
+      A `JacobianSpectrum`.
+    """
     check_system(system)
     num_steps = check_positive_int(num_steps, "num_steps", "the number of steps, e.g. 100.")
     state = system.init(theta, key) if state is None else state
@@ -220,26 +269,29 @@ def jacobian_spectrum(system, theta, key, num_steps: int, state=None) -> Jacobia
 
 
 class GradientQuality(NamedTuple):
-    r"""Statistics of ``num_samples`` independent estimates $g_i$ against the reference $g$
-    (``exact``):
+    r"""Statistics of `num_samples` independent estimates $g_i$ against the reference $g$ (`exact`).
 
-    * ``bias`` $= \bar g - g$ (theta-shaped) and ``bias_norm``, its norm;
-    * ``bias_z``: the largest $|\mathrm{bias}_j| / \sqrt{s_j^2 / n + e_j^2}$ (how many standard
-      errors the bias is, $s_j$ the samples' standard deviation and $e_j$ the reference's own
-      standard error, 0 unless given), over components whose bias is above rounding level
-      ($10^3 \epsilon (|g| + |\bar g|)$); 0 if none; ``inf`` where such a bias has no spread;
-    * ``variance`` $= \frac1n \sum_i |g_i - \bar g|^2$;
-    * ``mean_cosine`` (of each sample to $g$, averaged) and ``cosine_of_mean``;
-    * ``snr`` $= |\bar g|^2 / $ ``variance``;
-    * ``samples``, ``[n, p]`` (flat);
-    * ``relative_bias`` $= \sqrt{\max(|\bar g - g|^2 - \sum_j (s_j^2/n + e_j^2), 0)} / |g|$: the
-      bias's norm relative to the reference's, its expected noise taken out (the raw
-      $|\bar g - g|$ of a noisy estimator is mostly noise; this is 0 on average where there is
-      no bias);
-    * ``window_snr``: the SNR of a single window's estimate, $|\bar g|^2 / \frac1{nw} \sum_{i,k}
-      |g_{ik} - \bar g|^2$ over the $w$ windows $g_{ik}$ of every sample (equal to ``snr`` when
-      ``windows_per_sample`` is 1): what one ``estimate`` call delivers;
-    * ``reference_error``: the norm of the reference's standard error $|e|$ (0 unless given).
+    $n$ is the number of samples, $\bar g$ their mean, $s_j$ their standard deviation in component
+    $j$ and $e_j$ the reference's own standard error (0 unless given).
+
+    Attributes:
+      bias: $\bar g - g$ (theta-shaped).
+      bias_norm: its norm.
+      bias_z: the largest $|\mathrm{bias}_j| / \sqrt{s_j^2 / n + e_j^2}$ (how many standard errors the bias is),
+        over components whose bias is above rounding level ($10^3 \epsilon (|g| + |\bar g|)$); 0 if none; `inf`
+        where such a bias has no spread.
+      variance: $\frac1n \sum_i |g_i - \bar g|^2$.
+      mean_cosine: the cosine of each sample to $g$, averaged.
+      cosine_of_mean: the cosine of $\bar g$ to $g$.
+      snr: $|\bar g|^2 /$ `variance`.
+      samples: `[n, p]` (flat).
+      relative_bias: $\sqrt{\max(|\bar g - g|^2 - \sum_j (s_j^2/n + e_j^2), 0)} / |g|$: the bias's norm relative
+        to the reference's, its expected noise taken out (the raw $|\bar g - g|$ of a noisy estimator is mostly
+        noise; this is 0 on average where there is no bias).
+      window_snr: the SNR of a single window's estimate,
+        $|\bar g|^2 / \frac1{nw} \sum_{i,k} |g_{ik} - \bar g|^2$ over the $w$ windows $g_{ik}$ of every sample
+        (equal to `snr` when `windows_per_sample` is 1): what one `estimate` call delivers.
+      reference_error: the norm of the reference's standard error $|e|$ (0 unless given).
     """
 
     bias: object
@@ -256,23 +308,27 @@ class GradientQuality(NamedTuple):
 
 
 def window_sampler(estimator, theta, windows_per_sample: int = 1, burn_in: int = 0):
-    """A compiled function ``keys [n] -> every window's estimate``, leading axes ``[n,
-    windows_per_sample]``: sample ``i`` runs ``burn_in + windows_per_sample`` windows from a fresh
-    ``init`` (``split(keys[i])``: the init key, then window ``k``'s ``fold_in(run key, k)``) and
-    keeps the last ``windows_per_sample``. Call it on chunks of keys to take samples as time allows
-    (one compile for every chunk of one size).
+    """A compiled function `keys [n] -> every window's estimate`, leading axes `[n, windows_per_sample]`.
+
+    Sample `i` runs `burn_in + windows_per_sample` windows from a fresh `init` (`split(keys[i])`:
+    the init key, then window `k`'s `fold_in(run key, k)`) and keeps the last `windows_per_sample`.
+    Call it on chunks of keys to take samples as time allows (one compile for every chunk of one size).
 
     Args:
       estimator: any estimator (``init``, ``estimate``).
       theta: the fixed outer parameters.
       windows_per_sample: consecutive windows kept per sample.
       burn_in: windows run and dropped before them.
+
+    Returns:
+      The jitted, vmapped function `sampler(keys)`: for keys `[n]`, theta's structure with leading axes
+      `[n, windows_per_sample]`.
     """
     windows_per_sample = check_positive_int(windows_per_sample, "windows_per_sample")
     if isinstance(burn_in, bool) or not isinstance(burn_in, numbers.Integral):
-        raise TypeError(f"`burn_in` must be an int >= 0 (windows run and dropped first), got {burn_in!r}.")
+        raise BadType(f"`burn_in` must be an int >= 0 (windows run and dropped first), got {burn_in!r}.")
     if burn_in < 0:
-        raise ValueError(f"`burn_in` must be an int >= 0 (windows run and dropped first), got {burn_in!r}.")
+        raise BadValue(f"`burn_in` must be an int >= 0 (windows run and dropped first), got {burn_in!r}.")
 
     def sample(key):
         init_key, run_key = jax.random.split(key)
@@ -297,11 +353,12 @@ def _window_estimates(estimator, theta, key, num_samples: int, windows_per_sampl
 
 
 def estimate_samples(estimator, theta, key, num_samples: int, windows_per_sample: int = 1, burn_in: int = 0):
-    """``num_samples`` independent estimates at a fixed ``theta``, stacked (leading axis):
-    each the mean of ``windows_per_sample`` consecutive window estimates from a fresh
-    ``init`` (keys ``split(key, num_samples)``; window ``k`` uses ``fold_in(run key, k)``),
-    after ``burn_in`` windows that are run and dropped (so that accumulators such as PES's
-    ``xi`` reach their steady state); vmapped over samples, one compiled call.
+    """`num_samples` independent estimates at a fixed `theta`, stacked along a leading axis.
+
+    Each is the mean of `windows_per_sample` consecutive window estimates from a fresh
+    `init` (keys `split(key, num_samples)`; window `k` uses `fold_in(run key, k)`),
+    after `burn_in` windows that are run and dropped (so that accumulators such as PES's
+    `xi` reach their steady state); vmapped over samples, one compiled call.
 
     Args:
       estimator: any estimator (``init``, ``estimate``).
@@ -310,6 +367,9 @@ def estimate_samples(estimator, theta, key, num_samples: int, windows_per_sample
       num_samples: independent samples.
       windows_per_sample: consecutive windows averaged into each sample.
       burn_in: windows run and dropped before them.
+
+    Returns:
+      The samples: theta's structure with a leading axis `[num_samples]`.
     """
     windows = _window_estimates(estimator, theta, key, num_samples, windows_per_sample, burn_in)
     return jax.tree_util.tree_map(lambda g: jnp.mean(g, axis=1), windows)
@@ -320,13 +380,11 @@ def _flat_error(reference_error, reference_samples, exact_flat):
     from jax.flatten_util import ravel_pytree
 
     if reference_error is not None and reference_samples is not None:
-        raise ValueError(
-            "pass `reference_error` or `reference_samples`, not both (the error is computed from samples)."
-        )
+        raise BadValue("pass `reference_error` or `reference_samples`, not both (the error is computed from samples).")
     if reference_samples is not None:
         flat = jax.vmap(lambda g: ravel_pytree(g)[0])(reference_samples)
         if flat.shape[0] < 2:
-            raise ValueError(
+            raise BadValue(
                 f"`reference_samples` holds {flat.shape[0]} sample; its standard error needs at least 2 "
                 "(stack the per-episode gradients along a leading axis)."
             )
@@ -335,7 +393,7 @@ def _flat_error(reference_error, reference_samples, exact_flat):
         return jnp.zeros_like(exact_flat)
     error = ravel_pytree(reference_error)[0]
     if error.shape != exact_flat.shape:
-        raise ValueError(
+        raise BadValue(
             f"`reference_error` has {error.size} entries but the reference has {exact_flat.size}; pass the standard "
             "error of each component of `exact` (the same structure as theta)."
         )
@@ -353,8 +411,9 @@ def gradient_quality(
     reference_error=None,
     reference_samples=None,
 ) -> GradientQuality:
-    r"""Bias, variance, cosine to the reference gradient and signal-to-noise ratio of
-    ``estimator`` at a fixed ``theta``. Sample $i$ is the mean of ``windows_per_sample``
+    r"""Bias, variance, cosine to the reference gradient and signal-to-noise ratio of `estimator` at `theta`.
+
+    `theta` is fixed. Sample $i$ is the mean of ``windows_per_sample``
     consecutive window estimates of a fresh estimator state (``estimate_samples``: staggered
     workers, fresh episodes).
 
@@ -387,21 +446,25 @@ def gradient_quality(
     """
     if exact is None:
         if reference_samples is None:
-            raise ValueError("pass the reference gradient `exact` (or `reference_samples`, whose mean is it).")
+            raise BadValue("pass the reference gradient `exact` (or `reference_samples`, whose mean is it).")
         exact = jax.tree_util.tree_map(lambda s: jnp.mean(s, axis=0), reference_samples)
     windows = _window_estimates(estimator, theta, key, num_samples, windows_per_sample)
     return quality_of_windows(windows, exact, reference_error=reference_error, reference_samples=reference_samples)
 
 
 def quality_of_windows(windows, exact=None, *, reference_error=None, reference_samples=None) -> GradientQuality:
-    """``gradient_quality``'s statistics of window estimates already taken (``window_sampler``'s
-    output, leading axes ``[num_samples, windows_per_sample]``), against ``exact``.
+    """`gradient_quality`'s statistics of window estimates already taken, against `exact`.
+
+    The estimates are `window_sampler`'s output, leading axes `[num_samples, windows_per_sample]`.
 
     Args:
       windows: the window estimates, theta's structure with two leading axes.
-      exact: the reference gradient (default: the mean of ``reference_samples``).
+      exact: the reference gradient (default: the mean of `reference_samples`).
       reference_error: its standard error per component.
       reference_samples: the samples it is the mean of.
+
+    Returns:
+      A `GradientQuality`; it warns when the reference's standard error limits the bias that can be detected.
     """
     import warnings
 
@@ -409,7 +472,7 @@ def quality_of_windows(windows, exact=None, *, reference_error=None, reference_s
 
     if exact is None:
         if reference_samples is None:
-            raise ValueError("pass the reference gradient `exact` (or `reference_samples`, whose mean is it).")
+            raise BadValue("pass the reference gradient `exact` (or `reference_samples`, whose mean is it).")
         exact = jax.tree_util.tree_map(lambda s: jnp.mean(s, axis=0), reference_samples)
     exact_flat, unravel = ravel_pytree(exact)
     error = _flat_error(reference_error, reference_samples, exact_flat)
@@ -461,10 +524,19 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 
 class HorizonGradients(NamedTuple):
-    """Per horizon (arrays ``[len(horizons)]``): the mean episode loss; the norm of each
-    episode's exact gradient, median and max over episodes; the variance over episodes of
-    the exact gradient (``mean |g_e - mean g|^2``); and, with an estimator, the median norm
-    and the variance of its estimates."""
+    r"""The exact gradient and an estimator's as the horizon grows (`gradient_vs_horizon`).
+
+    Every field but `horizons` holds one value per horizon, an array `[len(horizons)]`.
+
+    Attributes:
+      horizons: the horizons $T$.
+      loss: the mean episode loss.
+      exact_norm_median: the norm of each episode's exact gradient, median over episodes.
+      exact_norm_max: the same, max over episodes.
+      exact_variance: the variance over episodes of the exact gradient, $\frac1E \sum_e |g_e - \bar g|^2$.
+      estimator_norm_median: with an estimator, the median norm of its estimates; else `None`.
+      estimator_variance: with an estimator, the variance of its estimates; else `None`.
+    """
 
     horizons: jax.Array
     loss: jax.Array
@@ -485,10 +557,25 @@ def gradient_vs_horizon(
     num_samples: int = 16,
     windows_per_sample: int = 1,
 ) -> HorizonGradients:
-    """The exact gradient (full BPTT of each episode, ``num_episodes`` keys) and optionally an
-    estimator's (``make_estimator(system)``, ``num_samples`` samples of
-    ``estimate_samples``) as the horizon grows: ``make_system(horizon) -> System``. One
-    compiled computation per horizon (shapes change with it)."""
+    """The exact gradient and optionally an estimator's as the horizon grows.
+
+    The exact gradient is full BPTT of each episode (`num_episodes` keys), the estimator's from
+    `num_samples` samples of `estimate_samples`. One compiled computation per horizon (shapes
+    change with it).
+
+    Args:
+      make_system: `make_system(horizon) -> System`.
+      theta: the outer parameters, fixed.
+      key: the episodes' keys are `split(key, num_episodes)`; the estimator's samples use `fold_in(key, 1)`.
+      horizons: the horizons $T$ to measure at, ints.
+      num_episodes: episodes of the exact gradient per horizon.
+      make_estimator: `make_estimator(system) -> estimator`, or `None` for the exact gradient only.
+      num_samples: samples of the estimator per horizon.
+      windows_per_sample: consecutive windows averaged into each of its samples.
+
+    Returns:
+      A `HorizonGradients`.
+    """
     from jax.flatten_util import ravel_pytree
 
     from unroll._exact import episode_loss
@@ -534,11 +621,26 @@ def loss_along(
     sigma: float | None = None,
     num_perturbations: int = 64,
 ):
-    """The mean episode loss at ``theta + a * direction`` for every ``a`` in ``offsets`` and
-    every horizon (``[len(horizons), len(offsets)]``; the rugged landscapes of Metz et al.
-    2021), and with ``sigma`` the ES-smoothed loss ``E_eps L(theta + a d + sigma eps)``
-    (``num_perturbations`` antithetic Gaussian draws, common to all points) beside it.
-    Returns ``(losses, smoothed or None)``."""
+    r"""The mean episode loss along a line $\theta + a d$ through theta, per horizon, raw and ES-smoothed.
+
+    The loss is taken at $\theta + a d$ for every $a$ in `offsets` and every horizon (the rugged
+    landscapes of Metz et al. 2021), and with `sigma` the ES-smoothed loss
+    $\mathbb E_\epsilon L(\theta + a d + \sigma \epsilon)$ beside it.
+
+    Args:
+      make_system: `make_system(horizon) -> System`.
+      theta: the point the line goes through.
+      direction: $d$, theta's structure.
+      key: the episodes' keys are `split(key, num_episodes)`; the perturbations are drawn from `fold_in(key, 1)`.
+      horizons: the horizons to measure at, ints.
+      offsets: the $a$s.
+      num_episodes: episodes averaged into each loss.
+      sigma: the smoothing scale $\sigma$, or `None` for no smoothed loss.
+      num_perturbations: antithetic Gaussian draws $\epsilon$ (common to all points) of the smoothed loss.
+
+    Returns:
+      `(losses, smoothed)`, each `[len(horizons), len(offsets)]`; `smoothed` is None without `sigma`.
+    """
     from jax.flatten_util import ravel_pytree
 
     from unroll._exact import episode_loss
@@ -562,8 +664,14 @@ def loss_along(
 
 
 def quality_table(qualities: dict) -> str:
-    """A markdown table of ``{estimator name: GradientQuality}``: bias norm, bias in standard
-    errors, variance, cosines and SNR, one row per estimator."""
+    """A markdown table of `{estimator name: GradientQuality}`, one row per estimator.
+
+    Args:
+      qualities: `{estimator name: GradientQuality}`.
+
+    Returns:
+      The table's text: bias norm, bias in standard errors (max z), variance, mean cosine, cosine of mean and SNR.
+    """
     lines = [
         "| estimator | bias norm | bias (max z) | variance | mean cosine | cosine of mean | SNR |",
         "|---|---:|---:|---:|---:|---:|---:|",

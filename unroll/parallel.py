@@ -1,21 +1,24 @@
-"""Recurrences in parallel over time: linear ones by associative scan (Martin & Cundy
+r"""Recurrences in parallel over time: linear ones by associative scan (Martin & Cundy
 2018), nonlinear ones by Newton's method over the whole trajectory (DEER, Lim et al.
 2024; quasi-DEER, Gonzalez et al. 2024), each Newton step a linear recurrence.
 
-``h_t = a_t * h_{t-1} + b_t`` (elementwise) composes affine maps: step ``t`` is
-``h -> a_t h + b_t``, and two steps compose as
+$h_t = a_t h_{t-1} + b_t$ (elementwise) composes affine maps: step $t$ is
+$h \mapsto a_t h + b_t$, and two steps compose as
 
-    (a_2, b_2) o (a_1, b_1) = (a_2 a_1, a_2 b_1 + b_2),
+$$
+(a_2, b_2) \circ (a_1, b_1) = (a_2 a_1,\ a_2 b_1 + b_2),
+$$
 
-an associative operation, so every ``h_t`` follows from one
-``jax.lax.associative_scan`` in ``O(log T)`` depth and ``O(T)`` work instead of ``T``
+an associative operation, so every $h_t$ follows from one
+``jax.lax.associative_scan`` in $O(\log T)$ depth and $O(T)$ work instead of $T$
 sequential steps. The backward pass is again a linear recurrence, run in reverse:
-with ``g_t = dL/dh_t``, the adjoint ``lambda_t = g_t + a_{t+1} lambda_{t+1}`` gives
-``dL/db_t = lambda_t``, ``dL/da_t = lambda_t h_{t-1}`` and ``dL/dh_0 = a_0 lambda_0``
+with $g_t = \partial L / \partial h_t$, the adjoint $\lambda_t = g_t + a_{t+1} \lambda_{t+1}$ gives
+$\partial L / \partial b_t = \lambda_t$, $\partial L / \partial a_t = \lambda_t h_{t-1}$ and
+$\partial L / \partial h_0 = a_0 \lambda_0$
 (JAX's transpose convention: no conjugates, also for complex values).
 
-``matrix_recurrence`` is the same scan with matrix coefficients ``h_t = A_t h_{t-1} + b_t``.
-``solve_recurrence`` solves ``x_t = f(x_{t-1}, xs_t)`` by Newton iterations on it;
+``matrix_recurrence`` is the same scan with matrix coefficients $h_t = A_t h_{t-1} + b_t$.
+``solve_recurrence`` solves $x_t = f(x_{t-1}, xs_t)$ by Newton iterations on it;
 ``solve_episode`` applies that to a system's episode (``episode_view``: the state's float
 leaves as one real vector, its int and key leaves computed once beside it).
 """
@@ -30,8 +33,24 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from unroll._errors import BadType, BadValue
 from unroll._system import check_positive_int, from_real_parts, real_parts, split_discrete
 from unroll._tree import PyTree
+
+__all__ = [
+    "EpisodeSolution",
+    "EpisodeView",
+    "SOLVERS",
+    "Solution",
+    "default_tolerance",
+    "discrete_inputs",
+    "episode_view",
+    "linear_recurrence",
+    "matrix_recurrence",
+    "sequential_recurrence",
+    "solve_episode",
+    "solve_recurrence",
+]
 
 
 def _compose(earlier, later):
@@ -91,11 +110,9 @@ def _one(a: jax.Array, b: jax.Array, h0: jax.Array | None, reverse: bool) -> jax
     a = jnp.asarray(a)
     dtype = jnp.result_type(a, b) if h0 is None else jnp.result_type(a, b, h0)
     if b.ndim < 1:
-        raise ValueError(
-            f"`b` must have a leading time axis, got a scalar of shape {b.shape}; pass b of shape [T, ...]."
-        )
+        raise BadValue(f"`b` must have a leading time axis, got a scalar of shape {b.shape}; pass b of shape [T, ...].")
     if a.shape[:1] != b.shape[:1] or jnp.broadcast_shapes(a.shape, b.shape) != b.shape:
-        raise ValueError(
+        raise BadValue(
             f"`a` of shape {a.shape} does not match `b` of shape {b.shape}: both need the time axis first, "
             "and a must broadcast to b (e.g. a [T, n] with b [T, n], or a [T, 1])."
         )
@@ -104,27 +121,33 @@ def _one(a: jax.Array, b: jax.Array, h0: jax.Array | None, reverse: bool) -> jax
 
 
 def linear_recurrence(a: PyTree, b: PyTree, h0: PyTree | None = None, reverse: bool = False) -> PyTree:
-    """Every ``h_t`` of ``h_t = a_t * h_{t-1} + b_t``, ``t = 0..T-1``, ``h_{-1} = h0``
-    (zeros if ``None``), by associative scan; with ``reverse``,
-    ``h_t = a_t * h_{t+1} + b_t`` from ``h_T = h0``.
+    r"""Every $h_t$ of $h_t = a_t h_{t-1} + b_t$ (elementwise), $t = 0, \dots, T-1$, by associative scan.
 
-    ``a`` and ``b`` are arrays (real or complex) or pytrees of them with the time axis
-    first; each leaf of ``a`` broadcasts to its leaf of ``b`` (e.g. ``a [T, 1]``), and
-    ``h0`` (a leaf of ``b``'s shape without the time axis) is optional. Returns ``b``'s
-    structure, shapes and (promoted) dtype.
+    The recurrence starts from $h_{-1}$ = `h0` (zeros if `None`); with `reverse`, it is
+    $h_t = a_t h_{t+1} + b_t$ from $h_T$ = `h0`.
 
     Differentiable: the backward pass is the reverse linear recurrence (a
-    ``custom_vjp``; the module docstring has the math), which stores only ``a`` and the
-    outputs ``h``. Reverse mode only: ``jax.jvp`` through it is not defined.
+    `custom_vjp`; the module docstring has the math), which stores only `a` and the
+    outputs `h`. Reverse mode only: `jax.jvp` through it is not defined.
+
+    Args:
+      a: the coefficients $a_t$: an array (real or complex) or a pytree of them with the time axis first; each
+        leaf broadcasts to its leaf of `b` (e.g. `a [T, 1]`).
+      b: the inputs $b_t$, arrays or a pytree of them with the time axis first (`[T, ...]`).
+      h0: the initial value, optional: per leaf, `b`'s shape without the time axis. Default: zeros.
+      reverse: run from the end ($h_t = a_t h_{t+1} + b_t$), a bool.
+
+    Returns:
+      Every $h_t$: `b`'s structure, shapes and (promoted) dtype.
     """
     if not isinstance(reverse, bool):
-        raise TypeError(f"`reverse` must be True or False, got {reverse!r}.")
+        raise BadType(f"`reverse` must be True or False, got {reverse!r}.")
     b_leaves, treedef = jax.tree_util.tree_flatten(b)
     try:
         a_leaves = treedef.flatten_up_to(a)
         h0_leaves = [None] * len(b_leaves) if h0 is None else treedef.flatten_up_to(h0)
     except (ValueError, TypeError) as err:
-        raise ValueError(f"`a` and `h0` must have the pytree structure of `b` ({treedef}); JAX said: {err}") from err
+        raise BadValue(f"`a` and `h0` must have the pytree structure of `b` ({treedef}); JAX said: {err}") from err
     return treedef.unflatten([_one(x, y, z, reverse) for x, y, z in zip(a_leaves, b_leaves, h0_leaves)])
 
 
@@ -139,14 +162,29 @@ def _matrix_compose(earlier, later):
 
 
 def matrix_recurrence(a: jax.Array, b: jax.Array, h0: jax.Array | None = None, reverse: bool = False) -> jax.Array:
-    """Every ``h_t`` of ``h_t = A_t h_{t-1} + b_t`` (``A [T, n, n]``, ``b [T, n]``), from
-    ``h_{-1} = h0`` (zeros if ``None``); with ``reverse``, ``h_t = A_t h_{t+1} + b_t`` from
-    ``h_T = h0``. One associative scan over affine maps, composed as
-    ``(A_2, b_2) o (A_1, b_1) = (A_2 A_1, A_2 b_1 + b_2)``: ``O(log T)`` depth, ``O(T n^3)``
-    work. Differentiable by plain autodiff (no custom rule)."""
+    r"""Every $h_t$ of $h_t = A_t h_{t-1} + b_t$ with matrix coefficients, by associative scan.
+
+    The recurrence starts from $h_{-1}$ = `h0` (zeros if `None`); with `reverse`, it is
+    $h_t = A_t h_{t+1} + b_t$ from $h_T$ = `h0`. One associative scan over affine maps, composed as
+
+    $$
+    (A_2, b_2) \circ (A_1, b_1) = (A_2 A_1,\ A_2 b_1 + b_2):
+    $$
+
+    $O(\log T)$ depth, $O(T n^3)$ work. Differentiable by plain autodiff (no custom rule).
+
+    Args:
+      a: the matrices $A_t$, `[T, n, n]`.
+      b: the inputs $b_t$, `[T, n]`.
+      h0: the initial value `[n]`, optional. Default: zeros.
+      reverse: run from the end ($h_t = A_t h_{t+1} + b_t$).
+
+    Returns:
+      Every $h_t$, `[T, n]`.
+    """
     a, b = jnp.asarray(a), jnp.asarray(b)
     if b.ndim != 2 or a.shape != b.shape + b.shape[-1:]:
-        raise ValueError(
+        raise BadValue(
             f"`a` of shape {a.shape} and `b` of shape {b.shape} do not make a matrix recurrence: pass b [T, n] "
             "and a [T, n, n] (for elementwise coefficients use linear_recurrence)."
         )
@@ -163,9 +201,14 @@ SOLVERS = ("deer", "quasi-deer")
 
 
 class Solution(NamedTuple):
-    """What ``solve_recurrence`` returns: ``trajectory`` ``[T, n]``, the Newton
-    ``iterations`` taken, the final ``residual`` ``max_t max_i |x_t - f_t(x_{t-1})| / (1 +
-    |f_t(x_{t-1})|)`` and whether it ``converged`` (``residual <= tolerance``)."""
+    r"""What `solve_recurrence` returns: the trajectory, and how the Newton solve ended.
+
+    Attributes:
+      trajectory: `[T, n]`, every $x_t$.
+      iterations: the Newton iterations taken.
+      residual: the final residual $\max_t \max_i |x_t - f_t(x_{t-1})| / (1 + |f_t(x_{t-1})|)$.
+      converged: whether it converged (`residual <= tolerance`).
+    """
 
     trajectory: jax.Array
     iterations: jax.Array
@@ -174,8 +217,14 @@ class Solution(NamedTuple):
 
 
 def default_tolerance(dtype) -> float:
-    """The residual a solve stops at by default: ``max(100 eps, 1e-10)`` for the dtype
-    (about ``1.2e-5`` in float32, ``1e-10`` in float64)."""
+    r"""The residual a solve stops at by default: $\max(100 \epsilon, 10^{-10})$ for the dtype.
+
+    Args:
+      dtype: a float dtype, whose machine epsilon is $\epsilon$.
+
+    Returns:
+      The tolerance, a float (about $1.2 \cdot 10^{-5}$ in float32, $10^{-10}$ in float64).
+    """
     return max(100 * float(jnp.finfo(dtype).eps), 1e-10)
 
 
@@ -201,24 +250,39 @@ def solve_recurrence(
     max_iterations: int = 100,
     jacobian: Callable | None = None,
 ) -> Solution:
-    """All ``x_t = fn(x_{t-1}, xs_t)``, ``t = 0..T-1``, from ``x_{-1} = x0`` (``[n]``), by
-    Newton's method over the whole trajectory at once (DEER, Lim et al. 2024):
+    r"""All $x_t = f(x_{t-1}, xs_t)$, $t = 0, \dots, T-1$, by Newton's method over the whole trajectory at once.
 
-        x^{(i+1)}_t = f_t(x^{(i)}_{t-1}) + J_t (x^{(i+1)}_{t-1} - x^{(i)}_{t-1}),
-        J_t = d f_t / d x at x^{(i)}_{t-1},
+    From $x_{-1}$ = `x0`, each iteration (DEER, Lim et al. 2024) is
 
-    a linear recurrence in ``x^{(i+1)}``, solved by one associative scan
-    (``matrix_recurrence``; with ``solver="quasi-deer"``, ``diag(J_t)`` only and
-    ``linear_recurrence``, Gonzalez et al. 2024). Any ``J`` keeps the chain property: after
-    ``k`` iterations the first ``k`` states are exact, so ``T`` iterations solve it from
-    any ``guess`` (default zeros ``[T, n]``). It stops when the residual is at most
-    ``tolerance`` (default ``default_tolerance``), when it is not finite, or after
-    ``max_iterations``. ``jacobian(x, xs) -> (fn(x, xs), J)`` overrides how ``J`` (dense or
-    diagonal, to match ``solver``) is formed. Not differentiable: for gradients take the
-    implicit one at the solution (``parallel_bptt`` does).
+    $$
+    x^{(i+1)}_t = f_t(x^{(i)}_{t-1}) + J_t \left(x^{(i+1)}_{t-1} - x^{(i)}_{t-1}\right),
+    \qquad J_t = \frac{\partial f_t}{\partial x}\Big|_{x^{(i)}_{t-1}},
+    $$
+
+    a linear recurrence in $x^{(i+1)}$, solved by one associative scan
+    (`matrix_recurrence`; with `solver="quasi-deer"`, $\mathrm{diag}(J_t)$ only and
+    `linear_recurrence`, Gonzalez et al. 2024). Any $J$ keeps the chain property: after
+    $k$ iterations the first $k$ states are exact, so $T$ iterations solve it from
+    any `guess`. It stops when the residual is at most `tolerance`, when it is not finite,
+    or after `max_iterations`. Not differentiable: for gradients take the
+    implicit one at the solution (`parallel_bptt` does).
+
+    Args:
+      fn: $f$, `fn(x, xs_t) -> x_t` with `x` of shape `[n]`.
+      x0: $x_{-1}$, `[n]`.
+      xs: the per-step inputs, a pytree with the time axis first (`T` from its first leaf).
+      solver: `"deer"` (dense $J_t$) or `"quasi-deer"` (its diagonal).
+      guess: the initial trajectory `[T, n]`. Default: zeros.
+      tolerance: the residual to stop at. Default: `default_tolerance(x0.dtype)`.
+      max_iterations: the most Newton iterations.
+      jacobian: `jacobian(x, xs) -> (fn(x, xs), J)`, overrides how $J$ (dense or diagonal, to match `solver`) is
+        formed. Default: `jax.jacfwd` ($n$ jvps).
+
+    Returns:
+      A `Solution`.
     """
     if solver not in SOLVERS:
-        raise ValueError(f"`solver` must be one of {', '.join(map(repr, SOLVERS))}, got {solver!r}.")
+        raise BadValue(f"`solver` must be one of {', '.join(map(repr, SOLVERS))}, got {solver!r}.")
     diagonal = solver == "quasi-deer"
     num_steps = jax.tree_util.tree_leaves(xs)[0].shape[0]
     guess = jnp.zeros((num_steps,) + x0.shape, x0.dtype) if guess is None else jnp.asarray(guess, x0.dtype)
@@ -252,8 +316,18 @@ def solve_recurrence(
 
 
 def sequential_recurrence(fn: Callable, x0: jax.Array, xs: PyTree) -> jax.Array:
-    """All ``x_t = fn(x_{t-1}, xs_t)`` by one ``lax.scan``: the exact answer
-    ``solve_recurrence`` converges to, in ``T`` sequential steps."""
+    """All $x_t = f(x_{t-1}, xs_t)$ by one `lax.scan`: the exact answer `solve_recurrence` converges to.
+
+    It takes $T$ sequential steps.
+
+    Args:
+      fn: $f$, `fn(x, xs_t) -> x_t`.
+      x0: $x_{-1}$.
+      xs: the per-step inputs, a pytree with the time axis first.
+
+    Returns:
+      Every $x_t$, stacked along a leading time axis `[T, ...]`.
+    """
     return jax.lax.scan(lambda x, a: (fn(x, a),) * 2, x0, xs)[1]
 
 
@@ -261,25 +335,57 @@ def sequential_recurrence(fn: Callable, x0: jax.Array, xs: PyTree) -> jax.Array:
 
 
 class EpisodeView(NamedTuple):
-    """One episode on its real float view: ``x0`` ``[N]`` from ``init``, its other leaves
-    ``discrete`` and ``step(x, (discrete, t)) -> (x', loss, discrete')``; ``advance`` and
-    ``loss`` are the first two of those alone."""
+    """One episode on its real float view (`episode_view`); `advance` and `loss` are the first two outputs of `step`.
+
+    Attributes:
+      x0: `[N]`, the real view of the float state from `init`.
+      discrete: its other leaves (int and key), a list.
+      step: `step(x, (discrete, t)) -> (x', loss, discrete')`.
+    """
 
     x0: jax.Array
     discrete: list
     step: Any
 
     def advance(self, x: jax.Array, xs: tuple) -> jax.Array:
+        """The next state's real view, `step(x, xs)[0]`.
+
+        Args:
+          x: the state's real view `[N]`.
+          xs: `(discrete, t)`.
+
+        Returns:
+          The next state's real view `[N]`.
+        """
         return self.step(x, xs)[0]
 
     def loss(self, x: jax.Array, xs: tuple) -> jax.Array:
+        """The step's loss, `step(x, xs)[1]`.
+
+        Args:
+          x: the state's real view `[N]`.
+          xs: `(discrete, t)`.
+
+        Returns:
+          The loss of the step.
+        """
         return self.step(x, xs)[1]
 
 
 def episode_view(system, theta: PyTree, key: jax.Array) -> EpisodeView:
-    """The episode ``init(theta, key)`` starts, as a recurrence on the real vector of the
-    state's float and complex leaves (complex as real and imaginary parts); the int and
-    key leaves are carried beside it, as inputs of each step."""
+    """The episode `init(theta, key)` starts, as a recurrence on the real vector of the state's float leaves.
+
+    Float and complex leaves make the vector (complex as real and imaginary parts); the int and
+    key leaves are carried beside it, as inputs of each step.
+
+    Args:
+      system: the system.
+      theta: the outer parameters.
+      key: the episode's key (`system.init(theta, key)`).
+
+    Returns:
+      An `EpisodeView`.
+    """
     start = split_discrete(system.init(theta, key))
     x0, unravel = ravel_pytree(real_parts(start.floats))
 
@@ -293,8 +399,19 @@ def episode_view(system, theta: PyTree, key: jax.Array) -> EpisodeView:
 
 
 def discrete_inputs(view: EpisodeView, horizon: int) -> tuple[list, jax.Array]:
-    """``(d_{t-1}, t)`` for ``t < T``: the discrete leaves each step reads, by one scan of the
-    step that keeps only them (they do not depend on the floats; XLA drops the rest)."""
+    r"""$(d_{t-1}, t)$ for $t < T$: the discrete leaves each step reads.
+
+    They come from one scan of the step that keeps only them (they do not depend on the floats;
+    XLA drops the rest).
+
+    Args:
+      view: the episode (`episode_view`).
+      horizon: $T$.
+
+    Returns:
+      `(discrete, times)`: the discrete leaves each step reads, stacked along a leading axis `[T]` (an empty
+      list where there are none), and `times`, `arange(T)` as int32.
+    """
     times = jnp.arange(horizon, dtype=jnp.int32)
     if not view.discrete:
         return [], times
@@ -303,9 +420,15 @@ def discrete_inputs(view: EpisodeView, horizon: int) -> tuple[list, jax.Array]:
 
 
 class EpisodeSolution(NamedTuple):
-    """One episode solved by ``solve_episode``: ``states`` ``[T, N]``, the real view of the
-    float state after each step; the per-step ``losses`` ``[T]`` at that trajectory; and
-    the ``Solution``'s ``iterations``, ``residual`` and ``converged``."""
+    """One episode solved by `solve_episode`.
+
+    Attributes:
+      states: `[T, N]`, the real view of the float state after each step.
+      losses: `[T]`, the per-step losses at that trajectory.
+      iterations: the `Solution`'s Newton iterations taken.
+      residual: the `Solution`'s final residual.
+      converged: the `Solution`'s `converged`.
+    """
 
     states: jax.Array
     losses: jax.Array
@@ -324,10 +447,22 @@ def solve_episode(
     tolerance: float | None = None,
     max_iterations: int | None = None,
 ) -> EpisodeSolution:
-    """The episode ``init(theta, key)`` starts, evaluated in parallel over time by
-    ``solve_recurrence`` on ``step`` (``max_iterations`` defaults to the horizon, which
-    always suffices in exact arithmetic). No fallback here: read ``converged``
-    (``parallel_bptt`` recomputes unconverged episodes sequentially)."""
+    """The episode `init(theta, key)` starts, evaluated in parallel over time by `solve_recurrence` on `step`.
+
+    No fallback here: read `converged` (`parallel_bptt` recomputes unconverged episodes sequentially).
+
+    Args:
+      system: the system.
+      theta: the outer parameters.
+      key: the episode's key.
+      solver: `"deer"` or `"quasi-deer"` (`solve_recurrence`).
+      guess: the initial trajectory `[T, N]`. Default: zeros.
+      tolerance: the residual to stop at. Default: `default_tolerance`.
+      max_iterations: the most Newton iterations. Default: the horizon, which always suffices in exact arithmetic.
+
+    Returns:
+      An `EpisodeSolution`.
+    """
     max_iterations = check_positive_int(
         system.horizon if max_iterations is None else max_iterations, "max_iterations", "e.g. max_iterations=100."
     )

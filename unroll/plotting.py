@@ -1,6 +1,9 @@
-"""Matplotlib views of ``unroll.diagnostics`` results. Each ``plot_*`` function but
-``plot_curves`` draws on ``ax`` (a new figure when ``None``) and returns the axes, so
-notebooks can compose them; ``plot_curves`` writes ``unroll compare``'s curves.png."""
+"""Matplotlib views of ``unroll.diagnostics`` results.
+
+Each ``plot_*`` function but ``plot_curves`` and ``plot_advice`` draws on ``ax`` (a new figure
+when ``None``) and returns the axes, so notebooks can compose them; ``plot_curves`` writes
+``unroll compare``'s curves.png.
+"""
 
 from __future__ import annotations
 
@@ -25,8 +28,19 @@ def _axes(ax):
 
 
 def plot_lyapunov(spectrum, dt: float = 1.0, ax=None, label: str = "lambda"):
-    """The running estimate of each exponent (per unit time: divided by ``dt``) against the
-    measured steps: a flat tail means the estimate has converged."""
+    """The running estimate of each Lyapunov exponent against the measured steps (log scale).
+
+    A flat tail means the estimate has converged.
+
+    Args:
+      spectrum: a `LyapunovSpectrum` (`unroll.diagnostics.lyapunov_spectrum`).
+      dt: the time step: exponents are divided by it, per unit time (1: per step).
+      ax: the matplotlib axes to draw on; `None`: a new figure.
+      label: the legend's name of the exponents (`label_1`, `label_2`, ...).
+
+    Returns:
+      The axes.
+    """
     ax = _axes(ax)
     running = np.asarray(spectrum.running) / dt
     steps = np.arange(1, running.shape[0] + 1)
@@ -41,8 +55,17 @@ def plot_lyapunov(spectrum, dt: float = 1.0, ax=None, label: str = "lambda"):
 
 
 def plot_jacobian_spectrum(spectrum, ax=None):
-    """The largest and smallest log singular values of the Jacobian products against time
-    (their slopes are the extreme Lyapunov exponents)."""
+    r"""The largest and smallest log singular values of the Jacobian products against time.
+
+    The products are $\partial s_t / \partial s_0$; their slopes are the extreme Lyapunov exponents.
+
+    Args:
+      spectrum: a `JacobianSpectrum` (`unroll.diagnostics.jacobian_spectrum`).
+      ax: the matplotlib axes to draw on; `None`: a new figure.
+
+    Returns:
+      The axes.
+    """
     ax = _axes(ax)
     log_product = np.asarray(spectrum.log_product)
     steps = np.arange(1, log_product.shape[0] + 1)
@@ -55,8 +78,17 @@ def plot_jacobian_spectrum(spectrum, ax=None):
 
 
 def plot_gradient_vs_horizon(result, ax=None, label: str = "exact (BPTT)", estimator_label: str = "estimator"):
-    """Median gradient norm against the horizon (log-log), exact and, if measured, the
-    estimator's."""
+    """Median gradient norm against the horizon (log-log), exact and, if measured, the estimator's.
+
+    Args:
+      result: a `HorizonGradients` (`unroll.diagnostics.gradient_vs_horizon`).
+      ax: the matplotlib axes to draw on; `None`: a new figure.
+      label: the legend's name of the exact gradient.
+      estimator_label: the legend's name of the estimator's.
+
+    Returns:
+      The axes.
+    """
     ax = _axes(ax)
     horizons = np.asarray(result.horizons)
     ax.plot(horizons, np.asarray(result.exact_norm_median), "o-", label=label)
@@ -71,7 +103,18 @@ def plot_gradient_vs_horizon(result, ax=None, label: str = "exact (BPTT)", estim
 
 
 def plot_loss_along(horizons, offsets, losses, smoothed=None, ax=None):
-    """Loss along a direction, one curve per horizon (solid), the ES-smoothed loss dashed."""
+    """Loss along a direction, one curve per horizon (solid), the ES-smoothed loss dashed.
+
+    Args:
+      horizons: the horizons, as given to `unroll.diagnostics.loss_along`.
+      offsets: the offsets along the direction, likewise.
+      losses: `[len(horizons), len(offsets)]`, `loss_along`'s first result.
+      smoothed: its second result, or `None` (no dashed curves).
+      ax: the matplotlib axes to draw on; `None`: a new figure.
+
+    Returns:
+      The axes.
+    """
     ax = _axes(ax)
     for i, horizon in enumerate(horizons):
         (line,) = ax.plot(offsets, np.asarray(losses[i]), label=f"T = {horizon}")
@@ -84,9 +127,21 @@ def plot_loss_along(horizons, offsets, losses, smoothed=None, ax=None):
 
 
 def plot_curves(path: str, histories: dict, reference: dict, title: str) -> None:
-    """The objective (its gap to the optimum where known, log scale) against outer steps,
-    inner steps and training wall time; mean and min-max band over seeds. A scalar theta
-    gets a fourth panel. ``histories``: ``{estimator: unroll.train's history with num_seeds}``."""
+    r"""`unroll compare`'s curves.png: the objective against outer steps, inner steps and training wall time.
+
+    Where known, the gap to the optimum $L(\theta) - L(\theta^*)$ is drawn instead (log scale); each
+    curve is the mean over seeds, with the min-max band. A scalar theta gets a fourth panel.
+
+    Args:
+      path: the image file to write.
+      histories: `{estimator: unroll.train's history with num_seeds}` (`eval/objective` or `eval/gap`, and
+        `eval_step`, `eval_time_s` and `steps`).
+      reference: the task's reference answers (`theta_star` is drawn on the theta panel).
+      title: the first panel's title.
+
+    Returns:
+      None; the figure is written to `path`.
+    """
     # a Figure of its own, not pyplot's: no backend is chosen or switched (in a notebook, the
     # inline plots after a comparison still show), and nothing is left open
     from matplotlib.figure import Figure
@@ -129,11 +184,20 @@ def plot_curves(path: str, histories: dict, reference: dict, title: str) -> None
 
 
 def plot_advice(advice, out_dir: str) -> dict[str, str]:
-    """``unroll advise``'s three plots, written to ``out_dir``: ``lyapunov.png`` (each
-    trajectory's running lambda_1 estimate), ``gradient_norm.png`` (the exact gradient's median
-    and max norm against the prefix length) and ``frontier.png`` (expected progress per second
-    against compiled memory, one point per measured candidate, flagged ones hollow, the
-    recommendation starred). Returns ``{caption: file name}``."""
+    r"""`unroll advise`'s three plots, written to `out_dir`.
+
+    The plots are `lyapunov.png` (each trajectory's running $\lambda_1$ estimate), `gradient_norm.png`
+    (the exact gradient's median and max norm against the prefix length) and `frontier.png`
+    (expected progress per second against compiled memory, one point per measured candidate,
+    flagged ones hollow, the recommendation starred).
+
+    Args:
+      advice: an `unroll.Advice`.
+      out_dir: the folder to write to (it must exist).
+
+    Returns:
+      `{caption: file name}`.
+    """
     import os
 
     from matplotlib.figure import Figure

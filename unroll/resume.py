@@ -35,12 +35,16 @@ import zipfile
 import jax
 import numpy as np
 
+from unroll._errors import BadValue
 from unroll._tree import PyTree
+
+__all__ = ["FORMAT", "CheckpointError", "fingerprint_hash", "load", "save"]
+
 
 FORMAT = "unroll-checkpoint/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadValue):
     """A checkpoint that cannot be used: unreadable, corrupt, or from another run."""
 
 
@@ -62,8 +66,15 @@ def _entry(array: np.ndarray, key_impl: str | None) -> dict:
 
 
 def fingerprint_hash(tree: PyTree) -> str:
-    """sha256 of the bytes, shapes and dtypes of a pytree's leaves (keys by their data):
-    a short identity for initial values (theta, key) in a fingerprint."""
+    """A short identity for initial values (theta, key) in a fingerprint: a sha256 of a pytree's leaves.
+
+    Args:
+      tree: a pytree of arrays and PRNG keys; the bytes, shapes and dtypes of its leaves are hashed (keys by
+        their data), in `jax.tree_util` order.
+
+    Returns:
+      The first 16 hex digits of the sha256.
+    """
     digest = hashlib.sha256()
     for leaf in jax.tree_util.tree_leaves(tree):
         array = np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
@@ -73,8 +84,20 @@ def fingerprint_hash(tree: PyTree) -> str:
 
 
 def save(path: str, state: PyTree, arrays: dict[str, np.ndarray], fingerprint: dict, meta: dict) -> None:
-    """Writes ``state`` (a pytree of arrays and keys), named ``arrays`` and the manifest
-    to ``path`` atomically."""
+    """Writes `state`, named `arrays` and the manifest to `path` atomically (the module's format).
+
+    The file is written to `path + ".tmp"` and moved over `path` with `os.replace`.
+
+    Args:
+      path: the checkpoint's file path (`.npz`); its folder is created if missing.
+      state: a pytree of arrays and keys, stored as `leaf_00000`, `leaf_00001`, ...
+      arrays: named numpy arrays of any length, stored as `array/<name>`.
+      fingerprint: what identifies the run (JSON-able), checked by `load`.
+      meta: free-form JSON-able facts (the outer step reached, whether the run is complete).
+
+    Returns:
+      None.
+    """
     leaves, treedef = jax.tree_util.tree_flatten(jax.device_get(state))
     files, manifest_leaves, manifest_arrays = {}, [], {}
     for i, leaf in enumerate(leaves):
@@ -141,12 +164,18 @@ def _verified(path: str, name: str, array: np.ndarray, entry: dict) -> np.ndarra
 
 
 def load(path: str, like: PyTree, fingerprint: dict) -> tuple[PyTree, dict[str, np.ndarray], dict]:
-    """Reads a checkpoint written by ``save`` for the run described by ``fingerprint``,
-    whose state has the structure, shapes and dtypes of ``like``.
+    """Reads a checkpoint written by `save` for the run described by `fingerprint`.
 
-    Returns ``(state, arrays, meta)``; the state's leaves are numpy arrays (keys rebuilt
-    as key arrays). Raises ``CheckpointError`` if the file is unreadable or corrupt, or
-    comes from a different run.
+    Args:
+      path: the checkpoint's file path.
+      like: a pytree with the structure, shapes and dtypes of the saved state.
+      fingerprint: what identifies this run; it must equal the saved one.
+
+    Returns:
+      `(state, arrays, meta)`; the state's leaves are numpy arrays (keys rebuilt as key arrays).
+
+    Raises:
+      CheckpointError: the file is unreadable or corrupt, or comes from a different run.
     """
     manifest, contents = _read(path)
     saved = manifest.get("fingerprint", {})

@@ -21,7 +21,27 @@ import jax
 import numpy as np
 import optax
 
+from unroll._errors import BadType, BadValue
 from unroll._system import PyTree, check_against_theta, check_memory_budget, check_positive_int, check_system
+
+__all__ = [
+    "DEFAULT_MEMORY_LIMIT",
+    "EVALUATION_EPISODES",
+    "EVALUATION_SEED",
+    "STANDARD_ESTIMATORS",
+    "adam_cosine",
+    "check_learning_rate",
+    "check_memory_limit",
+    "default_evaluation",
+    "estimator_memory",
+    "memory_models",
+    "scaled_truncation",
+    "standard_estimators",
+    "standard_settings",
+    "Task",
+    "trajectory_sizes",
+]
+
 
 # the episodes the default evaluation averages over: keys split(key(EVALUATION_SEED), EVALUATION_EPISODES)
 EVALUATION_EPISODES = 64
@@ -69,13 +89,21 @@ def standard_settings(
 
 
 def adam_cosine(learning_rate: float, clip: float | None = None) -> dict:
-    r"""Adam with a cosine-decayed learning rate, as ``Task`` fields (``optimizer``,
-    ``optimizer_description``): $\eta_i = \eta (0.01 + 0.99 \cdot \tfrac12 (1 + \cos(\pi i / N)))$
-    over the $N$ outer steps of a run.
+    r"""Adam with a cosine-decayed learning rate, as `Task` fields (`optimizer`, `optimizer_description`).
+
+    At outer step $i$ of a run of $N$ outer steps the learning rate is
+
+    $$
+    \eta_i = \eta \left(0.01 + 0.99 \cdot \tfrac12 \left(1 + \cos(\pi i / N)\right)\right).
+    $$
 
     Args:
       learning_rate: the initial learning rate $\eta$; it decays to $\eta / 100$.
       clip: when given, the meta-gradient's global norm is clipped to it first.
+
+    Returns:
+      A dict of two `Task` fields: `optimizer`, a function `num_outer_steps -> optax.GradientTransformation`
+      (the schedule spans the run's outer steps), and `optimizer_description`, the summary's words for it.
     """
 
     def optimizer(steps):
@@ -91,16 +119,24 @@ def adam_cosine(learning_rate: float, clip: float | None = None) -> dict:
 
 
 def scaled_truncation(horizon: int, truncation: int = 10) -> int:
-    """``truncation`` where an episode holds at least two such windows, else ``horizon // 2``
-    (at least 1): the default truncation on a short horizon."""
+    r"""The default truncation on a short horizon: `truncation`, or half the horizon if that is too long.
+
+    Args:
+      horizon: the episode length $T$ (`system.horizon`).
+      truncation: the truncation wanted, $K$.
+
+    Returns:
+      $K$ where an episode holds at least two such windows ($2K \le T$), else `horizon // 2` (at least 1).
+    """
     return truncation if 2 * truncation <= horizon else max(1, horizon // 2)
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    r"""A system with its starting ``theta`` and how to score and train it: what
-    ``unroll.compare`` needs. Only ``system`` and ``theta`` are required; every other field
-    is keyword-only and has a default, resolved when the task is made.
+    r"""A system with its starting `theta` and how to score and train it: what `unroll.compare` needs.
+
+    Only `system` and `theta` are required; every other field is keyword-only and has a
+    default, resolved when the task is made (each argument is also the field of that name).
 
     Args:
       system: an ``unroll.System`` (anything with ``init``, ``step`` and ``horizon``).
@@ -108,16 +144,16 @@ class Task:
       name: what the comparison is called (folder, header, summary). Default: the name of the
         module that defines ``system.step`` (a file's stem, e.g. ``pendulum`` for
         ``pendulum.py``; a script's own file name when it is ``__main__``), else ``"task"``.
-      evaluate: ``theta -> {"objective": ..., other scalar metrics}``, jit-able. Default: the mean
+      evaluate: `theta -> {"objective": ..., other scalar metrics}`, jit-able. Default: the mean
         episode loss $\frac1{64} \sum_{i<64} \frac1T \sum_{t<T} \ell_t(\theta; k_i)$ over 64 fixed episodes,
-        keys $k_i$ = ``split(key(EVALUATION_SEED), 64)``, as ``objective``.
+        keys $k_i$ = `split(key(EVALUATION_SEED), 64)`, as `objective` (`default_evaluation`).
       optimizer: an optax ``GradientTransformation``, or a function ``num_outer_steps -> GradientTransformation``
         (for schedules over the run). Default: Adam with its learning rate cosine-decayed from
         ``learning_rate`` to 1% of it over each run's outer steps (``adam_cosine``).
       learning_rate: the default optimizer's initial learning rate (ignored when ``optimizer`` is given).
       optimizer_description: how the summary describes the optimizer. Default: derived from the above.
       settings: the estimators' shared settings (``standard_settings()``'s keys; ``unroll.registry.build``).
-        Default: ``standard_settings()`` (10 workers, 100 particles, sigma 0.1), with the truncation
+        Default: ``standard_settings()`` (10 workers, 100 particles, $\sigma = 0.1$), with the truncation
         ``scaled_truncation(horizon)``: 10, or half the horizon where an episode is shorter than two windows.
         A dict given here is merged over those defaults.
       default_estimators: the estimators ``compare`` runs when none are named. Default: those of
@@ -162,20 +198,20 @@ class Task:
         if self.name is None:
             set_("name", _default_name(self.system))
         if not isinstance(self.name, str) or not self.name:
-            raise TypeError(f"`Task.name` must be a non-empty str, got {self.name!r}; e.g. name='pendulum'.")
+            raise BadType(f"`Task.name` must be a non-empty str, got {self.name!r}; e.g. name='pendulum'.")
         if self.evaluate is None:
             set_("evaluate", default_evaluation(self.system))
             if "objective" not in self.reference:
                 objective = f"mean episode loss over {EVALUATION_EPISODES} fixed episodes"
                 set_("reference", {"objective": objective, **self.reference})
         elif not callable(self.evaluate):
-            raise TypeError(
+            raise BadType(
                 f"`Task.evaluate` must be a function theta -> {{'objective': ..., ...}}, got "
                 f"{type(self.evaluate).__name__}; or leave it out for the mean episode loss over 64 episodes."
             )
         self._resolve_optimizer(set_)
         if self.settings is not None and not isinstance(self.settings, dict):
-            raise TypeError(f"`Task.settings` must be a dict (see standard_settings()), got {type(self.settings)}.")
+            raise BadType(f"`Task.settings` must be a dict (see standard_settings()), got {type(self.settings)}.")
         default = standard_settings(truncation=scaled_truncation(self.system.horizon))
         set_("settings", {**default, **(self.settings or {})})
         memory_limit = check_memory_limit(self.memory_limit)
@@ -202,25 +238,47 @@ class Task:
             if self.optimizer_description is None:
                 set_("optimizer_description", f"{getattr(self.optimizer, '__name__', 'the task')}(outer steps)")
         else:
-            raise TypeError(
+            raise BadType(
                 f"`Task.optimizer` must be an optax GradientTransformation or a function num_steps -> one, got "
                 f"{type(self.optimizer).__name__}; e.g. optimizer=optax.adam(1e-3)."
             )
 
 
 def check_learning_rate(learning_rate: Any) -> float:
+    """`Task.learning_rate`, checked: a positive finite number.
+
+    Args:
+      learning_rate: the value to check (a `bool` is refused).
+
+    Returns:
+      It as a `float`.
+
+    Raises:
+      BadValue: it is not a positive finite int or float.
+    """
     if (
         isinstance(learning_rate, bool)
         or not isinstance(learning_rate, (int, float))
         or not 0 < learning_rate < math.inf
     ):
-        raise ValueError(f"`Task.learning_rate`={learning_rate!r} must be a positive number, e.g. 1e-2.")
+        raise BadValue(f"`Task.learning_rate`={learning_rate!r} must be a positive number, e.g. 1e-2.")
     return float(learning_rate)
 
 
 def check_memory_limit(memory_limit: Any, name: str = "Task.memory_limit", meaning: str = "") -> int:
-    """``Task.memory_limit`` (or the argument ``name``, which ``meaning`` explains in the error) in
-    bytes: a positive int of bytes, or a size such as ``"1GiB"``."""
+    """`Task.memory_limit` (or the argument `name`) in bytes.
+
+    Args:
+      memory_limit: a positive int of bytes, or a size such as `"1GiB"` or `"512MiB"`.
+      name: what the error message calls the value.
+      meaning: words appended to the error message to explain what `name` means.
+
+    Returns:
+      The limit in bytes, an int.
+
+    Raises:
+      BadValue: `memory_limit` is neither a positive int nor a size string.
+    """
     if isinstance(memory_limit, int) and not isinstance(memory_limit, bool) and memory_limit > 0:
         return memory_limit
     if isinstance(memory_limit, str):
@@ -228,7 +286,7 @@ def check_memory_limit(memory_limit: Any, name: str = "Task.memory_limit", meani
             return check_memory_budget(memory_limit).size
         except ValueError:
             pass
-    raise ValueError(
+    raise BadValue(
         f"`{name}`={memory_limit!r} must be a size in bytes such as '1GiB' or '512MiB' (or a positive "
         f"int of bytes){meaning}."
     )
@@ -243,20 +301,36 @@ def _default_name(system) -> str:
 
 
 def default_evaluation(system, num_episodes: int = EVALUATION_EPISODES) -> Callable[[PyTree], dict]:
-    r"""``theta -> {"objective": mean episode loss}`` over fixed episodes, jit-able: ``Task``'s default
-    ``evaluate``, $\frac1N \sum_{i<N} \frac1T \sum_{t<T} \ell_t(\theta; k_i)$.
+    r"""`Task`'s default `evaluate`: the mean episode loss over fixed episodes, jit-able.
+
+    The objective is
+
+    $$
+    \frac1N \sum_{i<N} \frac1T \sum_{t<T} \ell_t(\theta; k_i).
+    $$
 
     Args:
       system: the system.
-      num_episodes: $N$; the keys $k_i$ are ``split(key(EVALUATION_SEED), N)``.
+      num_episodes: $N$; the keys $k_i$ are `split(key(EVALUATION_SEED), N)`.
+
+    Returns:
+      The function `theta -> {"objective": mean episode loss}`.
     """
     from unroll.tasks.evaluation import episode_evaluator  # (unroll.tasks imports this module)
 
     return episode_evaluator(system, jax.random.key(EVALUATION_SEED), num_episodes)
 
 
-def _sizes(system, theta) -> tuple[int, int, int, int]:
-    """``(state bytes, state floats, theta bytes, theta floats)`` of one trajectory, by tracing ``init``."""
+def trajectory_sizes(system, theta) -> tuple[int, int, int, int]:
+    """The sizes of one trajectory, found by tracing `init` (nothing runs).
+
+    Args:
+      system: the system.
+      theta: the outer parameters.
+
+    Returns:
+      `(state bytes, state floats, theta bytes, theta floats)`.
+    """
     from unroll._system import inexact_leaves
     from unroll.checkpointing import state_bytes
 
@@ -269,8 +343,9 @@ def _sizes(system, theta) -> tuple[int, int, int, int]:
 
 
 def estimator_memory(name: str, system, theta, settings: dict) -> int:
-    r"""The bytes an estimate of ``name`` holds at once on ``system`` (its dominant term), with
-    $W$ workers, $P$ particles, window $K$, horizon $T$, $D$ directions, $s$ the state's bytes
+    r"""The bytes an estimate of `name` holds at once on `system` (its dominant term).
+
+    With $W$ workers, $P$ particles, window $K$, horizon $T$, $D$ directions, $s$ the state's bytes
     ($n_s$ floats of $b$ bytes) and $p$ theta's bytes ($n_\theta$ floats):
 
     * ``full-bptt``, ``parallel-bptt``, ``quasi-deer``: the whole trajectory, $W T s$ (``deer``: $W T n_s^2 b$,
@@ -290,15 +365,24 @@ def estimator_memory(name: str, system, theta, settings: dict) -> int:
     Returns:
       The bytes, an estimate that ignores the constant overheads every estimator shares.
     """
-    models = _memory_models(system, theta, settings)
+    models = memory_models(system, theta, settings)
     if name not in models:
-        raise ValueError(f"no memory model for estimator {name!r}; choose from {', '.join(models)}.")
+        raise BadValue(f"no memory model for estimator {name!r}; choose from {', '.join(models)}.")
     return models[name]
 
 
-def _memory_models(system, theta, settings: dict) -> dict[str, int]:
-    """``estimator_memory`` of every estimator it models, from one trace of ``init``."""
-    s, n_s, p, n_theta = _sizes(system, theta)
+def memory_models(system, theta, settings: dict) -> dict[str, int]:
+    """`estimator_memory` of every estimator it models, from one trace of `init`.
+
+    Args:
+      system: the system.
+      theta: the outer parameters.
+      settings: the shared settings (`standard_settings()`'s keys; missing ones take its values).
+
+    Returns:
+      `{registry name: bytes}`.
+    """
+    s, n_s, p, n_theta = trajectory_sizes(system, theta)
     b = s // n_s if n_s else 4
     get = lambda key: settings.get(key, standard_settings()[key])
     budget = get("memory_budget")
@@ -323,19 +407,24 @@ def _memory_models(system, theta, settings: dict) -> dict[str, int]:
 
 
 def standard_estimators(system, theta, settings: dict, memory_limit: int) -> tuple[list[str], dict]:
-    """The names of ``STANDARD_ESTIMATORS`` whose ``estimator_memory`` fits ``memory_limit`` bytes, and
-    ``{name: why}`` for those left out. ``checkpointed-bptt`` stands in for ``full-bptt`` only when
-    ``full-bptt`` is left out (they compute the same gradient).
+    """The names of `STANDARD_ESTIMATORS` whose `estimator_memory` fits `memory_limit` bytes.
+
+    `checkpointed-bptt` stands in for `full-bptt` only when `full-bptt` is left out (they
+    compute the same gradient).
 
     Args:
       system: the system.
       theta: the outer parameters.
-      settings: the shared settings.
+      settings: the shared settings (`standard_settings()`'s keys).
       memory_limit: bytes.
+
+    Returns:
+      `(names, left_out)`: the estimators that fit, in `STANDARD_ESTIMATORS` order (`tbptt` as
+      `tbptt-K` at the settings' truncation $K$), and `{name: why}` for those left out.
     """
     from unroll.checkpointing import format_bytes
 
-    models = _memory_models(system, theta, settings)  # one trace of init for all of them
+    models = memory_models(system, theta, settings)  # one trace of init for all of them
     names, left_out = [], {}
     for name in STANDARD_ESTIMATORS:
         if name == "checkpointed-bptt" and "full-bptt" in names:

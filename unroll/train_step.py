@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from unroll._errors import BadValue
 from unroll.contract import Estimator
 
 __all__ = ["ON_NONFINITE", "TrainState", "make_train_step"]
@@ -20,6 +21,19 @@ ON_NONFINITE = ("stop", "skip")
 
 
 class TrainState(NamedTuple):
+    """The state of a run between outer steps: what `make_train_step`'s step takes and returns.
+
+    With `unroll.train(..., num_seeds=S)` every field gains a leading seed axis `[S]`.
+
+    Attributes:
+      theta: the outer parameters (the last finite ones once a step was discarded).
+      opt_state: the optax optimizer's state.
+      estimator_state: the estimator's state (its workers' inner states, keys, ...).
+      step: outer steps taken (int32 scalar), discarded ones included.
+      first_nonfinite: outer step of the first non-finite loss/gradient, -1 if none (int32 scalar).
+      num_rejected: outer steps not applied (non-finite, or after a stop) (int32 scalar).
+    """
+
     theta: Any
     opt_state: Any
     estimator_state: Any
@@ -38,14 +52,28 @@ def _global_norm(tree) -> jax.Array:
 
 
 def make_train_step(estimator: Estimator, optimizer: optax.GradientTransformation, on_nonfinite: str = "stop"):
-    """One outer step ``(TrainState, key) -> (TrainState, metrics)``, pure and jit-able.
+    """One outer step `(TrainState, key) -> (TrainState, metrics)`, pure and jit-able.
 
-    A step whose loss, gradient or new theta is not finite is discarded; with
-    ``on_nonfinite="stop"`` every later step is discarded too (the state stays at the
-    last finite one), with ``"skip"`` training goes on with the next key.
+    The step estimates the gradient with `estimator.estimate`, updates theta with `optimizer`, and
+    checks the result. A step whose loss, gradient or new theta is not finite is discarded; with
+    `on_nonfinite="stop"` every later step is discarded too (the state stays at the
+    last finite one), with `"skip"` training goes on with the next key.
+
+    Args:
+      estimator: an `unroll` estimator; its `estimate(theta, state, key)` gives the gradient.
+      optimizer: an optax `GradientTransformation` applied to the estimated gradient.
+      on_nonfinite: `"stop"` (the default) or `"skip"`, what follows a non-finite step (see above).
+
+    Returns:
+      The function `step(state, key) -> (state, metrics)`, with `state` a `TrainState` and `metrics` a dict of
+      scalars: the estimator's `info` entries (at least `loss` and `steps`), `grad_norm` (the global norm of the
+      estimated gradient) and `accepted` (whether the step was applied).
+
+    Raises:
+      BadValue: `on_nonfinite` is not one of `ON_NONFINITE`.
     """
     if on_nonfinite not in ON_NONFINITE:
-        raise ValueError(
+        raise BadValue(
             f"`on_nonfinite`={on_nonfinite!r} must be one of {ON_NONFINITE}; pass on_nonfinite='stop' "
             "(end the run at its last finite theta) or 'skip' (drop that step and go on)."
         )

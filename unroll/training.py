@@ -19,17 +19,27 @@ import numpy as np
 import optax
 
 from unroll import resume
+from unroll._errors import BadType, BadValue
 from unroll._progress import progress as progress_bar
 from unroll._system import check_positive_int
 from unroll.contract import Estimator
 from unroll.resume import fingerprint_hash
 from unroll.train_step import TrainState, make_train_step
 
+__all__ = ["STOP_CHECK_EVERY", "TrainingInterrupted", "train"]
+
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM during ``train`` with a checkpoint: the state after ``step``
-    outer steps was saved to ``checkpoint``; calling ``train`` again with the same
-    arguments resumes from it."""
+    """Ctrl-C or SIGTERM during `train` with a checkpoint: the run was saved, and can be resumed.
+
+    The state after `step` outer steps was saved to `checkpoint`; calling `train` again
+    with the same arguments resumes from it.
+
+    Attributes:
+      step: the outer steps done when the run was saved.
+      checkpoint: the path of the checkpoint file written.
+      signal_name: the signal that interrupted the run (`"SIGINT"` or `"SIGTERM"`).
+    """
 
     def __init__(self, step: int, checkpoint: str, signal_name: str):
         super().__init__(
@@ -117,49 +127,69 @@ def train(
     callback: Callable[[int, dict], Any] | None = None,
     callback_every: int = 10,
 ):
-    """Runs ``num_steps`` outer steps ``theta <- optax update(estimate(theta))``.
+    r"""Runs `num_steps` outer steps $\theta \leftarrow \theta + \mathrm{update}(\hat g(\theta))$ with optax.
+
+    Each outer step asks `estimator` for a gradient estimate $\hat g(\theta)$ and applies the `optimizer`'s update
+    to it (see `unroll.train_step.make_train_step`, the pure step this loop runs).
 
     Args:
-      estimator: an ``unroll`` estimator.
-      optimizer: an optax ``GradientTransformation``.
+      estimator: an `unroll` estimator.
+      optimizer: an optax `GradientTransformation`.
       theta: the initial outer parameters.
-      key: the run's key; step ``i`` uses ``fold_in(key, i)``.
+      key: the run's key; step `i` uses `fold_in(key, i)`.
       num_steps: number of outer steps.
-      num_seeds: run this many independent seeds at once (a vmap axis; keys ``split(key, num_seeds)``); the
-        returned theta and history gain a leading seed axis.
-      eval_fn: ``theta -> dict of scalars``, jit-compiled, run every ``eval_every`` steps (and after the last);
-        results go to ``history["eval/<name>"]`` at steps ``history["eval_step"]``.
+      num_seeds: run this many independent seeds at once (a vmap axis; keys `split(key, num_seeds)`); the
+        returned theta and the history's per-step entries gain a leading seed axis (see Returns).
+      eval_fn: `theta -> dict of scalars`, jit-compiled (vmapped over the seeds with `num_seeds`), run every
+        `eval_every` steps (and after the last); results go to `history["eval/<name>"]` at steps
+        `history["eval_step"]`.
+      eval_every: outer steps between evaluations with `eval_fn`: it runs before steps $0, k, 2k, \dots$ and once
+        after the last step. 0 (the default): only after the last step. Setting it needs `eval_fn`.
       progress: draw a progress bar.
-      on_nonfinite: a step with a non-finite loss, gradient or theta is discarded (a ``RuntimeWarning`` names the
-        run and the step). ``"stop"``: the run stops there (its state stays at the last finite one; with several
+      on_nonfinite: a step with a non-finite loss, gradient or theta is discarded (a `RuntimeWarning` names the
+        run and the step). `"stop"`: the run stops there (its state stays at the last finite one; with several
         seeds the others go on, and the loop ends early once every seed has stopped, so the history is shorter
-        than ``num_steps``). ``"skip"``: training goes on with the next key.
+        than `num_steps`). `"skip"`: training goes on with the next key.
       name: shown on the progress bar and in warnings.
-      checkpoint: a file path (``.npz``, format in ``unroll.resume``) where the whole run (theta, optimizer, estimator
-        and worker state, keys, counters and the history so far) is saved every ``checkpoint_every`` outer steps, at the
-        end, and on Ctrl-C or SIGTERM (then ``TrainingInterrupted`` is raised). An existing one is resumed: bit for bit
-        the history and theta of an uninterrupted run (on the same machine and versions); one from another run (other
-        settings, theta, key or state structure) or a corrupt one is refused with ``unroll.resume.CheckpointError``.
+      checkpoint: a file path (`.npz`, format in `unroll.resume`) where the whole run (theta, optimizer, estimator
+        and worker state, keys, counters and the history so far) is saved every `checkpoint_every` outer steps, at
+        the end, and on Ctrl-C or SIGTERM (then `TrainingInterrupted` is raised). An existing one is resumed: bit
+        for bit the history and theta of an uninterrupted run (on the same machine and versions); one from another
+        run (other settings, theta, key or state structure) or a corrupt one is refused with
+        `unroll.resume.CheckpointError`.
       checkpoint_every: outer steps between saves (0: only at the end and on interrupt).
       run_info: JSON-able facts that identify the run, added to the checkpoint's fingerprint (a resume with
         different ones is refused).
       time_limit: a wall-clock budget in seconds of outer steps (compile and evaluation excluded, as in
-        ``train_time_s``): the run stops after the step that exhausts it, so the history may be shorter than
-        ``num_steps`` (for comparisons at equal training time). ``None``: no limit.
-      callback: ``fn(step, metrics)``, called on the host every ``callback_every`` outer steps and once at the end
-        (e.g. ``unroll.callbacks.tensorboard(logdir)``), with ``step`` the outer steps done and ``metrics`` the steps
-        since the previous call, as numpy arrays ``[k]`` (``[num_seeds, k]``): ``metrics["step"]`` (the outer steps
-        done after each of them, as in the history's ``eval_step``), every per-step history entry, and the
-        evaluations made since (``eval_step``, ``eval/<name>``). It waits for those steps to finish (the steps are
-        otherwise dispatched ahead), and its own time is not counted in ``train_time_s``; a resumed run calls it
+        `train_time_s`): the run stops after the step that exhausts it, so the history may be shorter than
+        `num_steps` (for comparisons at equal training time). `None`: no limit.
+      callback: `fn(step, metrics)`, called on the host every `callback_every` outer steps and once at the end
+        (e.g. `unroll.callbacks.tensorboard(logdir)`), with `step` the outer steps done and `metrics` the steps
+        since the previous call, as numpy arrays `[k]` (`[num_seeds, k]`): `metrics["step"]` (the outer steps
+        done after each of them, as in the history's `eval_step`), every per-step history entry, and the
+        evaluations made since (`eval_step`, `eval/<name>`). It waits for those steps to finish (the steps are
+        otherwise dispatched ahead), and its own time is not counted in `train_time_s`; a resumed run calls it
         from the step it resumes at.
       callback_every: outer steps between calls (a positive int).
 
     Returns:
-      ``(theta, history)``: the final (last finite) theta and a dict of numpy arrays ``[steps run]``
-      (``[num_seeds, steps run]``): every ``info`` entry of the estimator, ``grad_norm``, ``accepted``, plus
-      ``first_nonfinite`` (-1 if none) and ``num_rejected``; ``train_time_s`` (seconds in outer steps, compile and
-      evaluation excluded), ``compile_s``; with ``eval_fn``, ``eval_time_s`` (training seconds at each ``eval_step``).
+      `(theta, history)`: the final (last finite) theta (with `num_seeds=S`, every leaf gains a leading axis `[S]`)
+      and a dict of numpy arrays. With $T$ the outer steps run (`num_steps`, or fewer when the run stopped early)
+      and $E$ the evaluations made, its entries and their shapes with `num_seeds=None` | with `num_seeds=S` are:
+
+      - every `info` entry of the estimator (at least `loss` and `steps`), `grad_norm` and `accepted` (whether
+        the step was applied): per outer step, `[T]` | `[S, T]`;
+      - with `eval_fn`, `eval/<name>` for each key the evaluation returns: `[E]` | `[S, E]`; and, shared by the
+        seeds, `eval_step` (outer steps done before each evaluation: $0, k, 2k, \dots$ then $T$, with
+        $k$ = `eval_every`; only $T$ with `eval_every=0`) and `eval_time_s` (training seconds at each
+        `eval_step`): `[E]` | `[E]`;
+      - `first_nonfinite` (outer step of the first non-finite step, -1 if none) and `num_rejected` (steps not
+        applied): `[]` | `[S]`;
+      - `train_time_s` (seconds in outer steps, compile and evaluation excluded) and `compile_s`: `[]` | `[]`,
+        one number for the whole run.
+
+    Raises:
+      TrainingInterrupted: on Ctrl-C or SIGTERM while training with a `checkpoint`, once the run is saved.
     """
     settings = _check_arguments(num_steps, eval_fn, eval_every, checkpoint, checkpoint_every, on_nonfinite, name)
     settings = settings._replace(time_limit=_check_time_limit(time_limit), **_check_callback(callback, callback_every))
@@ -172,7 +202,7 @@ def train(
 def _check_arguments(num_steps, eval_fn, eval_every, checkpoint, checkpoint_every, on_nonfinite, name) -> _Settings:
     num_steps = check_positive_int(num_steps, "num_steps")
     if eval_fn is not None and not callable(eval_fn):
-        raise TypeError(
+        raise BadType(
             f"`eval_fn` must be a function theta -> dict of scalars, got {type(eval_fn).__name__}; "
             "pass e.g. eval_fn=lambda theta: {'norm': jnp.sum(theta ** 2)}."
         )
@@ -183,9 +213,9 @@ def _check_arguments(num_steps, eval_fn, eval_every, checkpoint, checkpoint_ever
             "Pass 0 (evaluate only after the last step) or an int >= 1, the outer steps between evaluations.",
         )
     if eval_every and eval_fn is None:
-        raise ValueError("`eval_every` is set but `eval_fn` is None; pass eval_fn=lambda theta: {...}.")
+        raise BadValue("`eval_every` is set but `eval_fn` is None; pass eval_fn=lambda theta: {...}.")
     if checkpoint_every and checkpoint is None:
-        raise ValueError(
+        raise BadValue(
             f"`checkpoint_every`={checkpoint_every} is set but `checkpoint` is None; pass checkpoint='run.npz'."
         )
     if checkpoint_every:
@@ -197,9 +227,9 @@ def _check_time_limit(time_limit) -> float | None:
     if time_limit is None:
         return None
     if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)):
-        raise TypeError(f"`time_limit` must be a number of seconds or None, got {time_limit!r}; e.g. time_limit=600.0.")
+        raise BadType(f"`time_limit` must be a number of seconds or None, got {time_limit!r}; e.g. time_limit=600.0.")
     if not 0 < time_limit < float("inf"):
-        raise ValueError(
+        raise BadValue(
             f"`time_limit`={time_limit!r} must be a positive number of seconds (or None for no limit), "
             "e.g. time_limit=600.0."
         )
@@ -210,7 +240,7 @@ def _check_callback(callback, callback_every) -> dict:
     if callback is None:
         return {}
     if not callable(callback):
-        raise TypeError(
+        raise BadType(
             f"`callback` must be a function fn(step, metrics) (or None), got {type(callback).__name__}; "
             "pass e.g. callback=unroll.callbacks.tensorboard('runs/tb') or callback=lambda step, m: print(step)."
         )

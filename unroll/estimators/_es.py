@@ -11,10 +11,11 @@ import jax.numpy as jnp
 
 from unroll._constructor import check_window
 from unroll._engine import trajectory_sum
+from unroll._errors import BadValue
 from unroll._system import check_particles, check_sigma, inexact_leaves
-from unroll._tree import perturbations, tree_add, tree_scale
+from unroll._tree import perturbations
 from unroll.builder import summed, windowed
-from unroll.contract import EpisodeStart, Estimator, Gradient, Rule, Step, Window, WindowGradient
+from unroll.contract import Estimator, Gradient, Rule, Window, WindowGradient
 
 NONFINITE = ("stop", "drop")
 
@@ -43,7 +44,7 @@ def check_es(
     whole episodes)."""
     truncation, num_workers = check_window(system, truncation, num_workers)
     if nonfinite not in NONFINITE:
-        raise ValueError(
+        raise BadValue(
             f"`nonfinite`={nonfinite!r} must be 'stop' (a non-finite loss makes the estimate non-finite, and "
             "unroll.train stops at the last finite theta) or 'drop' (diverging trajectories are left out of the "
             "estimate and restart); e.g. nonfinite='drop'."
@@ -105,21 +106,6 @@ def window_noise(sigma: float, num_workers: int, num_particles: int, antithetic:
     """``noise(theta, key)``: one window's ``eps ~ N(0, sigma^2 I)`` per particle, ``[W, P]``,
     in antithetic pairs if asked."""
     return lambda theta, key: perturbations(key, theta, num_workers, num_particles, sigma, antithetic)
-
-
-def perturbed_rule(system, begin=lambda xi, eps: tree_add(xi, eps)) -> Rule:
-    """Runs ``theta + eps`` (``eps`` = this window's noise); the loss is weighed by the
-    accumulator ``xi``, which a new episode starts at ``eps``. By default a window adds its
-    ``eps`` to ``xi`` as it begins (PES: the noise touches the current episode)."""
-
-    def start(theta, key, noise_key, eps):
-        return EpisodeStart(system.init(tree_add(theta, eps), key), eps)
-
-    def step(theta, state, t, xi, eps):
-        state, loss = system.step(tree_add(theta, eps), state, t)
-        return Step(state, xi, loss, tree_scale(loss, xi))
-
-    return Rule(start, step, begin)
 
 
 def es_windowed(system, rule: Rule, settings: ESSettings, **options) -> Estimator:

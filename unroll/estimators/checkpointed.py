@@ -15,6 +15,8 @@ from unroll.builder import plain_rule, windowed
 from unroll.checkpointing import Program, budget_slots, checkpointed_episodes, plan, program
 from unroll.contract import Estimator, Gradient
 
+__all__ = ["checkpointed_bptt"]
+
 
 @functools.lru_cache(maxsize=16)
 def _program(horizon: int, slots: int) -> Program:
@@ -54,36 +56,57 @@ def _checkpointed_gradient(system, schedule):
 
 @keyword_only
 def checkpointed_bptt(system, *, num_workers: int = 1, memory_budget: int | str) -> Estimator:
-    """Full BPTT storing at most ``memory_budget`` hidden states (binomial checkpointing,
-    Griewank & Walther 2000; Gruslys et al. 2016): the exact gradient
-    ``grad (1/T) sum_t l_t`` of ``num_workers`` whole episodes, the same estimate (and
-    worker state, and ``info``) as ``full_bptt(system, num_workers=...)``, in
-    ``C(T, m) = (r + 1) T - binom(m + r, m + 1)`` step evaluations per episode
-    (``r = rho_m(T)``, ``unroll.checkpointing.plan``) instead of ``O(T)`` stored states.
+    r"""Full BPTT storing at most `memory_budget` hidden states (binomial checkpointing).
 
-    ``memory_budget`` is per episode (each of the ``num_workers`` trajectories keeps its
-    own states), either
+    The exact gradient of `num_workers` whole episodes,
 
-    * a count ``m`` of the hidden states kept at once, the episode's initial state
-      included (1 is the minimum: every step is then recomputed from the start,
-      ``T (T + 1) / 2`` evaluations; ``m >= T`` stores every state, ``2 T - 1``); or
-    * bytes for those states, a string such as ``"64MiB"`` (units B, kB, MB, GB, KiB,
-      MiB, GiB, ...): ``m = floor(bytes / bytes of one state)``, found from the state's
-      shapes when ``init`` (or ``estimate``) is traced
-      (``unroll.checkpointing.budget_slots``). A budget below one state is refused there,
-      naming the minimum.
+    $$
+    g = \nabla_\theta \frac{1}{T} \sum_{t<T} \ell_t,
+    $$
 
-    Besides those slots the computation holds a scratch slot, one working state, the
-    state cotangent, one block of steps' activations and the ``T`` scalar losses.
+    the same estimate (and worker state, and `info`) as `full_bptt(system, num_workers=...)`,
+    on the optimal binomial schedule of `unroll.checkpointing` (Griewank & Walther 2000;
+    Gruslys et al. 2016): with $m$ stored states it takes
 
-    The schedule is planned in closed form (well under a second at ``T = 10^6``) and
-    executed inside one compiled ``lax.scan`` over its ops (a chain of forward steps from
-    a slot, storing the states the schedule keeps, then the backward passes that follow
-    it), each step differentiated by ``jax.vjp``; the inner loops run blocks of 4 steps,
-    unrolled. The compiled program is the same for every ``T``; only its action arrays
-    (``unroll.checkpointing.Program``: about 8 bytes per step) grow with it.
-    ``info['steps']`` is ``num_workers * T`` (the episodes' steps, as for ``full_bptt``),
-    not the recomputations.
+    $$
+    C(T, m) = (r + 1)\, T - \binom{m + r}{m + 1}, \qquad r = \rho_m(T),
+    $$
+
+    step evaluations per episode (`unroll.checkpointing.plan`) instead of storing $O(T)$
+    states. $m = 1$ recomputes every step from the start, $\frac{T (T + 1)}{2}$ evaluations;
+    $m \ge T$ stores every state, $2 T - 1$. Besides the $m$ slots the computation holds a
+    scratch slot, one working state, the state cotangent, one block of steps' activations
+    and the $T$ scalar losses.
+
+    The schedule is planned in closed form (well under a second at $T = 10^6$) and
+    executed inside one compiled `lax.scan` over its ops (a chain of forward steps from a
+    slot, storing the states the schedule keeps, then the backward passes that follow
+    it), each step differentiated by `jax.vjp`; the inner loops run blocks of 4 steps,
+    unrolled. The compiled program is the same for every $T$; only its action arrays
+    (`unroll.checkpointing.Program`: about 8 bytes per step) grow with it.
+
+    Args:
+        system: the unrolled system (`init`, `step`, `horizon` = $T$), e.g. an `unroll.System`.
+        num_workers: $W$, the episodes run per call (each a trajectory of its own, keeping
+            its own stored states); the estimate is their mean. Default 1.
+        memory_budget: the storage per episode, required. Either an int $m \ge 1$, the count
+            of hidden states kept at once, the episode's initial state included; or a size
+            in bytes for those states, a string such as `"64MiB"` (units B, kB, MB, GB, TB,
+            KiB, MiB, GiB, TiB): $m = \lfloor \text{bytes} / \text{bytes of one state} \rfloor$,
+            found from the state's shapes when `init` (or `estimate`) is traced
+            (`unroll.checkpointing.budget_slots`).
+
+    Returns:
+        An `Estimator` (`unroll.contract.Estimator`); its state is a `WindowState`, as
+        `full_bptt`'s. `info['steps']` is `num_workers * T` (the episodes' steps, as for
+        `full_bptt`), not the recomputations.
+
+    Raises:
+        TypeError: `system` lacks `init`, `step` or `horizon`, or `num_workers` or a count
+            `memory_budget` is not an int.
+        ValueError: `num_workers` or a count `memory_budget` is below 1, or a bytes string
+            cannot be parsed; at `init`, a bytes budget below one state (the message names
+            the minimum).
     """
     check_system(system)
     num_workers = check_num_workers(num_workers)

@@ -34,17 +34,40 @@ from unroll._system import (
 from unroll.builder import plain_rule, windowed
 from unroll.contract import Estimator, Gradient
 
+__all__ = ["Synthesis", "Synthesizer", "dni", "linear_synthesizer", "mlp_synthesizer"]
+
 
 class Synthesizer(NamedTuple):
-    """``init(key, state_size, dtype) -> phi`` and ``apply(phi, s, t) -> dL_future/ds`` on the
-    flattened (float) state ``s`` of size ``state_size`` at episode time ``t``."""
+    r"""A synthetic-gradient model for `dni`: $S(s, t; \phi) \approx \frac{d L_\text{future}}{d s}$.
+
+    $S$ acts on the flattened (float) state $s$ of size `state_size`, at episode time $t$,
+    and predicts the derivative of the episode's remaining losses with respect to $s$.
+    Build one with `linear_synthesizer()` or `mlp_synthesizer(hidden)`, or pass any pair of
+    pure functions (e.g. an oracle, in tests).
+
+    Attributes:
+        init: `init(key, state_size, dtype) -> phi`, the synthesizer's initial parameters
+            (any pytree) for a state of `state_size` floats of `dtype`; called once, at the
+            estimator's `init`.
+        apply: `apply(phi, s, t) -> dL_future/ds`, the prediction for one trajectory: `s`
+            the flattened float state, shape `[state_size]`, `t` the int32 step of the
+            episode; it returns an array of the shape of `s`.
+    """
 
     init: Callable[[jax.Array, int, Any], Any]
     apply: Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
 def linear_synthesizer() -> Synthesizer:
-    """``S(s) = A s + c``, starting at zero (so the first windows are truncated BPTT)."""
+    r"""The linear synthesizer $S(s) = A s + c$, starting at zero.
+
+    Starting at $A = 0$, $c = 0$ makes the first windows truncated BPTT. It ignores the
+    episode time $t$.
+
+    Returns:
+        A `Synthesizer` whose parameters are `{"A": [n, n], "c": [n]}`, $n$ the size of the
+        flattened float state.
+    """
 
     def init(key, size, dtype):
         return {"A": jnp.zeros((size, size), dtype), "c": jnp.zeros(size, dtype)}
@@ -53,7 +76,23 @@ def linear_synthesizer() -> Synthesizer:
 
 
 def mlp_synthesizer(hidden: int = 64) -> Synthesizer:
-    """``S(s) = W2 tanh(W1 s + b1) + b2``, output layer starting at zero."""
+    r"""The one-hidden-layer synthesizer $S(s) = W_2 \tanh(W_1 s + b_1) + b_2$.
+
+    $W_1$ starts at $\mathcal N(0, 1/n)$ entries, the biases and the output layer $W_2$ at
+    zero (so, like `linear_synthesizer`, the first windows are truncated BPTT). It ignores
+    the episode time $t$.
+
+    Args:
+        hidden: the width of the hidden layer (an int $\ge 1$, default 64).
+
+    Returns:
+        A `Synthesizer` whose parameters are `{"W1": [hidden, n], "b1": [hidden],
+        "W2": [n, hidden], "b2": [n]}`, $n$ the size of the flattened float state.
+
+    Raises:
+        TypeError: `hidden` is not an int.
+        ValueError: `hidden` is below 1.
+    """
     hidden = check_positive_int(hidden, "hidden", "It is the width of the synthesizer's hidden layer, e.g. hidden=64.")
 
     def init(key, size, dtype):
@@ -130,12 +169,49 @@ def dni(
     synthesizer: Synthesizer | None = None,
     synthesizer_optimizer: optax.GradientTransformation | None = None,
 ) -> Estimator:
-    """Truncated BPTT plus a learned synthetic gradient at the window end (see the module).
+    r"""Decoupled neural interfaces (Jaderberg et al. 2016): truncated BPTT plus a learned synthetic gradient.
+
+    The window objective adds the synthesizer's prediction of the future: for a window of
+    $K$ steps from $s_0$ to $s_K$,
+
+    $$
+    J(\theta, s_0) = \sum_{k<K} \ell_k
+        + \big\langle \operatorname{stop\_gradient}(S(s_K, t_K; \phi)),\, s_K \big\rangle,
+    $$
+
+    $S$ predicting $\frac{d}{d s_K}$ of the episode's remaining losses (zero when the
+    window ends its episode: there is no future). The theta estimate is
+    $g = \nabla_\theta J / K$, on the same scale as truncated BPTT (the mean over an
+    episode's windows is the episode gradient when $S$ is exact), averaged over workers.
+    Backpropagating $J$ also gives $\delta_0 = \frac{\partial J}{\partial s_0}$, the
+    bootstrapped target of the previous boundary: $\phi$ takes one optax step on
+    $\operatorname{mean} |S(s_0) - \operatorname{stop\_gradient}(\delta_0)|^2$ per window
+    (over trajectories whose incoming episode is not over). Biased while $S$ is inexact.
 
     Args:
-      synthesizer: ``linear_synthesizer()`` (default) or ``mlp_synthesizer(hidden)``, or any
-        ``Synthesizer(init, apply)`` (an oracle, in tests).
-      synthesizer_optimizer: optax transformation for the synthesizer (default adam(1e-3)).
+        system: the unrolled system (`init`, `step`, `horizon` = $T$), e.g. an `unroll.System`,
+            with a real state (complex leaves are refused at `init`).
+        truncation: $K$, the steps of one window (an int, $1 \le K \le T$); one call of
+            `estimate` takes $W K$ system steps.
+        num_workers: $W$, independent trajectories, started at staggered steps
+            $\lfloor w T / W \rfloor$ of their episodes; the estimate is their mean (one
+            synthesizer is shared by all). Default 1.
+        synthesizer: the model $S$ of the future's gradient: `linear_synthesizer()` (default,
+            `None`), `mlp_synthesizer(hidden)`, or any `Synthesizer(init, apply)` (an oracle,
+            in tests). It is initialized at `init` on the flattened float state.
+        synthesizer_optimizer: the optax transformation that trains $\phi$, one update per
+            window; default `None`: `optax.adam(1e-3)`.
+
+    Returns:
+        An `Estimator` (`unroll.contract.Estimator`); its state is a `WindowState` whose
+        `shared` part is the synthesizer's parameters and optimizer state (`Synthesis`,
+        replicated, not per trajectory); `info` has `loss`, `steps` ($W K$) and
+        `synthesizer_loss` (the synthesizer's regression loss before its update).
+
+    Raises:
+        TypeError: `system` lacks `init`, `step` or `horizon`, or an argument is not an int;
+            at `init`, a state with complex leaves.
+        ValueError: `truncation` is out of $[1, T]$ or `num_workers` is below 1.
     """
     truncation, num_workers = check_window(system, truncation, num_workers)
     synthesizer = synthesizer or linear_synthesizer()

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from unroll._constructor import keyword_only
+from unroll._errors import BadValue
 from unroll._system import (
     check_discrete_independent,
     check_episode_against_theta,
@@ -23,6 +24,8 @@ from unroll.builder import plain_rule, windowed
 from unroll.contract import Estimator, Gradient
 from unroll.estimators._newton import Settings, newton_gradient
 from unroll.parallel import SOLVERS, episode_view
+
+__all__ = ["parallel_bptt"]
 
 
 def _episode_gradient(system):
@@ -43,7 +46,7 @@ def _episode_gradient(system):
     return gradient
 
 
-INITIAL_GUESSES = ("zeros", "previous")
+_INITIAL_GUESSES = ("zeros", "previous")
 
 
 @keyword_only
@@ -56,32 +59,64 @@ def parallel_bptt(
     max_iterations: int | None = None,
     initial_guess: str = "zeros",
 ) -> Estimator:
-    """Full BPTT in parallel over time: the exact gradient ``grad (1/T) sum_t l_t`` of
-    ``num_workers`` whole episodes, the same estimate, episodes, keys and ``info`` as
-    ``full_bptt(system, num_workers=...)``, with ``O(log T)`` sequential depth.
+    r"""Full BPTT in parallel over time: the exact episode gradient with $O(\log T)$ depth.
 
-    * ``solver=None``: reverse mode through the system's parallel form
-      ``system.episode(theta, key)`` (e.g. a linear recurrence); a system without one is
-      refused here.
-    * ``solver="deer"`` or ``"quasi-deer"``: any system, by Newton's method on ``step``
-      over the whole episode (Lim et al. 2024; ``unroll.parallel.solve_recurrence``):
-      dense step Jacobians ``J_t`` in a matrix scan, or ``diag(J_t)`` only (Gonzalez et
-      al. 2024: ``O(T N)`` memory in the scan, more iterations). The iterations stop at a
-      residual ``max |x_t - f_t(x_{t-1})| / (1 + |f_t|) <= tolerance`` (default
-      ``unroll.parallel.default_tolerance``: about 1e-5 in float32, 1e-10 in float64) or
-      after ``max_iterations`` (default ``min(horizon, 100)``; ``horizon`` iterations are
-      always exact), from zeros or, with ``initial_guess="previous"``, the last call's
+    The exact gradient of `num_workers` whole episodes,
+
+    $$
+    g = \nabla_\theta \frac{1}{T} \sum_{t<T} \ell_t,
+    $$
+
+    the same estimate, episodes, keys and `info` as `full_bptt(system, num_workers=...)`,
+    with $O(\log T)$ sequential depth instead of a sequential scan of `step`:
+
+    * `solver=None`: reverse mode through the system's parallel form
+      `system.episode(theta, key)` (e.g. a linear recurrence by associative scan, Martin
+      & Cundy 2018); a system without one is refused here.
+    * `solver="deer"` or `"quasi-deer"`: any system, by Newton's method on `step` over the
+      whole episode (Lim et al. 2024; `unroll.parallel.solve_recurrence`): dense step
+      Jacobians $J_t$ in a matrix scan, or $\operatorname{diag}(J_t)$ only (Gonzalez et
+      al. 2024: $O(T N)$ memory in the scan, more iterations). The iterations stop at a
+      residual $\max_t |x_t - f_t(x_{t-1})| / (1 + |f_t|) \le$ `tolerance` or after
+      `max_iterations`, from zeros or, with `initial_guess="previous"`, the last call's
       trajectories. The gradient is the implicit one at the solution (an adjoint reverse
       recurrence), not through the iterations. An episode that misses the tolerance is
       recomputed exactly by a sequential scan: never a gradient from an unconverged
-      solve. ``info`` adds ``iterations`` (the most over episodes), ``residual`` (the
-      largest), ``converged`` (all episodes) and ``fallback`` (episodes recomputed), and
-      for quasi-DEER ``adjoint_iterations`` and ``adjoint_fallback``. The state's int and
-      key leaves must not depend on its float leaves (checked at ``init``); they are
-      computed once, by a scan of ``step`` that keeps only them.
+      solve. The state's int and key leaves must not depend on its float leaves (checked
+      at `init`); they are computed once, by a scan of `step` that keeps only them.
 
     Between episodes the workers keep the state they held (the final state is not formed:
     every call starts new episodes).
+
+    Args:
+        system: the unrolled system (`init`, `step`, `horizon` = $T$), e.g. an `unroll.System`;
+            with `solver=None` it must have the parallel form `episode(theta, key) -> losses
+            [horizon]`, checked against `step` at `init`.
+        num_workers: $W$, the episodes run per call; the estimate is their mean. Default 1.
+        solver: `None` (default) for the system's parallel form `episode`; `"deer"` (dense
+            Newton) or `"quasi-deer"` (diagonal Jacobians) for Newton's method over time on
+            `step`, which any system allows.
+        tolerance: the Newton solvers' stopping residual (relative, dimensionless, a
+            positive float); default `None`: `unroll.parallel.default_tolerance`, about
+            1e-5 in float32 and 1e-10 in float64. Only with a `solver`.
+        max_iterations: the most Newton iterations per episode (a positive int); default
+            `None`: $\min(T, 100)$ ($T$ iterations are always exact). Only with a `solver`.
+        initial_guess: where the Newton iterations start: `"zeros"` (default) or
+            `"previous"`, the trajectories of the last call (kept in the estimator's
+            state, $[W, T, N]$). Only with a `solver`.
+
+    Returns:
+        An `Estimator` (`unroll.contract.Estimator`); its state is a `WindowState`. `info`
+        has `loss` and `steps` and, with a `solver`, `iterations` (the most over episodes),
+        `residual` (the largest), `converged` (all episodes) and `fallback` (episodes
+        recomputed), and for quasi-DEER `adjoint_iterations` and `adjoint_fallback`.
+
+    Raises:
+        ValueError: `solver` is not one of the above; `tolerance`, `max_iterations` or
+            `initial_guess` is given without a `solver`, or is invalid; `solver=None` and
+            the system has no parallel form `episode`.
+        TypeError: `system` lacks `init`, `step` or `horizon`, or an argument has the
+            wrong type.
     """
     check_system(system)
     num_workers = check_num_workers(num_workers)
@@ -115,18 +150,18 @@ def _solver_settings(system, solver, tolerance, max_iterations, initial_guess) -
         given = {"tolerance": tolerance, "max_iterations": max_iterations}
         for name, value in given.items():
             if value is not None:
-                raise ValueError(
+                raise BadValue(
                     f"`{name}`={value!r} is a setting of the Newton solvers, but `solver` is None (the system's "
                     f"parallel form, which needs none); pass solver='deer' or 'quasi-deer', or drop `{name}`."
                 )
         if initial_guess != "zeros":
-            raise ValueError(
+            raise BadValue(
                 f"`initial_guess`={initial_guess!r} is a setting of the Newton solvers, but `solver` is None; "
                 "pass solver='deer' or 'quasi-deer', or drop `initial_guess`."
             )
         return None
     if solver not in SOLVERS:
-        raise ValueError(
+        raise BadValue(
             f"`solver` must be None (the system's parallel form `episode`) or one of {', '.join(map(repr, SOLVERS))} "
             f"(Newton over time on `step`), got {solver!r}."
         )
@@ -140,8 +175,8 @@ def _solver_settings(system, solver, tolerance, max_iterations, initial_guess) -
         max_iterations, "max_iterations", f"It caps the Newton iterations per window (horizon={system.horizon} always "
         "suffice), e.g. max_iterations=50."
     )  # fmt: skip
-    if initial_guess not in INITIAL_GUESSES:
-        raise ValueError(
+    if initial_guess not in _INITIAL_GUESSES:
+        raise BadValue(
             f"`initial_guess` must be 'zeros' or 'previous' (the last call's trajectories), got {initial_guess!r}."
         )
     return Settings(solver, tolerance, max_iterations, initial_guess == "previous")

@@ -19,6 +19,8 @@ from unroll._tree import rademacher_like, tree_norm
 from unroll.builder import windowed
 from unroll.contract import EpisodeStart, Estimator, Rule, Step
 
+__all__ = ["RankOne", "uoro"]
+
 
 class RankOne(NamedTuple):
     """A UORO trajectory's accumulator: the factors of ``J ~ s~ theta~^T`` and the key of
@@ -68,16 +70,52 @@ def _rank_one_rule(system, epsilon: float) -> Rule:
 
 @keyword_only
 def uoro(system, *, truncation: int, num_workers: int = 1, epsilon: float = 1e-7) -> Estimator:
-    """Unbiased online recurrent optimization (Tallec & Ollivier 2017).
+    r"""Unbiased online recurrent optimization (Tallec & Ollivier 2017): a rank-one RTRL.
 
-    The influence is kept as a rank-one ``J ~ s~ theta~^T``. Each step, with
-    ``nu`` uniform in ``{-1, +1}^n``, ``A = ds'/ds s~`` (a jvp) and
-    ``B = nu^T ds'/dtheta`` (a vjp), the step's gradient is
-    ``dl/dtheta + (dl/ds s~) theta~`` (the influence before the update), then
-    ``s~ <- rho0 A + rho1 nu`` and ``theta~ <- theta~ / rho0 + B / rho1`` with the
-    variance-minimizing ``rho0 = sqrt(|theta~| / |A|)``, ``rho1 = sqrt(|B| / |nu|)``
-    (``epsilon`` keeps them finite). An episode starts at ``s~ = nu``,
-    ``theta~ = nu^T d s_0 / d theta``. Unbiased; high variance. Real states only.
+    The influence $J = \frac{d s}{d \theta}$ is kept as a rank-one, unbiased estimate
+    $J \approx \tilde s\, \tilde\theta^\top$. Each step, with $\nu$ uniform in
+    $\{-1, +1\}^n$, $A = \frac{\partial s'}{\partial s} \tilde s$ (a jvp) and
+    $B = \nu^\top \frac{\partial s'}{\partial \theta}$ (a vjp), the step's gradient uses
+    the influence before the update,
+
+    $$
+    \frac{d\ell}{d\theta} \approx \frac{\partial \ell}{\partial \theta}
+        + \Big(\frac{\partial \ell}{\partial s} \tilde s\Big)\, \tilde\theta,
+    \qquad
+    \tilde s \leftarrow \rho_0 A + \rho_1 \nu,
+    \qquad
+    \tilde\theta \leftarrow \frac{\tilde\theta}{\rho_0} + \frac{B}{\rho_1},
+    $$
+
+    with the variance-minimizing $\rho_0 = \sqrt{|\tilde\theta| / |A|}$ and
+    $\rho_1 = \sqrt{|B| / |\nu|}$, and $g = \frac{1}{K} \sum_{k<K} \frac{d\ell_{t+k}}{d\theta}$
+    averaged over workers. An episode starts at $\tilde s = \nu$,
+    $\tilde\theta = \nu^\top \frac{d s_0}{d \theta}$. Unbiased; high variance. Real states
+    only.
+
+    Args:
+        system: the unrolled system (`init`, `step`, `horizon` = $T$), e.g. an `unroll.System`,
+            with a real state (complex leaves are refused at `init`: use `rtrl`).
+        truncation: $K$, the steps of one window (an int, $1 \le K \le T$); it sets how often
+            an estimate is returned, not a truncation of the gradient.
+        num_workers: $W$, independent trajectories, started at staggered steps
+            $\lfloor w T / W \rfloor$ of their episodes; the estimate is their mean.
+            Default 1.
+        epsilon: $\varepsilon$, added to the norms in
+            $\rho_0 = \sqrt{(|\tilde\theta| + \varepsilon) / (|A| + \varepsilon)}$ and
+            $\rho_1 = \sqrt{(|B| + \varepsilon) / (|\nu| + \varepsilon)}$, which keeps them
+            finite when a factor is zero (a positive float, default `1e-7`).
+
+    Returns:
+        An `Estimator` (`unroll.contract.Estimator`); its state is a `WindowState` whose
+        accumulator `acc` holds each trajectory's factors $\tilde s$, $\tilde\theta$ and the
+        key of its $\pm 1$ draws; `info` has `loss` and `steps` ($W K$).
+
+    Raises:
+        TypeError: `system` lacks `init`, `step` or `horizon`, or an argument has the wrong
+            type; at `init`, a state with complex leaves.
+        ValueError: `truncation` is out of $[1, T]$, `num_workers` is below 1, or `epsilon`
+            is not positive and finite.
     """
     truncation, num_workers = check_window(system, truncation, num_workers)
     epsilon = check_positive_float(

@@ -1,7 +1,7 @@
 """Ready systems with known facts."""
 
-from unroll.tasks.hyper import lr_schedule, lr_schedule_grid, mlp_hyperparameters, regression_data
-from unroll.tasks.influence import (
+from unroll.tasks._hyper import lr_schedule, lr_schedule_grid, mlp_hyperparameters, regression_data
+from unroll.tasks._influence import (
     THETA_INIT,
     influence_balancing,
     influence_gap_fn,
@@ -9,9 +9,9 @@ from unroll.tasks.influence import (
     influence_loss_fn,
     influence_optimum,
 )
+from unroll.tasks._lorenz import TRUE_PARAMS, lorenz, lorenz_trajectory
+from unroll.tasks._lorenz import rk4_step as lorenz_rk4
 from unroll.tasks.lopt import adam_baseline, adam_system, learned_optimizer, sgd_theta
-from unroll.tasks.lorenz import TRUE_PARAMS, lorenz, lorenz_trajectory
-from unroll.tasks.lorenz import rk4_step as lorenz_rk4
 from unroll.tasks.rnn import (
     CELLS,
     Corpus,

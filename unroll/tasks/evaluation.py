@@ -9,6 +9,9 @@ import jax.numpy as jnp
 
 from unroll._system import System
 
+__all__ = ["PARALLEL_STEPS_PER_BATCH", "episode_evaluator", "map_episodes", "run_episode"]
+
+
 # episodes evaluated at once in the parallel form hold about this many steps together
 # (its states are [T, ...] per episode: at T = 1e5 one episode at a time)
 PARALLEL_STEPS_PER_BATCH = 2**17

@@ -11,6 +11,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unroll._errors import MissingExtra
+
+__all__ = [
+    "CLASSIFIER_CEILING",
+    "CONV_CHANNELS",
+    "Digits",
+    "FAMILY_ACTIVATIONS",
+    "FAMILY_BATCH_SIZES",
+    "FAMILY_DEPTHS",
+    "FAMILY_INIT_SCALES",
+    "FAMILY_WIDTHS",
+    "InnerTask",
+    "MLP",
+    "QUADRATIC_CEILING",
+    "digits",
+    "digits_conv_task",
+    "digits_mlp_family",
+    "digits_mlp_task",
+    "image_patches",
+    "minibatch",
+    "mlp",
+    "mlp_family_config",
+    "quadratic_task",
+]
+
 
 class Digits(NamedTuple):
     """``x_*``: ``[n, 64]`` pixel intensities in ``[0, 1]``; ``y_*``: labels 0-9 (int32)."""
@@ -27,9 +52,10 @@ def digits(num_validation: int = 297, seed: int = 0) -> Digits:
     shuffled once by ``seed``, the last ``num_validation`` held out."""
     try:
         from sklearn.datasets import load_digits
-    except ImportError as err:  # pragma: no cover - scikit-learn is a dependency
-        raise ImportError(
-            "the digits tasks need scikit-learn (`pip install scikit-learn`): it ships the data."
+    except ImportError as err:  # scikit-learn is the optional extra `tasks`
+        raise MissingExtra(
+            "the digits tasks (lopt-digits, the digits inner problems, mlp_hyperparameters) need scikit-learn, "
+            "which ships the data and comes with the extra `tasks`: pip install 'unroll[tasks]'."
         ) from err
     data = load_digits()
     order = np.random.default_rng(seed).permutation(len(data.target))
@@ -81,6 +107,14 @@ class MLP(NamedTuple):
 
 
 def mlp(sizes=(64, 32, 10)) -> MLP:
+    r"""A tanh MLP's layer sizes and its number of parameters $\sum_l (n_{l-1} n_l + n_l)$.
+
+    Args:
+      sizes: the layer widths, input first.
+
+    Returns:
+      The `MLP`.
+    """
     sizes = tuple(int(s) for s in sizes)
     return MLP(sizes, sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:])))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from unroll._errors import BadValue
 from unroll._system import System, check_positive_int
 from unroll.task import Task, adam_cosine, standard_settings
 
@@ -37,7 +38,7 @@ def influence_balancing(horizon: int = 1000, num_units: int = 23, num_positive: 
     horizon = check_positive_int(horizon, "horizon")
     num_units = check_positive_int(num_units, "num_units")
     if not 0 <= num_positive <= num_units:
-        raise ValueError(
+        raise BadValue(
             f"`num_positive`={num_positive} must lie in [0, num_units={num_units}]; it counts the units with a "
             "positive self-weight, e.g. num_positive=10 of num_units=23."
         )

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unroll._errors import BadValue
 from unroll._system import System, check_positive_int
 from unroll.task import Task, adam_cosine, standard_settings
 from unroll.tasks.evaluation import episode_evaluator
@@ -64,7 +65,7 @@ def lorenz(
     horizon = check_positive_int(horizon, "horizon")
     num_observed = check_positive_int(num_observed, "num_observed")
     if num_observed <= horizon:
-        raise ValueError(
+        raise BadValue(
             f"`num_observed`={num_observed} must exceed `horizon`={horizon}: episodes start at random offsets "
             f"into the observed trajectory; pass num_observed > {horizon} (e.g. {25 * horizon}) or a shorter horizon."
         )
