@@ -3,7 +3,7 @@ settings, ``unroll advise TASK --verify`` (120 s of measurements, then a race of
 unflagged candidates under ``unroll compare --budget seconds=20``): the recommendation, the
 race's winner, and whether they agree.
 
-    python experiments/advice.py [--no-readme] [--table-only]
+    python experiments/advice.py [--table-only]
 
 Each task's ``advice.md``, ``advice.json``, plots and race (``verify/summary.json``,
 ``verify/curves.png``, ``verify/report.md``) are kept under
@@ -74,7 +74,7 @@ def main() -> None:
     if not args.table_only:
         for task in TASKS:
             run(task, os.path.join(results_dir(STUDY), task), not args.no_progress)
-    publish(STUDY, table(), args)
+    publish(STUDY, table())
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def table(summary: dict) -> str:
 def main() -> None:
     args = parse_args(__doc__)
     summary = run_compare(STUDY, "char-lm", args, command_line("char_lm.py", args), estimators=ESTIMATORS)
-    publish(STUDY, table(summary), args)
+    publish(STUDY, table(summary))
 
 
 if __name__ == "__main__":

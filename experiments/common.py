@@ -1,16 +1,14 @@
 """What every study script shares: run ``unroll compare``, keep its outputs under
-``experiments/results/<study>/``, and rewrite the README's results section between the
-study's markers (``<!-- results:<study> -->`` ... ``<!-- /results:<study> -->``), so no
-number in the README is typed by hand."""
+``experiments/results/<study>/``, and write the study's table to its ``results.md`` there,
+which the docs' results page includes (``docs/results.md``), so no number of a table is
+typed by hand."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import re
 import shutil
-import sys
 
 from unroll.comparison import compare
 
@@ -24,16 +22,15 @@ def results_dir(study: str) -> str:
 
 
 def parse_args(doc: str, extra=None) -> argparse.Namespace:
-    """``--seeds``, ``--steps``, ``--no-readme`` (and ``extra(parser)``'s flags)."""
+    """``--seeds``, ``--steps``, ``--no-progress``, ``--table-only`` (and ``extra(parser)``'s flags)."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--seeds", type=int)
     parser.add_argument("--steps", type=int)
-    parser.add_argument("--no-readme", action="store_true", help="do not rewrite README.md")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
         "--table-only",
         action="store_true",
-        help="rebuild the table (and README section) from the saved summary.json, without running",
+        help="rebuild the table from the saved summary.json, without running",
     )
     if extra is not None:
         extra(parser)
@@ -62,22 +59,12 @@ def footer(summary: dict) -> str:
     return f"Command: `{summary['command']}`, jax {summary['versions']['jax']} on {summary['versions']['device']}."
 
 
-def publish(study: str, text: str, args: argparse.Namespace) -> None:
-    """Writes ``results.md`` and, unless ``--no-readme``, the README section."""
+def publish(study: str, text: str) -> None:
+    """Writes the study's table to ``experiments/results/<study>/results.md`` (which
+    ``docs/results.md`` includes) and prints it."""
     with open(os.path.join(results_dir(study), "results.md"), "w") as f:
         f.write(text + "\n")
     print(text)
-    if args.no_readme:
-        return
-    path = os.path.join(ROOT, "README.md")
-    with open(path) as f:
-        readme = f.read()
-    start, end = f"<!-- results:{study} -->", f"<!-- /results:{study} -->"
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-    if not pattern.search(readme):
-        sys.exit(f"README.md has no {start} ... {end} markers")
-    with open(path, "w") as f:
-        f.write(pattern.sub(lambda _: f"{start}\n{text}\n{end}", readme))
 
 
 def summary_table(summary: dict, columns: list) -> str:

@@ -6,7 +6,7 @@ influence of theta); PES, like full BPTT, reaches it; so do RTRL (exact online)
 and the other unbiased online estimators (NRES, forward gradients).
 
 Runs `unroll compare influence-balancing` with its defaults, copies the outputs to
-experiments/results/influence-balancing/, and rewrites the README's results section
+experiments/results/influence-balancing/, and writes its results.md (included by docs/results.md)
 between its markers from the summary (no hand-edited numbers).
 
     python experiments/influence_balancing.py [--seeds 3] [--steps 500]
@@ -52,7 +52,7 @@ def main() -> None:
     args = parse_args(__doc__)
     command = command_line("influence_balancing.py", args)
     summary = run_compare(STUDY, "influence-balancing", args, command)
-    publish(STUDY, table(summary), args)
+    publish(STUDY, table(summary))
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ horizon, SGD with momentum (learning rate x momentum).
 
 Writes ``experiments/results/learned-optimizer/``: ``baselines.json``, ``runs/<name>.json``
 (one per meta-training run, kept as it goes), ``results.md``, ``curves.png``,
-``learned_optimizer.npz`` (the best PES-trained (b), over runs and seeds), and the README
-section.
+``learned_optimizer.npz`` (the best PES-trained (b), over runs and seeds); ``results.md`` is
+included by docs/results.md.
 """
 
 from __future__ import annotations
@@ -342,10 +342,9 @@ def main() -> None:
     parser.add_argument("--outer-learning-rate", type=float, default=3e-3)
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--only", type=str, default=",".join(RUNS))
-    parser.add_argument("--no-readme", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--fresh", action="store_true", help="ignore the cached baselines and runs")
-    parser.add_argument("--table-only", action="store_true", help="the table and README from the cached runs, no plot")
+    parser.add_argument("--table-only", action="store_true", help="the table from the cached runs, no plot")
     args = parser.parse_args()
     out = results_dir(STUDY)
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
@@ -380,7 +379,7 @@ def main() -> None:
         lopt.save(os.path.join(out, "learned_optimizer.npz"), theta, architecture("adam-mlp"))
     if not args.table_only:
         plot(results, tuned, args.horizon, os.path.join(out, "curves.png"))
-    publish(STUDY, table(results, tuned, args), argparse.Namespace(no_readme=args.no_readme))
+    publish(STUDY, table(results, tuned, args))
 
 
 if __name__ == "__main__":

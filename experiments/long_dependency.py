@@ -55,7 +55,6 @@ def parse():
     parser.add_argument("--horizons", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiplies every time budget")
     parser.add_argument("--only", nargs="+", help="labels' cells to run (e.g. gilr-lstm lru)")
-    parser.add_argument("--no-readme", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--table-only", action="store_true", help="rebuild the table and plot from summary.json")
     return parser.parse_args()
@@ -207,7 +206,7 @@ def main() -> None:
                 with open(path, "w") as f:
                     json.dump(summary, f, indent=1)
     plot(summary, os.path.join(out, "curves.png"))
-    publish(STUDY, table(summary), args)
+    publish(STUDY, table(summary))
 
 
 def _default(name: str):

@@ -13,7 +13,7 @@ bounded, of the order of the loss over sigma.
 
 Uses ``unroll.diagnostics.gradient_vs_horizon``.
 
-    python experiments/lorenz.py [--no-readme]
+    python experiments/lorenz.py
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def plot(rows: dict, path: str) -> None:
 
 def main() -> None:
     jax.config.update("jax_enable_x64", True)
-    args = parse_args(__doc__)
+    parse_args(__doc__)  # --help, and the shared flags
     points = {"theta_0 = (8, 25, 2)": jnp.asarray([8.0, 25.0, 2.0]), "true + 0.1": jnp.asarray(tasks.TRUE_PARAMS) + 0.1}
     rows = {label: measure(theta) for label, theta in points.items()}
     out = results_dir(STUDY)
@@ -125,7 +125,7 @@ def main() -> None:
         "",
         "Command: `python experiments/lorenz.py`, jax " + jax.__version__ + ".",
     ]
-    publish(STUDY, "\n".join(lines), args)
+    publish(STUDY, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ is smooth and the horizon short enough not to explode); truncated BPTT and trunc
 directions over the next few steps) and settle on a faster decay, short of the optimum.
 
 Runs `unroll compare lr-schedule` with its defaults, keeps the outputs in
-experiments/results/lr-schedule/ and rewrites the README section from the summary.
+experiments/results/lr-schedule/ and writes its results.md from the summary.
 
     python experiments/lr_schedule.py [--seeds 2] [--steps 1000]
 """
@@ -58,7 +58,7 @@ def table(summary: dict) -> str:
 def main() -> None:
     args = parse_args(__doc__)
     summary = run_compare(STUDY, "lr-schedule", args, command_line("lr_schedule.py", args))
-    publish(STUDY, table(summary), args)
+    publish(STUDY, table(summary))
 
 
 if __name__ == "__main__":

@@ -126,16 +126,28 @@ def anchors(path):
     return ids
 
 
+def snippet_text(target):
+    """What `--8<-- "target"` includes: a file, or with `file:name` the lines between its
+    `--8<-- [start:name]` and `--8<-- [end:name]` markers."""
+    file, _, section = target.partition(":")
+    text = read(os.path.join(ROOT, file))
+    if section:
+        text = text.split(f"--8<-- [start:{section}]", 1)[1].split(f"--8<-- [end:{section}]", 1)[0]
+        text = text.split("\n", 1)[1].rsplit("\n", 1)[0]  # not the marker lines themselves
+    return text
+
+
 def page_text(path):
     """A page's prose with its snippets included (their links resolve from the page)."""
     lines = []
     for line in prose_lines(read(path)):
         match = SNIPPET.match(line)
-        included = match and os.path.join(ROOT, match.group(1))
+        target = match and match.group(1)
+        included = target and os.path.join(ROOT, target.partition(":")[0])
         if not included:
             lines.append(line)
         elif included.endswith(".md") and os.path.isfile(included):
-            lines += prose_lines(read(included))
+            lines += prose_lines(snippet_text(target))
     return re.sub(r"``.*?``|`[^`\n]*`", "", "\n".join(lines))  # no links inside code spans
 
 
@@ -200,8 +212,11 @@ def broken_links(path):
     page = os.path.basename(path)
     broken = []
     for included in re.findall(r'^\s*--8<--\s+"([^"]+)"', read(path), re.M):  # in code blocks too
+        included, _, section = included.partition(":")  # "file.md:name": the file's section `name`
         if not os.path.isfile(os.path.join(ROOT, included)):
             broken.append(f"{page}: includes {included} (no such file)")
+        elif section and f"[start:{section}]" not in read(os.path.join(ROOT, included)):
+            broken.append(f"{page}: includes {included}:{section} (no such section)")
     text = page_text(path)
     for target in LINK.findall(text):
         if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
@@ -294,6 +309,43 @@ def test_figures_quoted_from_notebooks_are_in_their_outputs():
 # ---- the site builds ------------------------------------------------------------------
 
 
+MANGLED_SNIPPET = re.compile(r"-\s*-\s*8\s*<\s*-\s*-")  # --8<-- and what a formatter makes of it
+
+
+def test_no_snippet_marker_is_mangled_in_the_sources():
+    """pymdownx.snippets reads `--8<-- "path"` only as written; `--8 < --"path"` (ruff
+    format's reading of it as Python) renders literally and includes nothing."""
+    bad = [
+        f"{os.path.relpath(path, ROOT)}:{number}: {line.strip()}"
+        for path in markdown_files()
+        for number, line in enumerate(read(path).splitlines(), 1)
+        if MANGLED_SNIPPET.search(line) and not SNIPPET.match(line.strip())
+    ]
+    assert not bad, "snippet markers that will render literally:\n" + "\n".join(bad)
+
+
+def literal_snippet_markers(site) -> list[str]:
+    """Pages of a built site that show a snippet marker as text (an include that failed)."""
+    found = []
+    for folder, _, files in os.walk(site):
+        for file in files:
+            if file.endswith(".html"):
+                text = read(os.path.join(folder, file))
+                text = re.sub(r"<[^>]+>", "", text).replace("&lt;", "<").replace("&quot;", '"')
+                if MANGLED_SNIPPET.search(text):
+                    found.append(os.path.relpath(os.path.join(folder, file), site))
+    return found
+
+
+def test_the_built_site_shows_no_literal_snippet_marker():
+    """The site .ci/run built (build/site) before the tests: no page shows `--8<--` as text."""
+    site = os.path.join(ROOT, "build", "site")
+    if not os.path.isdir(site):
+        pytest.skip("no built site: run `mkdocs build --strict` first (.ci/run does)")
+    found = literal_snippet_markers(site)
+    assert not found, f"pages showing a snippet marker as text (an include that failed): {found}"
+
+
 def test_the_site_builds_strictly(tmp_path):
     """``mkdocs build --strict``: every page, the reference from the docstrings, the
     notebooks and the plots, with no warning (about 5 s on 2 CPU cores)."""
@@ -311,3 +363,6 @@ def test_the_site_builds_strictly(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     for page in ("index.html", "reference/estimators/index.html", "notebooks/estimators/index.html"):
         assert (site / page).is_file(), page
+    assert not literal_snippet_markers(site)
+    worked_example = re.sub(r"<[^>]+>", "", read(str(site / "adding-an-estimator" / "index.html")))
+    assert "def gpes(" in worked_example  # the worked example's source, included

@@ -8,6 +8,7 @@ import pytest
 
 import unroll
 from tests.stochastic import THETA, linear_quadratic
+from unroll.tasks import influence_balancing
 
 
 def test_sgd_iterates_match_a_hand_loop():
@@ -133,3 +134,24 @@ def test_a_time_limit_ends_the_run_with_its_history_and_the_same_iterates():
         run(time_limit=0)
     with pytest.raises(TypeError, match="`time_limit` must be a number"):
         run(time_limit="10m")
+
+
+@pytest.mark.parametrize("num_seeds", [None, 2])
+def test_the_history_has_the_shapes_docs_training_md_states(num_seeds):
+    system = influence_balancing(horizon=10)
+    estimator = unroll.truncated_bptt(system, truncation=5)
+    theta, history = unroll.train(
+        estimator, optax.sgd(1e-3), jnp.asarray(0.3), jax.random.key(0), num_steps=7, num_seeds=num_seeds,
+        eval_fn=lambda th: {"objective": th**2}, eval_every=3, progress=False,
+    )  # fmt: skip
+    seeds = () if num_seeds is None else (num_seeds,)
+    steps, evaluations = 7, 4  # evaluated at steps 0, 3, 6 and after the last
+    expected = {
+        **dict.fromkeys(["loss", "steps", "grad_norm", "accepted"], seeds + (steps,)),
+        "eval/objective": seeds + (evaluations,),
+        **dict.fromkeys(["eval_step", "eval_time_s"], (evaluations,)),
+        **dict.fromkeys(["first_nonfinite", "num_rejected"], seeds),
+        **dict.fromkeys(["train_time_s", "compile_s"], ()),
+    }
+    assert {k: np.shape(v) for k, v in history.items()} == expected
+    assert np.shape(theta) == seeds

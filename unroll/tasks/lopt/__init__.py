@@ -54,7 +54,6 @@ from unroll.tasks.lopt._architectures import (
     sgd_theta,
     sizes_layout,
 )
-from unroll.tasks.lopt._architectures import sizes_layout as _layout  # noqa: F401 (the old name tests/test_tasks_lopt.py uses)
 from unroll.tasks.lopt._baselines import (
     BASELINES,
     DEFAULT_ESTIMATORS,
