@@ -16,6 +16,7 @@ from jax.flatten_util import ravel_pytree
 import unroll
 from tests.systems import gain_theta, rnn_system
 from unroll import advisor
+from unroll.advisor import _advise, _measure
 from unroll.diagnostics import gradient_quality, outlook_from_exponent
 
 
@@ -96,7 +97,7 @@ def test_every_row_figure_matches_an_independent_computation(contracting):
         direct = statistics.median(times)
         assert direct / 4 < row.seconds < direct * 4, (row.label, row.seconds, direct)  # a shared, noisy machine
         assert row.memory == advisor.compiled_memory(compiled)
-        assert row.num_samples == advisor.NUM_SAMPLES  # all of them: their keys are gradient_quality's
+        assert row.num_samples == _measure.NUM_SAMPLES  # all of them: their keys are gradient_quality's
         quality = gradient_quality(
             estimator,
             theta,
@@ -245,7 +246,7 @@ def test_advice_to_json_round_trips_its_figures(contracting):
 
 def test_a_budget_the_system_measurements_use_up_is_an_error_naming_the_figures(monkeypatch):
     task = contracting_task(horizon=40)
-    monkeypatch.setattr(advisor._Clock, "left", lambda self: 0.5)  # as if the measurements took it all
+    monkeypatch.setattr(_advise._Clock, "left", lambda self: 0.5)  # as if the measurements took it all
     with pytest.raises(ValueError, match=r"`seconds`=30 leaves no time for a candidate: .* took .* s"):
         unroll.advise(task, candidates=["full-bptt"], seconds=30, progress=False)
 

@@ -22,7 +22,8 @@ import numpy as np
 import optax
 
 from unroll._errors import BadType, BadValue
-from unroll._system import PyTree, check_against_theta, check_memory_budget, check_positive_int, check_system
+from unroll._system import check_against_theta, check_memory_budget, check_positive_int, check_system
+from unroll._tree import PyTree
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT",
