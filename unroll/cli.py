@@ -287,7 +287,21 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="unroll", description="Gradient estimators for unrolled computations.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     sub.add_parser("list", help="list tasks and estimators").set_defaults(run=_list)
+    _add_compare_parser(sub)
+    _add_advise_parser(sub)
+    return parser
+
+
+def _add_compare_parser(sub) -> None:
+    """`unroll compare`'s parser: what runs, then how the run is seeded and recorded."""
     compare = sub.add_parser("compare", help="run estimators side by side on a task, at an equal budget")
+    _add_compare_run_arguments(compare)
+    _add_compare_record_arguments(compare)
+    compare.set_defaults(run=_compare)
+
+
+def _add_compare_run_arguments(compare: argparse.ArgumentParser) -> None:
+    """`unroll compare`'s task, estimators, seeds, steps, budget, task options and horizon."""
     compare.add_argument(
         "task",
         nargs="?",
@@ -322,6 +336,10 @@ def _build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--horizon", type=int, help="episode length of the task (its `horizon` option; default: the task's)"
     )
+
+
+def _add_compare_record_arguments(compare: argparse.ArgumentParser) -> None:
+    """`unroll compare`'s output folder, base seed, checkpoints, progress, TensorBoard and config file."""
     compare.add_argument(
         "--out",
         help="output folder (default: runs/TASK-TIME); a folder holding this comparison's checkpoints resumes it",
@@ -345,7 +363,10 @@ def _build_parser() -> argparse.ArgumentParser:
         help="TOML file with the same settings (flags given here win) and a [task_options] table of task arguments; "
         "its contents are recorded in summary.json",
     )
-    compare.set_defaults(run=_compare)
+
+
+def _add_advise_parser(sub) -> None:
+    """`unroll advise`'s parser."""
     advise = sub.add_parser(
         "advise", help="measure a task's system and recommend an estimator, with the evidence (unroll.advise)"
     )
@@ -374,7 +395,6 @@ def _build_parser() -> argparse.ArgumentParser:
     advise.add_argument("--seed", type=int, default=0, help="the measurements' seed (default: 0)")
     advise.add_argument("--no-progress", action="store_true", help="no progress bars")
     advise.set_defaults(run=_advise)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -200,11 +200,34 @@ def plot_advice(advice, out_dir: str) -> dict[str, str]:
     """
     import os
 
+    files = {}
+    _plot_running_exponent(advice, os.path.join(out_dir, "lyapunov.png"))
+    files["the running Lyapunov exponent"] = "lyapunov.png"
+    _plot_gradient_norm(advice, os.path.join(out_dir, "gradient_norm.png"))
+    files["the exact gradient's norm against the horizon"] = "gradient_norm.png"
+    _plot_frontier(advice, os.path.join(out_dir, "frontier.png"))
+    files["expected progress per second against memory"] = "frontier.png"
+    return files
+
+
+def _figure(figsize):
+    """A new (pyplot-free) figure and its one axes."""
     from matplotlib.figure import Figure
 
-    files = {}
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
+
+
+def _save(fig, ax, path: str) -> None:
+    """The legend, the layout, and the figure written to ``path``."""
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _plot_running_exponent(advice, path: str) -> None:
+    r"""``plot_advice``'s lyapunov.png: each trajectory's running $\lambda_1$ and their mean."""
+    fig, ax = _figure((6, 4))
     steps = np.arange(1, advice.running.shape[1] + 1)
     for i, running in enumerate(advice.running):
         ax.plot(steps, running, lw=0.8, color="C0", alpha=0.6, label="each trajectory" if i == 0 else None)
@@ -214,13 +237,12 @@ def plot_advice(advice, out_dir: str) -> dict[str, str]:
     ax.set_xlabel("measured steps")
     ax.set_ylabel("running lambda_1 (per step)")
     ax.set_title(f"{advice.task.name}: " + ("chaotic over its horizon" if advice.chaotic else "not chaotic"))
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "lyapunov.png"), dpi=110)
-    files["the running Lyapunov exponent"] = "lyapunov.png"
+    _save(fig, ax, path)
 
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
+
+def _plot_gradient_norm(advice, path: str) -> None:
+    """``plot_advice``'s gradient_norm.png: the exact gradient's median and max norm per horizon."""
+    fig, ax = _figure((6, 4))
     ax.plot(advice.horizons, advice.norm_median, "o-", label="median over episodes")
     ax.plot(advice.horizons, advice.norm_max, "s--", label="max over episodes")
     ax.set_xscale("log")
@@ -229,13 +251,12 @@ def plot_advice(advice, out_dir: str) -> dict[str, str]:
     ax.set_xlabel("steps h (the mean loss of an episode's first h)")
     ax.set_ylabel("exact gradient norm")
     ax.set_title("exploding" if advice.exploding else "not exploding")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "gradient_norm.png"), dpi=110)
-    files["the exact gradient's norm against the horizon"] = "gradient_norm.png"
+    _save(fig, ax, path)
 
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.subplots()
+
+def _plot_frontier(advice, path: str) -> None:
+    """``plot_advice``'s frontier.png: progress per second against memory, one point per candidate."""
+    fig, ax = _figure((7, 4.5))
     rows = [r for r in advice.rows if np.isfinite(r.progress_per_second) and r.memory > 0]
     positive = [r.progress_per_second for r in rows if r.progress_per_second > 0]
     floor = min(positive) / 10 if positive else 1e-3  # progress 0 (cosine <= 0) is drawn here, as a triangle
@@ -263,8 +284,4 @@ def plot_advice(advice, out_dir: str) -> dict[str, str]:
     ax.set_xlabel("compiled memory (bytes)")
     ax.set_ylabel("expected progress per second")
     ax.set_title("candidates (hollow: flagged; star: recommended; triangle: no progress)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "frontier.png"), dpi=110)
-    files["expected progress per second against memory"] = "frontier.png"
-    return files
+    _save(fig, ax, path)

@@ -176,15 +176,29 @@ def learned_optimizer(
     """
     horizon = check_positive_int(horizon, "horizon")
     run_lengths = _check_run_lengths(run_lengths, horizon)
+    _check_meta_loss(meta_loss)
+    config = {k: v for k, v in (("learning_rate", learning_rate), ("hidden", hidden)) if v is not None}
+    arch = get_architecture(architecture, **config)
+    task = inner_problem(problem, batch_size, dtype=dtype)
+    fresh = _fresh_state(task, arch, dtype, run_lengths)
+    step = _inner_step(task, arch, fresh, dtype, run_lengths, meta_loss)
+    system = System(lambda theta, key: fresh(key), step, horizon)
+    evaluate = episode_evaluator(
+        system, jax.random.key(seed + 10_000), num_eval_tasks, final_metrics=lambda state: final_metrics(task, state)
+    )
+    return system, arch.init_theta(seed, dtype), evaluate
+
+
+def _check_meta_loss(meta_loss: str) -> None:
     if meta_loss not in META_LOSSES:
         raise ValueError(
             f"`meta_loss`={meta_loss!r} must be 'loss' (the normalized step loss) or 'log' (its logarithm, "
             "log(loss + LOG_FLOOR)); e.g. meta_loss='log'."
         )
-    config = {k: v for k, v in (("learning_rate", learning_rate), ("hidden", hidden)) if v is not None}
-    arch = get_architecture(architecture, **config)
-    task = inner_problem(problem, batch_size, dtype=dtype)
-    layout, ceiling = sizes_layout(task.sizes), task.ceiling
+
+
+def _fresh_state(task: inner.InnerTask, arch: Architecture, dtype, run_lengths):
+    """``fresh(key)``: the ``InnerState`` an inner run starts from (its task, init and optimizer state)."""
 
     def fresh(key):
         return InnerState(
@@ -194,6 +208,14 @@ def learned_optimizer(
             jnp.zeros((), dtype),
             None if run_lengths is None else jnp.zeros((), jnp.int32),
         )
+
+    return fresh
+
+
+def _inner_step(task: inner.InnerTask, arch: Architecture, fresh, dtype, run_lengths, meta_loss: str):
+    """``step(theta, state, t) -> (state, step loss)``: one inner step of ``learned_optimizer``'s
+    system (frozen once diverged, restarting with ``fresh`` when an inner run ends)."""
+    layout, ceiling = sizes_layout(task.sizes), task.ceiling
 
     def step(theta, state, t):
         count = t if run_lengths is None else state.count
@@ -219,11 +241,7 @@ def learned_optimizer(
         score = jnp.where(bad, jnp.asarray(ceiling, dtype), value)
         return new, (jnp.log(score + LOG_FLOOR) if meta_loss == "log" else score)
 
-    system = System(lambda theta, key: fresh(key), step, horizon)
-    evaluate = episode_evaluator(
-        system, jax.random.key(seed + 10_000), num_eval_tasks, final_metrics=lambda state: final_metrics(task, state)
-    )
-    return system, arch.init_theta(seed, dtype), evaluate
+    return step
 
 
 def final_metrics(task: inner.InnerTask, state: InnerState) -> dict:

@@ -139,26 +139,9 @@ def long_dependency(
         is the class), in the parallel form when the cell has one (``gilr``,
         ``gilr-lstm``, ``lru``: then ``system.episode`` too).
     """
-    horizon = check_positive_int(horizon, "horizon")
-    num_classes = check_positive_int(num_classes, "num_classes")
-    if chunk is not None:
-        chunk = check_positive_int(chunk, "chunk", "It is the steps the parallel form runs at once (None: all).")
-    signal_length = max(1, horizon // 100) if signal_length is None else signal_length
-    signal_length = check_positive_int(signal_length, "signal_length")
-    hidden = check_positive_int(hidden, "hidden")
-    num_layers = check_num_layers(num_layers)
-    if horizon < 2 or num_classes < 2:
-        raise BadValue(
-            f"`horizon`={horizon} and `num_classes`={num_classes} must both be at least 2 (a class to remember "
-            "over at least one step); e.g. horizon=1000, num_classes=4."
-        )
-    if signal_length >= horizon:
-        raise BadValue(
-            f"`signal_length`={signal_length} must be shorter than `horizon`={horizon} (the class is shown at the "
-            "start and asked for at the end); e.g. signal_length=1."
-        )
-    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not 0 <= noise < float("inf"):
-        raise BadValue(f"`noise`={noise!r} must be a finite float >= 0 (the noise inputs' scale), e.g. noise=0.1.")
+    horizon, num_classes, signal_length, hidden, num_layers, chunk = _check_long_dependency(
+        horizon, num_classes, signal_length, noise, hidden, num_layers, chunk
+    )
     if timescale is None and cell in TIMESCALE_CELLS:
         timescale = max(2.0, float(horizon))
     net = get_cell(cell, timescale)
@@ -179,6 +162,32 @@ def long_dependency(
     accuracy = (lambda logits, y, t: (jnp.argmax(logits) == y) & (y >= 0), float(horizon))
     evaluate = network_evaluator(network, jax.random.key(seed + 10_000), num_eval_episodes, {"accuracy": accuracy})
     return network.system, theta, evaluate
+
+
+def _check_long_dependency(horizon, num_classes, signal_length, noise, hidden, num_layers, chunk):
+    """``long_dependency``'s arguments checked: ``(horizon, num_classes, signal_length, hidden,
+    num_layers, chunk)``, ``signal_length`` defaulted (1% of the horizon, at least 1)."""
+    horizon = check_positive_int(horizon, "horizon")
+    num_classes = check_positive_int(num_classes, "num_classes")
+    if chunk is not None:
+        chunk = check_positive_int(chunk, "chunk", "It is the steps the parallel form runs at once (None: all).")
+    signal_length = max(1, horizon // 100) if signal_length is None else signal_length
+    signal_length = check_positive_int(signal_length, "signal_length")
+    hidden = check_positive_int(hidden, "hidden")
+    num_layers = check_num_layers(num_layers)
+    if horizon < 2 or num_classes < 2:
+        raise BadValue(
+            f"`horizon`={horizon} and `num_classes`={num_classes} must both be at least 2 (a class to remember "
+            "over at least one step); e.g. horizon=1000, num_classes=4."
+        )
+    if signal_length >= horizon:
+        raise BadValue(
+            f"`signal_length`={signal_length} must be shorter than `horizon`={horizon} (the class is shown at the "
+            "start and asked for at the end); e.g. signal_length=1."
+        )
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not 0 <= noise < float("inf"):
+        raise BadValue(f"`noise`={noise!r} must be a finite float >= 0 (the noise inputs' scale), e.g. noise=0.1.")
+    return horizon, num_classes, signal_length, hidden, num_layers, chunk
 
 
 def long_dependency_setup(horizon: int = 1000, cell: str = "gilr-lstm", hidden: int = 16, num_layers: int = 1) -> Task:

@@ -124,12 +124,30 @@ def build_network(
     each chunk recomputed in the backward pass: memory ``O(T / chunk + chunk)`` states
     instead of ``O(T)`` residuals, for one more forward pass (``chunk=None``: the whole
     sequence at once)."""
+    init, forward, step = _step_form(cell, hidden, dtype, data_init, data_step, embed, loss, num_layers)
+    if cell.sequence is None or data_sequence is None:
+        return Network(System(init, step, horizon), forward, loss)
+    sequence, episode = _parallel_form(
+        cell, hidden, horizon, dtype, data_init, embed, loss, data_sequence, num_layers, chunk
+    )
+    return Network(System(init, step, horizon, episode), forward, loss, sequence)
 
-    def readout(theta, features):
-        return theta["readout"]["W"] @ features + theta["readout"]["b"]
+
+def _readout(theta, features):
+    """The readout ``W features + b``: the logits."""
+    return theta["readout"]["W"] @ features + theta["readout"]["b"]
+
+
+def _initial_states(cell: Cell, theta, hidden: int, dtype, num_layers: int) -> tuple:
+    """Every layer's initial cell state, a tuple over layers."""
+    return tuple(cell.initial(p, hidden, dtype) for p in layer_params(theta["cell"], num_layers))
+
+
+def _step_form(cell: Cell, hidden: int, dtype, data_init, data_step, embed, loss, num_layers: int):
+    """``build_network``'s step form: ``(init(theta, key), forward(theta, state, t), step(theta, state, t))``."""
 
     def init(theta, key):
-        states = tuple(cell.initial(p, hidden, dtype) for p in layer_params(theta["cell"], num_layers))
+        states = _initial_states(cell, theta, hidden, dtype, num_layers)
         return (states[0] if num_layers == 1 else states), data_init(key)
 
     def forward(theta, state, t):
@@ -141,29 +159,36 @@ def build_network(
             h = cell.apply(p, h, x)
             x = cell.features(h)
             new.append(h)
-        return (new[0] if num_layers == 1 else tuple(new), data), readout(theta, x), y
+        return (new[0] if num_layers == 1 else tuple(new), data), _readout(theta, x), y
 
     def step(theta, state, t):
         state, logits, y = forward(theta, state, t)
         return state, loss(logits, y)
 
-    if cell.sequence is None or data_sequence is None:
-        return Network(System(init, step, horizon), forward, loss)
+    return init, forward, step
 
-    def layers(theta, states, features):
-        """Every layer over a stretch of the sequence: the states it ends in, the features."""
-        ends = []
-        for p, h0 in zip(layer_params(theta["cell"], num_layers), states):
-            hs = cell.sequence(p, h0, features)
-            ends.append(jax.tree_util.tree_map(lambda h: h[-1], hs))
-            features = jax.vmap(cell.features)(hs)
-        return tuple(ends), features
+
+def _layers(cell: Cell, theta, states, features, num_layers: int):
+    """Every layer over a stretch of the sequence: the states it ends in, the features."""
+    ends = []
+    for p, h0 in zip(layer_params(theta["cell"], num_layers), states):
+        hs = cell.sequence(p, h0, features)
+        ends.append(jax.tree_util.tree_map(lambda h: h[-1], hs))
+        features = jax.vmap(cell.features)(hs)
+    return tuple(ends), features
+
+
+def _parallel_form(
+    cell: Cell, hidden: int, horizon: int, dtype, data_init, embed, loss, data_sequence, num_layers, chunk
+):
+    """``build_network``'s parallel form: ``(sequence(theta, key), episode(theta, key))``, the
+    episode in chunks of ``chunk`` steps when the horizon is longer."""
 
     def sequence(theta, key):
         xs, ys = data_sequence(data_init(key), horizon)
-        states = tuple(cell.initial(p, hidden, dtype) for p in layer_params(theta["cell"], num_layers))
-        _, features = layers(theta, states, jax.vmap(lambda x: embed(theta, x))(xs))
-        return jax.vmap(lambda f: readout(theta, f))(features), ys
+        states = _initial_states(cell, theta, hidden, dtype, num_layers)
+        _, features = _layers(cell, theta, states, jax.vmap(lambda x: embed(theta, x))(xs), num_layers)
+        return jax.vmap(lambda f: _readout(theta, f))(features), ys
 
     def episode(theta, key):
         if chunk is None or horizon <= chunk:
@@ -177,14 +202,14 @@ def build_network(
         @jax.checkpoint  # the backward pass recomputes a chunk instead of storing its insides
         def body(states, data):
             xs, ys = data
-            states, features = layers(theta, states, jax.vmap(lambda x: embed(theta, x))(xs))
-            return states, jax.vmap(loss)(jax.vmap(lambda f: readout(theta, f))(features), ys)
+            states, features = _layers(cell, theta, states, jax.vmap(lambda x: embed(theta, x))(xs), num_layers)
+            return states, jax.vmap(loss)(jax.vmap(lambda f: _readout(theta, f))(features), ys)
 
-        states = tuple(cell.initial(p, hidden, dtype) for p in layer_params(theta["cell"], num_layers))
+        states = _initial_states(cell, theta, hidden, dtype, num_layers)
         _, losses = jax.lax.scan(body, states, chunks)
         return losses.reshape(-1)[:horizon]  # (the padding's steps come after the last and are dropped)
 
-    return Network(System(init, step, horizon, episode), forward, loss, sequence)
+    return sequence, episode
 
 
 def keyed_network(
