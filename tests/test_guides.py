@@ -60,7 +60,8 @@ def check_gradients(system, theta, key, rtrl, pes, num_windows: int, num_samples
     grads, _, _ = window_estimates(rtrl, theta, num_windows, key)
     np.testing.assert_allclose(flat(tree_mean(grads)), flat(exact), rtol=1e-9, atol=1e-12)
     samples = unroll.diagnostics.estimate_samples(pes, theta, key, num_samples, num_windows)
-    samples = np.stack([flat(jax.tree_util.tree_map(lambda x, i=i: x[i], samples)) for i in range(num_samples)])
+    # sample i's leaves, raveled in ravel_pytree's order (host copies: 64 x leaves eager slices took seconds)
+    samples = np.concatenate([np.asarray(x).reshape(num_samples, -1) for x in jax.tree_util.tree_leaves(samples)], 1)
     directions = [flat(exact)] + [
         np.asarray(jax.random.normal(jax.random.fold_in(KEY, 10 + i), vector.shape)) for i in range(7)
     ]

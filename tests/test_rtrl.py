@@ -1,5 +1,7 @@
 """RTRL: at a fixed theta, its windows average to the exact episode gradient."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,6 +74,13 @@ PROBLEMS = {
 }
 
 
+@functools.cache
+def _exact(problem):
+    """The exact episode gradient of a problem, computed once (the systems are deterministic)."""
+    system, theta = PROBLEMS[problem]()
+    return unroll.exact_gradient(system, theta, KEY)
+
+
 def _max_diff(a, b):
     return max(
         float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
@@ -86,7 +95,7 @@ def test_windows_average_to_full_bptt(problem, truncation, num_workers, sparse):
     episode ends; with 3 workers, staggered), so their mean is the exact episode gradient,
     with the dense influence and with the compressed one (``sparse=True``)."""
     system, theta = PROBLEMS[problem]()
-    exact = unroll.exact_gradient(system, theta, KEY)
+    exact = _exact(problem)
     est = unroll.rtrl(system, truncation=truncation, num_workers=num_workers, sparse=sparse)
     grads, _, info = window_estimates(est, theta, 7, KEY)  # 7 * truncation is a multiple of the horizon 7
     assert _max_diff(tree_mean(grads), exact) < 1e-10
@@ -109,7 +118,7 @@ def test_truncated_bptt_differs_where_rtrl_does_not():
     """The same windows under truncated BPTT are biased: RTRL's exactness is not a tautology."""
     system, theta = PROBLEMS["tanh_rnn"]()
     grads, _, _ = window_estimates(unroll.truncated_bptt(system, truncation=1), theta, 7, KEY)
-    assert _max_diff(tree_mean(grads), unroll.exact_gradient(system, theta, KEY)) > 1e-3
+    assert _max_diff(tree_mean(grads), _exact("tanh_rnn")) > 1e-3
 
 
 @pytest.mark.parametrize("problem", PROBLEMS)
