@@ -762,3 +762,20 @@ def test_a_positional_call_says_to_name_the_arguments(name):
         error=TypeError,
     )
     assert f"{called}(system, {first}=3)" in message, message
+
+
+def test_unrolls_own_checks_raise_its_usage_errors():
+    """Every check in unroll/ raises `BadValue` / `BadType` (a ValueError / TypeError that the CLI
+    prints as one line, exit 2), never a bare ValueError or TypeError, which the CLI would show
+    as a traceback: a new check written the old way fails here."""
+    import ast
+    import pathlib
+
+    bare = []
+    for path in pathlib.Path(unroll.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+                name = getattr(node.exc.func, "id", None)
+                if name in ("ValueError", "TypeError"):
+                    bare.append(f"{path.name}:{node.lineno}: raise {name}(...)")
+    assert not bare, "use unroll._errors.BadValue / BadType:\n" + "\n".join(bare)

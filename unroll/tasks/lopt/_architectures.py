@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unroll._errors import BadValue
 from unroll._system import check_positive_float, check_positive_int
 
 DECAYS = (0.5, 0.9, 0.99)
@@ -279,7 +280,7 @@ def controller_optimizer(learning_rate: float = 0.1, momentum: float = 0.9, hidd
     """
     learning_rate = check_positive_float(learning_rate, "learning_rate", "e.g. learning_rate=0.1")
     if not 0 <= momentum < 1:
-        raise ValueError(f"`momentum`={momentum!r} must lie in [0, 1); e.g. momentum=0.9.")
+        raise BadValue(f"`momentum`={momentum!r} must lie in [0, 1); e.g. momentum=0.9.")
     hidden = check_positive_int(hidden, "hidden")
     num_inputs = 2 + len(TIMESCALES)
     logit = float(np.log(momentum / (1 - momentum))) if momentum > 0 else -30.0
@@ -339,7 +340,7 @@ def get_architecture(name: str | Architecture, **config) -> Architecture:
     if isinstance(name, Architecture):
         return name
     if name not in ARCHITECTURES:
-        raise ValueError(
+        raise BadValue(
             f"`architecture`={name!r} is not a learned-optimizer architecture; choose one of {', '.join(ARCHITECTURES)}."
         )
     return ARCHITECTURES[name](**config)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from unroll._errors import BadValue
 from unroll._system import System, check_positive_int
 from unroll.task import Task, adam_cosine, standard_settings
 from unroll.tasks import inner
@@ -41,7 +42,7 @@ def baseline_optimizer(name: str, horizon: int | None = None) -> Architecture:
       ``"momentum"`` for SGD).
     """
     if name not in BASELINES:
-        raise ValueError(f"`name`={name!r} is not a baseline optimizer; choose one of {', '.join(BASELINES)}.")
+        raise BadValue(f"`name`={name!r} is not a baseline optimizer; choose one of {', '.join(BASELINES)}.")
     if name == "adam-cosine":
         horizon = check_positive_int(horizon, "horizon", "the cosine schedule decays over it, e.g. horizon=1000")
     if name == "sgd-momentum":

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from unroll._errors import BadValue
 from unroll.tasks.lopt._architectures import Architecture, Layout, get_architecture, pytree_layout
 
 
@@ -51,7 +52,7 @@ def as_optax(
 
     def update(updates, state, params=None):
         if params is None:
-            raise ValueError(
+            raise BadValue(
                 f"the learned optimizer ({arch.name}) reads the parameters as a feature: call update(grads, state, params)."
             )
         grad, unravel = ravel_pytree(updates)
@@ -104,7 +105,7 @@ def read(path: str) -> tuple[dict, Architecture]:
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
         if meta.get("format") != FILE_FORMAT:
-            raise ValueError(
+            raise BadValue(
                 f"{path!r} is not a learned optimizer saved by unroll.tasks.lopt.save (format {FILE_FORMAT})."
             )
         theta = {k.removeprefix("theta/"): jnp.asarray(data[k]) for k in data.files if k.startswith("theta/")}

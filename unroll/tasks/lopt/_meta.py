@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unroll._errors import BadValue
 from unroll._system import System, check_positive_int
 from unroll.tasks import inner
 from unroll.tasks.evaluation import episode_evaluator
@@ -45,7 +46,7 @@ def inner_problem(
         return inner.digits_mlp_family(dtype)
     if problem == "digits-conv":
         return inner.digits_conv_task(dtype=dtype)
-    raise ValueError(f"`problem`={problem!r} is not a known inner problem; choose one of {', '.join(PROBLEMS)}.")
+    raise BadValue(f"`problem`={problem!r} is not a known inner problem; choose one of {', '.join(PROBLEMS)}.")
 
 
 def inner_layout(problem: str | inner.InnerTask, dim: int = 20) -> Layout:
@@ -89,7 +90,7 @@ def _check_run_lengths(run_lengths, horizon: int):
     except (TypeError, ValueError):
         low = high = None
     if low is None or not 1 <= low <= high:
-        raise ValueError(
+        raise BadValue(
             f"`run_lengths`={run_lengths!r} must be a pair (shortest, longest) of inner-run lengths with "
             "1 <= shortest <= longest, e.g. run_lengths=(100, 2000); None runs one inner run per episode."
         )
@@ -191,7 +192,7 @@ def learned_optimizer(
 
 def _check_meta_loss(meta_loss: str) -> None:
     if meta_loss not in META_LOSSES:
-        raise ValueError(
+        raise BadValue(
             f"`meta_loss`={meta_loss!r} must be 'loss' (the normalized step loss) or 'log' (its logarithm, "
             "log(loss + LOG_FLOOR)); e.g. meta_loss='log'."
         )
