@@ -337,15 +337,6 @@ def literal_snippet_markers(site) -> list[str]:
     return found
 
 
-def test_the_built_site_shows_no_literal_snippet_marker():
-    """The site .ci/run built (build/site) before the tests: no page shows `--8<--` as text."""
-    site = os.path.join(ROOT, "build", "site")
-    if not os.path.isdir(site):
-        pytest.skip("no built site: run `mkdocs build --strict` first (.ci/run does)")
-    found = literal_snippet_markers(site)
-    assert not found, f"pages showing a snippet marker as text (an include that failed): {found}"
-
-
 def test_the_site_builds_strictly(tmp_path):
     """``mkdocs build --strict``: every page, the reference from the docstrings, the
     notebooks and the plots, with no warning (about 5 s on 2 CPU cores)."""

@@ -207,11 +207,12 @@ def test_every_registered_estimator_resumes_bit_for_bit(name, tmp_path, monkeypa
     from unroll import resume
 
     estimator = build_estimator(name, rnn_system(n=3, m=2, horizon=6), num_workers=2)
+    optimizer = optax.sgd(0.05)  # the same objects each run: train compiles their step once
 
     def run(checkpoint=None):
         kwargs = {} if checkpoint is None else {"checkpoint": checkpoint, "checkpoint_every": 2}
         return unroll.train(
-            estimator, optax.sgd(0.05), rnn_theta(), jax.random.key(1), 4, num_seeds=2, progress=False, **kwargs
+            estimator, optimizer, rnn_theta(), jax.random.key(1), 4, num_seeds=2, progress=False, **kwargs
         )
 
     theta, history = run()

@@ -9,6 +9,7 @@ The argument checks that need no devices run here.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -74,22 +75,32 @@ def single():
     return run_worker("single", num_devices=8)
 
 
+@functools.cache
 def _unsharded_state(name):
+    """The estimator's unsharded state's shapes (cached: evaluated when a test asks, not at collection,
+    which every xdist worker does)."""
     estimator, theta = sharding_case(name)
     return jax.eval_shape(estimator.init, theta, jax.random.key(0))
 
 
-# name -> the per-device block of the [W, P] trajectories: every registered estimator has
-# 8 workers, one per device, and all of its particles (its unsharded state says how many)
-SHARD_SHAPES = {name: [1, _unsharded_state(name).workers.t.shape[1]] for name in ESTIMATOR_NAMES}
-SHARD_SHAPES.update(
-    {
+# the cases of the `single` run: every registered estimator, plus PES split over its particles and on a 2-D mesh
+SHARDED_CASES = (*ESTIMATOR_NAMES, "pes_particles", "pes_2d_mesh")
+
+
+def shard_shape(name: str) -> list[int]:
+    """The per-device block of the [W, P] trajectories: every registered estimator has 8 workers, one per
+    device, and all of its particles (its unsharded state says how many)."""
+    special = {
         "pes_particles": [1, 2],  # num_workers=1, num_particles=16, spec P(None, "d")
         "pes_2d_mesh": [1, 2],  # 4 x 4 trajectories on a ("w": 4, "p": 2) mesh, spec P("w", "p")
     }
-)
-# the leaves of the state that are not per trajectory (dni: synthesizer + adam state), replicated
-NUM_REPLICATED = {name: len(jax.tree_util.tree_leaves(_unsharded_state(name).shared)) for name in ESTIMATOR_NAMES}
+    return special[name] if name in special else [1, _unsharded_state(name).workers.t.shape[1]]
+
+
+def num_replicated(name: str) -> int:
+    """The leaves of the state that are not per trajectory (dni: synthesizer + adam state), replicated."""
+    return len(jax.tree_util.tree_leaves(_unsharded_state(name).shared)) if name in ESTIMATOR_NAMES else 0
+
 
 # their backward scan sums theta's cotangent over the trajectories at every step, one
 # all-reduce per step (XLA's CPU pipeline does not move it out of the loop)
@@ -97,7 +108,7 @@ REVERSE_MODE = {name for name, entry in REGISTERED.items() if entry.family in ("
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(SHARD_SHAPES))
+@pytest.mark.parametrize("name", SHARDED_CASES)
 def test_sharded_windows_equal_unsharded(single, name):
     r = single[name]
     # three consecutive jitted windows: same gradients, losses and final state (same keys)
@@ -105,14 +116,14 @@ def test_sharded_windows_equal_unsharded(single, name):
     assert r["state_ints_equal"], r
     # the trajectories really are split over all 8 devices, the gradient is replicated
     assert r["t_devices"] == 8 and not r["t_replicated"], r
-    assert r["t_shard_shape"] == SHARD_SHAPES[name], r
+    assert r["t_shard_shape"] == shard_shape(name), r
     assert r["worker_leaves_all_split"] and r["on_all_devices"] and r["grad_replicated"], r
     assert r["all_reduces"] > 0, r
     if name not in ("pes_particles", "pes_2d_mesh"):  # (split particles gather the antithetic noise)
         assert r["all_gathers"] == 0, r
     if name not in REVERSE_MODE:  # the steps of the window communicate nothing
         assert r["loop_collectives"] == 0, r
-    assert r["num_replicated"] == NUM_REPLICATED.get(name, 0), r
+    assert r["num_replicated"] == num_replicated(name), r
     if name == "dni":
         assert r["num_replicated"] == 7, r  # synthesizer + adam state
 

@@ -5,6 +5,7 @@ resume, signals, the clock, callbacks and the progress bar. The pure step it run
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import threading
@@ -91,8 +92,8 @@ class _Settings(NamedTuple):
 class _Program(NamedTuple):
     """What a run executes: for one seed, or vmapped over ``num_seeds``."""
 
-    start: Callable  # key -> (TrainState, run_key)
-    outer: Callable  # (TrainState, run_key) -> (TrainState, metrics)
+    start: Callable  # jitted (theta, key) -> (TrainState, run_key)
+    outer: Callable  # jitted (TrainState, run_key) -> (TrainState, metrics), its state donated
     evaluate: Callable | None  # theta -> dict of scalars
     key: jax.Array  # what ``start`` takes: the run's key, or split(key, num_seeds)
     num_seeds: int | None
@@ -130,7 +131,9 @@ def train(
     r"""Runs `num_steps` outer steps $\theta \leftarrow \theta + \mathrm{update}(\hat g(\theta))$ with optax.
 
     Each outer step asks `estimator` for a gradient estimate $\hat g(\theta)$ and applies the `optimizer`'s update
-    to it (see `unroll.train_step.make_train_step`, the pure step this loop runs).
+    to it (see `unroll.train_step.make_train_step`, the pure step this loop runs). Training the same estimator and
+    optimizer objects again in one process (resuming, another `num_steps`) reuses the compiled step, as `jax.jit`
+    reuses a function's.
 
     Args:
       estimator: an `unroll` estimator.
@@ -251,9 +254,33 @@ def _check_callback(callback, callback_every) -> dict:
 
 
 def _build(estimator, optimizer, theta, key, num_seeds, eval_fn, on_nonfinite) -> _Program:
+    batched = num_seeds is not None
+    start, outer = _compiled_steps(estimator, optimizer, on_nonfinite, batched)
+    if not batched:
+        return _Program(start, outer, eval_fn, key, None)
+    num_seeds = check_positive_int(num_seeds, "num_seeds")
+    evaluate = jax.vmap(eval_fn) if eval_fn is not None else None
+    return _Program(start, outer, evaluate, jax.random.split(key, num_seeds), num_seeds)
+
+
+def _compiled_steps(estimator, optimizer, on_nonfinite: str, batched: bool) -> tuple[Callable, Callable]:
+    """The jitted ``start`` and outer step, one pair per (estimator, optimizer, on_nonfinite, seeds or not) in a
+    process.
+
+    Training the same estimator and optimizer objects again (a resumed run, a longer one) reuses their traces and
+    compiled executables, as ``jax.jit`` reuses them for the same function; as there, what the estimator's
+    functions read from Python globals is fixed when they are first traced. Unhashable ones are not cached."""
+    try:
+        return _cached_steps(estimator, optimizer, on_nonfinite, batched)
+    except TypeError:  # an unhashable estimator or optimizer (a user's class with __eq__ and no __hash__)
+        return _cached_steps.__wrapped__(estimator, optimizer, on_nonfinite, batched)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_steps(estimator, optimizer, on_nonfinite: str, batched: bool) -> tuple[Callable, Callable]:
     step = make_train_step(estimator, optimizer, on_nonfinite)
 
-    def start(key):
+    def start(theta, key):
         init_key, run_key = jax.random.split(key)
         estimator_state = estimator.init(theta, init_key)
         zero = jnp.zeros((), jnp.int32)
@@ -262,11 +289,9 @@ def _build(estimator, optimizer, theta, key, num_seeds, eval_fn, on_nonfinite) -
     def outer(state, run_key):
         return step(state, jax.random.fold_in(run_key, state.step))
 
-    if num_seeds is None:
-        return _Program(start, outer, eval_fn, key, None)
-    num_seeds = check_positive_int(num_seeds, "num_seeds")
-    evaluate = jax.vmap(eval_fn) if eval_fn is not None else None
-    return _Program(jax.vmap(start), jax.vmap(outer), evaluate, jax.random.split(key, num_seeds), num_seeds)
+    if batched:  # the seeds share theta
+        start, outer = jax.vmap(start, in_axes=(None, 0)), jax.vmap(outer)
+    return jax.jit(start), jax.jit(outer, donate_argnums=0)
 
 
 def _fingerprint(settings: _Settings, program: _Program, theta, run_info: dict | None) -> dict:
@@ -286,7 +311,7 @@ def _fingerprint(settings: _Settings, program: _Program, theta, run_info: dict |
 def _start(program: _Program, settings: _Settings, theta, run_info: dict | None) -> tuple[_Run, TrainState, _Log]:
     """The run's fixed parts and its state and log to go on from: fresh, or read from an existing checkpoint."""
     # the fresh state is built even on a resume: it is the structure the checkpoint is read into
-    state, run_key = jax.jit(program.start)(program.key)
+    state, run_key = program.start(theta, program.key)
     log, fingerprint = _Log(), None
     if settings.checkpoint is not None:
         fingerprint = _fingerprint(settings, program, theta, run_info)
@@ -300,7 +325,7 @@ def _compile(program: _Program, state: TrainState, run_key: jax.Array) -> tuple[
     """The program with its outer step compiled ahead (so its seconds are ``compile_s``, not
     training time) and its evaluation jit-compiled; and the seconds compiling took."""
     compile_start = time.perf_counter()
-    outer = jax.jit(program.outer, donate_argnums=0).lower(state, run_key).compile()
+    outer = program.outer.lower(state, run_key).compile()  # (jitted by _compiled_steps)
     compile_s = time.perf_counter() - compile_start
     evaluate = jax.jit(program.evaluate) if program.evaluate is not None else None
     return program._replace(outer=outer, evaluate=evaluate), compile_s

@@ -255,14 +255,12 @@ class Measurer:
 
     def _allowance(self, share: float, windows: int, seconds: float) -> tuple[float, float, float, str | None]:
         """``(allowance, quality compile guess, seconds per sample, None)``: the seconds the quality measurement
-        may take (its share, or where that is too little the time left); the last is why not where a first
-        chunk does not fit even the time left."""
+        may take (its share, or where that is too little one chunk's, over its share but within the time left);
+        the last is why not where a first chunk does not fit even the time left."""
         per_sample = windows * seconds
         quality_compile = 1.2 * self.compile_estimate()
-        allowance = min(share, self.clock.left())
         need = quality_compile + _CHUNK * per_sample * self.slowdown
-        if need > allowance:
-            allowance = self.clock.left()  # over its share of the time, within the whole budget
+        allowance = min(max(share, need), self.clock.left())  # one chunk at least, not the others' time
         if need > allowance:
             why = (
                 f"time: {_CHUNK} samples of {windows} window(s) at {seconds:.3g} s need about {need:.1f} s, "
