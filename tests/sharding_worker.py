@@ -46,7 +46,7 @@ def leaves(tree) -> list[np.ndarray]:
 
 def run_windows(est, theta, key, windows: int = WINDOWS):
     """``init`` then ``windows`` jitted ``estimate`` calls; returns the grads and losses (host
-    copies), the final state and the last gradient (device arrays)."""
+    copies), the final state and the last gradient (device arrays), and the jitted ``estimate``."""
     init_key, run_key = jax.random.split(key)
     state = jax.jit(est.init)(theta, init_key)
     estimate = jax.jit(est.estimate)
@@ -55,7 +55,7 @@ def run_windows(est, theta, key, windows: int = WINDOWS):
         grad, state, info = estimate(theta, state, jax.random.fold_in(run_key, window))
         grads.append(leaves(grad))
         losses.append(float(info["loss"]))
-    return grads, losses, state, grad
+    return grads, losses, state, grad, estimate
 
 
 def max_rel_diff(a: list, b: list) -> float:
@@ -111,10 +111,10 @@ def loop_collectives(hlo: str) -> int:
 
 def compare(est, theta, key, mesh, spec=None) -> dict:
     """The sharded estimator against the plain one: windows, state placement, collectives."""
-    grads, losses, state, _ = run_windows(est, theta, key)
+    grads, losses, state, _, _ = run_windows(est, theta, key)
     sharded = shard(est, mesh, spec)
-    s_grads, s_losses, s_state, s_grad = run_windows(sharded, theta, key)
-    compiled = jax.jit(sharded.estimate).lower(theta, s_state, key).compile().as_text()
+    s_grads, s_losses, s_state, s_grad, s_estimate = run_windows(sharded, theta, key)
+    compiled = s_estimate.lower(theta, s_state, key).compile().as_text()  # the program that ran (its trace reused)
     state_diff = max_rel_diff(
         [x for x in leaves(s_state) if x.dtype.kind in "fc"], [x for x in leaves(state) if x.dtype.kind in "fc"]
     )
@@ -177,7 +177,7 @@ def multihost(process_id: int, num_processes: int, port: int) -> dict:
         initialization_timeout=120,
     )
     mesh = jax.make_mesh((jax.device_count(),), ("d",))
-    grads, losses, state, _ = run_windows(shard(multihost_estimator(), mesh), jnp.asarray(THETA), jax.random.key(0))
+    grads, losses, state, _, _ = run_windows(shard(multihost_estimator(), mesh), jnp.asarray(THETA), jax.random.key(0))
     t = state.workers.t
     return {
         "process_index": jax.process_index(),
@@ -194,7 +194,7 @@ def multihost(process_id: int, num_processes: int, port: int) -> dict:
 
 
 def reference() -> dict:
-    grads, losses, _, _ = run_windows(multihost_estimator(), jnp.asarray(THETA), jax.random.key(0))
+    grads, losses, _, _, _ = run_windows(multihost_estimator(), jnp.asarray(THETA), jax.random.key(0))
     return {"grads": [g[0].tolist() for g in grads], "losses": losses, "device_count": jax.device_count()}
 
 
