@@ -46,14 +46,9 @@ if os.environ.get("UNROLL_TEST_XLA_OPT") != "1" and "xla_llvm_disable_expensive_
     "XLA_FLAGS", ""
 ):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_llvm_disable_expensive_passes=true").strip()
-# And one LLVM module per executable, not XLA:CPU's default split into parts compiled on
-# parallel threads: the workers already use every CPU, and the split's own overhead cost about
-# a quarter of the compile time (test_properties + test_rtrl, one process: backend compile
-# 41.3 -> 28.8 s, wall 83 -> 62 s). Numbers equal to ~1 ulp (inlining across the parts differs).
-if os.environ.get("UNROLL_TEST_XLA_OPT") != "1" and "xla_cpu_parallel_codegen_split_count" not in os.environ.get(
-    "XLA_FLAGS", ""
-):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_parallel_codegen_split_count=1").strip()
+# (Not --xla_cpu_parallel_codegen_split_count=1, one LLVM module per executable: it cut the compile
+# time by ~8-14%, but DEER on the learned-optimizer inner loop then wedged XLA:CPU every time,
+# all threads idle: test_deer -k lopt, 4 runs of 4 without the compilation cache, 0 of 2 without the flag.)
 # At level 0, XLA:CPU's multi-threaded Eigen pool can wedge (0% CPU, forever) on vmapped
 # while loops of small matmuls and LAPACK calls: DEER on the learned-optimizer inner loop,
 # once another computation has run in the process. Single-threaded Eigen avoids it.

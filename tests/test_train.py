@@ -155,3 +155,36 @@ def test_the_history_has_the_shapes_docs_training_md_states(num_seeds):
     }
     assert {k: np.shape(v) for k, v in history.items()} == expected
     assert np.shape(theta) == seeds
+
+
+class _Unhashable:
+    """An estimator object that defines equality and so no hash: train cannot cache its compiled step."""
+
+    def __init__(self, estimator):
+        self.init, self.estimate = estimator.init, estimator.estimate
+
+    def __eq__(self, other):
+        return self is other
+
+    __hash__ = None
+
+
+def test_training_the_same_objects_again_reuses_the_compiled_step_and_repeats_the_run():
+    """A second train of the same estimator and optimizer (another theta, another key) reuses the jitted
+    start and outer step (a cache hit, nothing traced again) and gives exactly what a fresh pair of the
+    same construction gives; an unhashable estimator trains uncached to the same numbers."""
+    from unroll.training import _cached_steps
+
+    system = linear_quadratic(7)
+    make = lambda: unroll.pes(system, truncation=3, sigma=0.1, num_particles=2, num_workers=2)
+    est, optimizer = make(), optax.sgd(0.01)
+    run = lambda e, o, key: unroll.train(e, o, jnp.asarray(THETA), key, 3, num_seeds=2, progress=False)
+    run(est, optimizer, jax.random.key(0))
+    hits = _cached_steps.cache_info().hits
+    theta, history = run(est, optimizer, jax.random.key(1))
+    assert _cached_steps.cache_info().hits == hits + 1
+    fresh_theta, fresh_history = run(make(), optax.sgd(0.01), jax.random.key(1))  # traced anew
+    np.testing.assert_array_equal(np.asarray(theta), np.asarray(fresh_theta))
+    np.testing.assert_array_equal(history["loss"], fresh_history["loss"])
+    uncached_theta, _ = run(_Unhashable(est), optimizer, jax.random.key(1))
+    np.testing.assert_array_equal(np.asarray(uncached_theta), np.asarray(theta))
