@@ -54,6 +54,15 @@ if os.environ.get("UNROLL_TEST_XLA_OPT") != "1" and "xla_llvm_disable_expensive_
 # once another computation has run in the process. Single-threaded Eigen avoids it.
 if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+# Nor was that: the same DEER tests still wedged XLA:CPU now and then (test_deer's
+# test_the_gradient_is_full_bptt[lopt-*], all threads idle in the Eigen pools, once in a full CI
+# run; every time with --xla_cpu_parallel_codegen_split_count=1 and no compilation cache, 4 runs
+# of 4). XLA's concurrency-optimized scheduler orders a program's thunks to run side by side;
+# without it, 3 runs of 3 of that repro passed. It changes the order, not the arithmetic.
+if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_concurrency_optimized_scheduler=false"
+    ).strip()
 # That was not all of it: the LAPACK calls (the learned optimizer's quadratic draws its
 # matrix by a QR every step) go to scipy-openblas, whose own thread pool can deadlock when
 # XLA runs two such calls at once (reproduced: with --xla_cpu_use_thunk_runtime=false the
