@@ -46,9 +46,15 @@ if os.environ.get("UNROLL_TEST_XLA_OPT") != "1" and "xla_llvm_disable_expensive_
     "XLA_FLAGS", ""
 ):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_llvm_disable_expensive_passes=true").strip()
-# (Not --xla_cpu_parallel_codegen_split_count=1, one LLVM module per executable: it cut the compile
-# time by ~8-14%, but DEER on the learned-optimizer inner loop then wedged XLA:CPU every time,
-# all threads idle: test_deer -k lopt, 4 runs of 4 without the compilation cache, 0 of 2 without the flag.)
+# And one LLVM module per executable, not XLA:CPU's default split into parts compiled on
+# parallel threads: the workers already use every CPU (test_rtrl, one process, interleaved runs:
+# backend compile 21.6/23.7 -> 18.5/20.1 s). Numbers equal to ~1 ulp. With it, DEER on the
+# learned-optimizer loop wedged XLA:CPU in every run without the compilation cache, until the
+# concurrency-optimized scheduler was turned off (below).
+if os.environ.get("UNROLL_TEST_XLA_OPT") != "1" and "xla_cpu_parallel_codegen_split_count" not in os.environ.get(
+    "XLA_FLAGS", ""
+):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_parallel_codegen_split_count=1").strip()
 # At level 0, XLA:CPU's multi-threaded Eigen pool can wedge (0% CPU, forever) on vmapped
 # while loops of small matmuls and LAPACK calls: DEER on the learned-optimizer inner loop,
 # once another computation has run in the process. Single-threaded Eigen avoids it.
