@@ -27,48 +27,41 @@ import os
 import shutil
 import tempfile
 
-if os.environ.get("UNROLL_TEST_XLA_OPT") != "1" and "xla_backend_optimization_level" not in os.environ.get(
-    "XLA_FLAGS", ""
-):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
+def _add_xla_flag(name: str, value: str, speed_only: bool = True) -> None:
+    """Appends ``--name=value`` to ``XLA_FLAGS`` unless the flag is already there (a user's setting
+    wins) or, for a flag that only buys speed, ``UNROLL_TEST_XLA_OPT=1`` keeps XLA's defaults."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if name not in flags and not (speed_only and os.environ.get("UNROLL_TEST_XLA_OPT") == "1"):
+        os.environ["XLA_FLAGS"] = f"{flags} --{name}={value}".strip()
+
+
+_add_xla_flag("xla_backend_optimization_level", "0")
 # XLA:CPU's older elemental emitters for fusions compile the suite's small programs in about
 # half the time of the default (MLIR) fusion emitters (a vmapped PES sampler: 1.9 s -> 0.8 s);
 # the numbers are IEEE float64 either way, equal to ~1 ulp (another order of the same
 # operations). UNROLL_TEST_XLA_OPT=1 keeps XLA's default here too.
-if os.environ.get("UNROLL_TEST_XLA_OPT") != "1" and "xla_cpu_use_fusion_emitters" not in os.environ.get(
-    "XLA_FLAGS", ""
-):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_fusion_emitters=false").strip()
+_add_xla_flag("xla_cpu_use_fusion_emitters", "false")
 # And LLVM's expensive optimization passes off: another ~10% of the suite's compile time
 # (test_determinism 36.8 -> 33.0 s, test_rtrl + test_checkpointing 86.1 -> 77.7 s, one
 # process each). No fast-math is enabled, so the passes left cannot reorder float arithmetic.
-if os.environ.get("UNROLL_TEST_XLA_OPT") != "1" and "xla_llvm_disable_expensive_passes" not in os.environ.get(
-    "XLA_FLAGS", ""
-):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_llvm_disable_expensive_passes=true").strip()
+_add_xla_flag("xla_llvm_disable_expensive_passes", "true")
 # And one LLVM module per executable, not XLA:CPU's default split into parts compiled on
 # parallel threads: the workers already use every CPU (test_rtrl, one process, interleaved runs:
 # backend compile 21.6/23.7 -> 18.5/20.1 s). Numbers equal to ~1 ulp. With it, DEER on the
 # learned-optimizer loop wedged XLA:CPU in every run without the compilation cache, until the
 # concurrency-optimized scheduler was turned off (below).
-if os.environ.get("UNROLL_TEST_XLA_OPT") != "1" and "xla_cpu_parallel_codegen_split_count" not in os.environ.get(
-    "XLA_FLAGS", ""
-):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_parallel_codegen_split_count=1").strip()
+_add_xla_flag("xla_cpu_parallel_codegen_split_count", "1")
 # At level 0, XLA:CPU's multi-threaded Eigen pool can wedge (0% CPU, forever) on vmapped
 # while loops of small matmuls and LAPACK calls: DEER on the learned-optimizer inner loop,
 # once another computation has run in the process. Single-threaded Eigen avoids it.
-if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+_add_xla_flag("xla_cpu_multi_thread_eigen", "false", speed_only=False)
 # Nor was that: the same DEER tests still wedged XLA:CPU now and then (test_deer's
 # test_the_gradient_is_full_bptt[lopt-*], all threads idle in the Eigen pools, once in a full CI
 # run; every time with --xla_cpu_parallel_codegen_split_count=1 and no compilation cache, 4 runs
 # of 4). XLA's concurrency-optimized scheduler orders a program's thunks to run side by side;
 # without it, 3 runs of 3 of that repro passed. It changes the order, not the arithmetic.
-if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_concurrency_optimized_scheduler=false"
-    ).strip()
+_add_xla_flag("xla_cpu_enable_concurrency_optimized_scheduler", "false", speed_only=False)
 # That was not all of it: the LAPACK calls (the learned optimizer's quadratic draws its
 # matrix by a QR every step) go to scipy-openblas, whose own thread pool can deadlock when
 # XLA runs two such calls at once (reproduced: with --xla_cpu_use_thunk_runtime=false the
