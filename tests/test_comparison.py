@@ -48,9 +48,11 @@ def test_system_steps_without_an_amount_are_those_of_the_first_estimators_steps(
 
 
 def test_seconds_give_every_estimator_the_same_training_time(lotka, tmp_path):
-    """Each run stops at its time limit, past it by at most one outer step (counted generously
-    as a few mean outer steps, for the timer's own resolution); its schedule was sized by a
-    short timed run."""
+    """Each run stops at its time limit, past it by at most one outer step, and by the machine's
+    own pauses: a few mean outer steps, plus 0.25 s for the scheduler and the garbage collector of
+    a loaded 2-core machine (a CI run measured 1.05 s for a 1.0 s limit, with 0.25 ms steps). The
+    stopping rule itself is tested exactly, on a clock the test controls, in test_train.py. Its
+    schedule was sized by a short timed run."""
     limit = 1.0
     _, summary = unroll.compare(
         lotka, ["tbptt-5", "pes"], seeds=1, budget=f"seconds={limit}", out_dir=str(tmp_path), progress=False
@@ -60,7 +62,7 @@ def test_seconds_give_every_estimator_the_same_training_time(lotka, tmp_path):
         assert entry["time_limit_s"] == limit and entry["calibration"]["outer_steps"] >= 1
         assert entry["outer_steps_run"] <= entry["outer_steps"]
         ran_to_the_limit = entry["outer_steps_run"] < entry["outer_steps"]
-        assert entry["train_time_s"] <= limit + 3 * mean_step + 0.02, name
+        assert entry["train_time_s"] <= limit + 3 * mean_step + 0.25, name
         if ran_to_the_limit:
             assert entry["train_time_s"] >= limit - 0.01, name
 

@@ -1,5 +1,7 @@
 """The outer loop: exact iterates, seeds as a vmap axis, divergence handling."""
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -134,6 +136,27 @@ def test_a_time_limit_ends_the_run_with_its_history_and_the_same_iterates():
         run(time_limit=0)
     with pytest.raises(TypeError, match="`time_limit` must be a number"):
         run(time_limit="10m")
+
+
+def test_a_time_limit_stops_at_the_first_outer_step_that_reaches_it(monkeypatch):
+    """On a clock the test controls (each reading 0.25 s after the last; ``train`` reads it once
+    after each outer step), a 1.0 s limit ends the run after exactly the 4th outer step: the first
+    whose end reads 1.0 s. This is the rule that ``compare``'s ``seconds`` budget relies on, free of
+    the machine's timing."""
+    readings = iter(np.arange(1, 1000) * 0.25)
+    monkeypatch.setattr(unroll.training, "time", types.SimpleNamespace(perf_counter=lambda: float(next(readings))))
+    system = linear_quadratic(5, target_noise=0.0)
+    _, history = unroll.train(
+        unroll.full_bptt(system),
+        optax.sgd(0.05),
+        jnp.asarray(THETA),
+        jax.random.key(0),
+        10,
+        progress=False,
+        time_limit=1.0,
+    )
+    assert history["loss"].shape == (4,)
+    assert float(history["train_time_s"]) >= 1.0
 
 
 @pytest.mark.parametrize("num_seeds", [None, 2])
