@@ -12,7 +12,6 @@ import time
 import warnings
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
@@ -311,7 +310,7 @@ class Measurer:
             next_chunk = last if c > 0 else _CHUNK * per_sample * self.slowdown
             if time.perf_counter() - start + next_chunk > allowance or self.clock.left() < next_chunk:
                 break
-        taken = jax.tree_util.tree_map(lambda *parts: jnp.concatenate(parts), *chunks)
+        taken = jax.tree_util.tree_map(lambda *parts: np.concatenate([np.asarray(p) for p in parts]), *chunks)  # host
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the reference's error is reported once, in the reasons
             return quality_of_windows(taken, self.reference, reference_error=self.error)
