@@ -388,10 +388,11 @@ def _host_flat(tree, leading: int = 0) -> np.ndarray:
 def _host_unflat(flat: np.ndarray, like):
     """``_host_flat``'s inverse on ``like``'s structure, shapes and dtypes (as jax arrays)."""
     leaves, treedef = jax.tree_util.tree_flatten(like)
-    sizes = np.cumsum([np.size(leaf) for leaf in leaves])[:-1]
+    leaves = [np.asarray(leaf) for leaf in leaves]  # (a Python float leaf has no dtype)
+    sizes = np.cumsum([leaf.size for leaf in leaves])[:-1]
     parts = np.split(flat, sizes)
     return treedef.unflatten(
-        [jnp.asarray(part.reshape(np.shape(leaf)).astype(leaf.dtype)) for part, leaf in zip(parts, leaves)]
+        [jnp.asarray(part.reshape(leaf.shape).astype(leaf.dtype)) for part, leaf in zip(parts, leaves)]
     )
 
 
