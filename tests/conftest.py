@@ -87,33 +87,33 @@ if os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # (also when jax was imported b
         float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")),
     )
 
-# The files that take longest, longest first (wall seconds of a full run on the 2-core machine,
-# loaded by other work, with the cache above and the elemental emitters): resume 275,
-# advisor_tasks 258, properties 238, checkpointing 229, deer 221, cli 209, sharding 194,
-# notebooks 187, rtrl 164, comparison 163, advisor 139, gpes 132, long_runs 95, task_loader 80,
-# guides 61, tasks_lopt 53, cells 49, determinism 42, diagnostics 41, evolution 31.
-# The ~20 others (under 16 s each) follow in their usual order.
+# The files that take longest, longest first (seconds of one xdist worker in a full run on the 2-core
+# machine, 2026-12-07, `--durations=0` summed per file): notebooks 124, advisor_tasks 112, tasks_lopt 70,
+# advisor 59, deer 58, guides 57, cli 57, resume 54, comparison 51, sharding 47, rtrl 45, evolution 44,
+# cells 43, determinism 43, properties 41, checkpointing 40, gpes 31, diagnostics 26, task_loader 23,
+# long_runs 20, bptt 19. The ~20 others (under 15 s each) follow in their usual order.
 SLOW_FIRST = (
-    "test_resume.py",
-    "test_advisor_tasks.py",
-    "test_properties.py",
-    "test_checkpointing.py",
-    "test_deer.py",
-    "test_cli.py",
-    "test_sharding.py",
     "test_notebooks.py",
-    "test_rtrl.py",
-    "test_comparison.py",
-    "test_advisor.py",
-    "test_gpes.py",
-    "test_long_runs.py",
-    "test_task_loader.py",
-    "test_guides.py",
+    "test_advisor_tasks.py",
     "test_tasks_lopt.py",
+    "test_advisor.py",
+    "test_deer.py",
+    "test_guides.py",
+    "test_cli.py",
+    "test_resume.py",
+    "test_comparison.py",
+    "test_sharding.py",
+    "test_rtrl.py",
+    "test_evolution.py",
     "test_cells.py",
     "test_determinism.py",
+    "test_properties.py",
+    "test_checkpointing.py",
+    "test_gpes.py",
     "test_diagnostics.py",
-    "test_evolution.py",
+    "test_task_loader.py",
+    "test_long_runs.py",
+    "test_bptt.py",
 )
 
 
