@@ -463,10 +463,8 @@ def gradient_quality(
     Returns:
       A ``GradientQuality``.
     """
-    if exact is None:
-        if reference_samples is None:
-            raise BadValue("pass the reference gradient `exact` (or `reference_samples`, whose mean is it).")
-        exact = jax.tree_util.tree_map(lambda s: jnp.mean(s, axis=0), reference_samples)
+    if exact is None and reference_samples is None:  # before sampling; quality_of_windows takes the mean
+        raise BadValue("pass the reference gradient `exact` (or `reference_samples`, whose mean is it).")
     windows = _window_estimates(estimator, theta, key, num_samples, windows_per_sample)
     return quality_of_windows(windows, exact, reference_error=reference_error, reference_samples=reference_samples)
 
