@@ -261,7 +261,7 @@ def test_advise_writes_the_report_and_races_the_top_three(tmp_path, capsys):
     advice.json, the three plots, the recommendation as a line of Python."""
     out = tmp_path / "advice"
     argv = ["advise", "examples/oscillator.py:make", "--task-option", "horizon=40", "--seconds", "40"]
-    argv += ["--candidates", "full-bptt", "tbptt-10", "pes-10", "--verify", "--verify-seconds", "2"]
+    argv += ["--candidates", "full-bptt", "tbptt-10", "pes-10", "--verify", "--verify-seconds", "1"]
     code = cli.main(argv + ["--out", str(out), "--no-progress"])
     printed = capsys.readouterr().out
     assert code == 0
@@ -275,7 +275,7 @@ def test_advise_writes_the_report_and_races_the_top_three(tmp_path, capsys):
     race = data["verification"]
     assert set(race["raced"]) <= {"full-bptt", "tbptt-10", "pes-10"} and race["winner"] in race["raced"]
     assert race["agrees"] == (race["winner"] == recommended["label"])
-    assert "## Verification" in (out / "advice.md").read_text() and "Race (2 s" in printed
+    assert "## Verification" in (out / "advice.md").read_text() and "Race (1 s" in printed
     assert (out / "verify" / "summary.json").exists()
 
 
