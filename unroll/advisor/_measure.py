@@ -194,14 +194,19 @@ class Measurer:
             notes.append(f"{figures['num_samples']} samples of {windows} window(s)")
         return row(", ".join(flags) or "ok", "; ".join(notes), **_with_progress(figures))
 
-    def _prepared(self, candidate: Candidate) -> tuple[dict, object, AdviceRow | None, dict | None]:
+    def _prepared(
+        self, candidate: Candidate, keep_refused: bool = True
+    ) -> tuple[dict, object, AdviceRow | None, dict | None]:
         """``(settings, estimator, refused row, timed figures)``: built and timed once (an exact-episode
-        candidate may have been timed ahead of its turn, by ``_fastest_exact``)."""
-        if candidate.label not in self.timed:
-            settings, estimator, refused = self._build(candidate)
-            figures = None if refused is not None else self._time(estimator, candidate.name, settings)
+        candidate may have been timed ahead of its turn, by ``_fastest_exact``, which does not keep a refusal:
+        that one is built again at its turn, for the reason or the time left then)."""
+        if candidate.label in self.timed:
+            return self.timed[candidate.label]
+        settings, estimator, refused = self._build(candidate)
+        figures = None if refused is not None else self._time(estimator, candidate.name, settings)
+        if refused is None or keep_refused:
             self.timed[candidate.label] = (settings, estimator, refused, figures)
-        return self.timed[candidate.label]
+        return settings, estimator, refused, figures
 
     def _fastest_exact(self, candidate: Candidate, estimator, figures: dict, workers: int):
         """``(label, estimator, seconds per call)`` of the fastest candidate within the memory budget that computes
@@ -212,13 +217,7 @@ class Measurer:
         for other in self.candidates:
             if other.label == candidate.label or not exact_episodes(other.name):
                 continue
-            if other.label in self.timed:
-                settings, other_estimator, refused, timed = self.timed[other.label]
-            else:
-                settings, other_estimator, refused = self._build(other)
-                timed = None if refused is not None else self._time(other_estimator, other.name, settings)
-                if refused is None:  # (one refused is built again at its turn: the reason, or the time then)
-                    self.timed[other.label] = (settings, other_estimator, None, timed)
+            settings, other_estimator, refused, timed = self._prepared(other, keep_refused=False)
             if refused is not None or int(settings.get("num_workers", 1)) != workers:
                 continue
             if "over budget" not in self._cost_flags(other.name, settings, timed)[0] and timed["seconds"] < best[0]:
