@@ -248,8 +248,12 @@ def _relative_error(tree, reference) -> float:
     return diff / max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(reference))
 
 
-def measure_deer_case(cell: str, width: int, horizon: int, budget_s: float, max_repeats: int) -> list[DeerRow]:
-    """Both solvers against sequential evaluation on one system: six functions timed in turn."""
+def measure_deer_case(
+    cell: str, width: int, horizon: int, budget_s: float, max_repeats: int, solvers: Sequence[str] = SOLVERS
+) -> list[DeerRow]:
+    """Each solver against sequential evaluation on one system: the sequential forward, each
+    solver's, ``full_bptt``'s estimate and each solver's, timed in turn (six with the two
+    ``SOLVERS``; ``solvers`` may name any of ``unroll.parallel.SOLVERS``)."""
     system, theta = nonlinear_system(cell, width, horizon)
     key = jax.random.key(0)
     cap = min(horizon, 100)  # parallel_bptt's default max_iterations
@@ -259,9 +263,9 @@ def measure_deer_case(cell: str, width: int, horizon: int, budget_s: float, max_
         return jnp.mean(sol.losses), sol.iterations, sol.converged
 
     forwards = [_compiled(lambda th, k: unroll.episode_loss(system, th, k), theta, key)[0]]
-    forwards += [_compiled(lambda th, k, s=s: solved(th, k, s), theta, key)[0] for s in SOLVERS]
+    forwards += [_compiled(lambda th, k, s=s: solved(th, k, s), theta, key)[0] for s in solvers]
     estimates = []
-    for est in [unroll.full_bptt(system)] + [unroll.parallel_bptt(system, solver=s) for s in SOLVERS]:
+    for est in [unroll.full_bptt(system)] + [unroll.parallel_bptt(system, solver=s) for s in solvers]:
         estimates.append(_compiled(est.estimate, theta, jax.jit(est.init)(theta, key), key))
     fns = forwards + [fn for fn, _ in estimates]
     start = time.perf_counter()
@@ -269,11 +273,11 @@ def measure_deer_case(cell: str, width: int, horizon: int, budget_s: float, max_
     long = time.perf_counter() - start > LONG_ROUND_S
     times = _timed_rounds(fns, budget_s, max_repeats, min_repeats=1 if long else 3)
     seconds = [statistics.median(t) for t in times]
-    (grad_sequential, _, _), memory_sequential = outputs[3], estimates[0][1]
+    (grad_sequential, _, _), memory_sequential = outputs[1 + len(solvers)], estimates[0][1]
     rows = []
-    for i, solver in enumerate(SOLVERS):
+    for i, solver in enumerate(solvers):
         _, iterations, converged = outputs[1 + i]
-        grad, _, info = outputs[4 + i]
+        grad, _, info = outputs[2 + len(solvers) + i]
         adjoint = info.get("adjoint_iterations")
         rows.append(
             DeerRow(
@@ -286,8 +290,8 @@ def measure_deer_case(cell: str, width: int, horizon: int, budget_s: float, max_
                 seconds[1 + i],
                 int(iterations),
                 bool(converged),
-                seconds[3],
-                seconds[4 + i],
+                seconds[1 + len(solvers)],
+                seconds[2 + len(solvers) + i],
                 int(info["iterations"]),
                 None if adjoint is None else int(adjoint),
                 int(info["fallback"]) + int(info.get("adjoint_fallback", 0)),
