@@ -180,7 +180,8 @@ def nonlinear_system(cell: str, width: int, horizon: int) -> tuple[unroll.System
     """A contracting recurrent network driven by ``u_t = sin(t f)`` (``FREQUENCIES``): the
     ``unroll.tasks.rnn`` cell ``cell`` ("tanh" or "gru") of width ``width`` from zeros,
     its recurrent matrices at spectral radius ``SPECTRAL_RADIUS``, loss
-    ``(r . h_t - sin(2 pi t / 25))^2 / 2``; float32. Returns ``(system, theta)``."""
+    ``(r . h_t - sin(2 pi t / 25))^2 / 2``; float32; the step's Jacobian declared (the
+    cell's ``StepJacobian``). Returns ``(system, theta)``."""
     dtype = jnp.float32
     frequencies = jnp.asarray(FREQUENCIES, dtype)
     layer = unroll.tasks.rnn.get_cell(cell)
@@ -199,7 +200,10 @@ def nonlinear_system(cell: str, width: int, horizon: int) -> tuple[unroll.System
         h = layer.apply(theta["cell"], h, jnp.sin(time_ * frequencies))
         return h, 0.5 * (theta["readout"] @ layer.features(h) - jnp.sin(2 * np.pi * time_ / 25)) ** 2
 
-    return unroll.System(init, step, horizon), theta
+    def jacobian(theta, h, t):  # the cell's structured Jacobian: DEER and quasi-DEER linearize with it
+        return layer.jacobian(theta["cell"], h, jnp.sin(t.astype(dtype) * frequencies))
+
+    return unroll.System(init, step, horizon, jacobian=jacobian), theta
 
 
 class DeerRow(NamedTuple):

@@ -20,6 +20,9 @@ from unroll import (
     diagnostics as diagnostics,
 )
 from unroll import (
+    jacobians as jacobians,
+)
+from unroll import (
     parallel as parallel,
 )
 from unroll import (
@@ -70,6 +73,7 @@ from unroll.estimators.parallel_bptt import parallel_bptt as parallel_bptt
 from unroll.estimators.rtrl import rtrl as rtrl
 from unroll.estimators.rtrl import snap as snap
 from unroll.estimators.uoro import uoro as uoro
+from unroll.jacobians import StepJacobian as StepJacobian
 from unroll.sharding import shard as shard
 from unroll.task import Task as Task
 from unroll.training import TrainingInterrupted as TrainingInterrupted
@@ -91,6 +95,7 @@ __all__ = [
     "Advice",
     "Estimate",
     "Estimator",
+    "StepJacobian",
     "Synthesizer",
     "System",
     "Task",
@@ -111,6 +116,7 @@ __all__ = [
     "forward_gradient",
     "full_bptt",
     "gpes",
+    "jacobians",
     "linear_synthesizer",
     "load_task",
     "mlp_synthesizer",

@@ -61,12 +61,19 @@ class System(NamedTuple):
             the episode that `init(theta, key)` starts, computed in parallel over time (e.g.
             by `unroll.parallel.linear_recurrence`). Only estimators that need it
             (`parallel_bptt`) read it; a system without it is unchanged everywhere.
+        jacobian: optional (default `None`): the step's Jacobian by the state, structured,
+            `jacobian(theta, state, t) -> unroll.StepJacobian` of `step(theta, state, t)[0]`
+            (its diagonal, plus a low-rank part; or `None`: nothing declared), at about the
+            cost of one step. Newton over time (`parallel_bptt(solver=...)`,
+            `unroll.parallel.solve_episode`) uses it instead of $N$ jvps per step; a
+            system without it is unchanged everywhere.
     """
 
     init: Callable[[PyTree, jax.Array], PyTree]
     step: Callable[[PyTree, PyTree, jax.Array], tuple[PyTree, jax.Array]]
     horizon: int
     episode: Callable[[PyTree, jax.Array], jax.Array] | None = None
+    jacobian: Callable[[PyTree, PyTree, jax.Array], Any] | None = None
 
 
 def check_system(system: Any, name: str = "system") -> None:

@@ -36,6 +36,7 @@ from jax.flatten_util import ravel_pytree
 from unroll._errors import BadType, BadValue
 from unroll._system import check_positive_int, from_real_parts, real_parts, split_discrete
 from unroll._tree import PyTree
+from unroll.jacobians import episode_jacobian
 
 __all__ = [
     "EpisodeSolution",
@@ -449,7 +450,9 @@ def solve_episode(
 ) -> EpisodeSolution:
     """The episode `init(theta, key)` starts, evaluated in parallel over time by `solve_recurrence` on `step`.
 
-    No fallback here: read `converged` (`parallel_bptt` recomputes unconverged episodes sequentially).
+    Its Jacobians come from `unroll.jacobians.episode_jacobian`: the system's declared
+    `StepJacobian` where it has one, else the cheapest exact rule. No fallback here: read
+    `converged` (`parallel_bptt` recomputes unconverged episodes sequentially).
 
     Args:
       system: the system.
@@ -470,7 +473,7 @@ def solve_episode(
     xs = discrete_inputs(view, system.horizon)
     solution = solve_recurrence(
         view.advance, view.x0, xs, solver=solver, guess=guess, tolerance=tolerance,
-        max_iterations=max_iterations,
+        max_iterations=max_iterations, jacobian=episode_jacobian(system, theta, key, solver=solver),
     )  # fmt: skip
     previous = jnp.concatenate([view.x0[None], solution.trajectory[:-1]])
     losses = jax.vmap(view.loss)(previous, xs)

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from unroll.contract import Gradient
+from unroll.jacobians import episode_jacobian
 from unroll.parallel import discrete_inputs, episode_view, matrix_recurrence, sequential_recurrence, solve_recurrence
 
 
@@ -49,7 +50,7 @@ def _solve(system, settings: Settings, theta, keys, guesses):
         xs = discrete_inputs(view, system.horizon)
         solution = solve_recurrence(
             view.advance, view.x0, xs, solver=settings.solver, guess=guess, tolerance=settings.tolerance,
-            max_iterations=settings.max_iterations,
+            max_iterations=settings.max_iterations, jacobian=episode_jacobian(system, theta, key, solver=settings.solver),
         )  # fmt: skip
         return xs, solution
 
@@ -77,17 +78,20 @@ class _Adjoint(NamedTuple):
     """One episode's adjoint recurrence, reversed in time (step ``s = T-1-t``):
     ``transposed(lambda_{t+1}, inputs_s) = g_{t+1} + J_{t+1}^T lambda_{t+1}`` (0 at ``s = 0``,
     ``t = T-1``, which has no step after it), from ``zero``; ``with_diagonal`` adds
-    ``diag(J_{t+1})``; ``inputs`` are ``(x_t, (d_t, t+1), g_{t+1}, live)``."""
+    ``diag(J_{t+1})`` (``diag(J^T) = diag(J)``); ``inputs`` are ``(x_t, (d_t, t+1), g_{t+1}, live)``;
+    ``linearize(x, a) -> (fn(x, a), J)`` is ``episode_jacobian``'s for the solver."""
 
     fn: Any
+    linearize: Any
     transposed: Any
     with_diagonal: Any
     inputs: tuple
     zero: jax.Array
 
 
-def _adjoint(system, theta, key, xs, trajectory) -> _Adjoint:
+def _adjoint(system, theta, key, xs, trajectory, solver: str) -> _Adjoint:
     view = episode_view(system, theta, key)
+    linearize = episode_jacobian(system, theta, key, solver=solver)
     previous = jnp.concatenate([view.x0[None], trajectory[:-1]])
     fn = view.advance
     g = jax.vmap(jax.grad(view.loss))(previous, xs)
@@ -101,22 +105,22 @@ def _adjoint(system, theta, key, xs, trajectory) -> _Adjoint:
 
     def with_diagonal(lam, inputs):
         x, a, _, on = inputs
-        return transposed(lam, inputs), jnp.where(on, jnp.diagonal(jax.jacfwd(fn)(x, a)), 0.0)
+        return transposed(lam, inputs), jnp.where(on, linearize(x, a)[1], 0.0)
 
-    return _Adjoint(fn, transposed, with_diagonal, (*after, live), jnp.zeros_like(view.x0))
+    return _Adjoint(fn, linearize, transposed, with_diagonal, (*after, live), jnp.zeros_like(view.x0))
 
 
 def _adjoints(system, settings: Settings, theta, keys, xs, trajectory):
     """Every episode's adjoint ``lambda`` ``[B, T, N]`` (unit loss weights) and its ``info``.
     DEER: one reverse matrix scan with ``J^T``, exact. Quasi-DEER: the diagonal Newton
     iteration, and where it misses the tolerance the exact sequential reverse scan."""
-    problem = lambda k, a, x: _adjoint(system, theta, k, a, x)
+    problem = lambda k, a, x: _adjoint(system, theta, k, a, x, settings.solver)
     if settings.solver == "deer":
 
         def dense(k, a, x):
             p = problem(k, a, x)
             previous, inputs, g, live = p.inputs
-            jac = jnp.swapaxes(jax.vmap(jax.jacfwd(p.fn))(previous, inputs), 1, 2)
+            jac = jnp.swapaxes(jax.vmap(p.linearize)(previous, inputs)[1], 1, 2)
             lam = matrix_recurrence(jnp.where(live[:, None, None], jac, 0.0), jnp.where(live[:, None], g, 0.0), p.zero)
             return jnp.flip(lam, 0)
 

@@ -120,14 +120,17 @@ def _greedy_colors(conflict: np.ndarray) -> np.ndarray:
     return color
 
 
-def _concrete_jacobians(system, theta, key, num_times: int):
+def _concrete_jacobians(system, theta, key, num_times: int, with_theta: bool = True):
     """``(state, ds'/ds [times, N, N], ds'/dtheta [times, N, p], ds_0/dtheta [N, p])`` at a
-    concrete random point (numpy), or ``None`` when the system closes over traced values."""
+    concrete random point (numpy), or ``None`` when the system closes over traced values;
+    ``(state, ds'/ds)`` alone without ``with_theta``."""
 
     def jacobians(point):
         state, init_key = _random_state(system, point, key)
         times = jnp.linspace(0, system.horizon - 1, num_times).astype(jnp.int32)
         d_state, d_theta = jax.vmap(lambda t: step_jacobians(system, point, state, t)[2:4])(times)
+        if not with_theta:  # (XLA drops what only ds'/dtheta needed)
+            return state, d_state
         return state, d_state, d_theta, initial_influence(system, point, init_key)[1]
 
     try:
@@ -199,3 +202,20 @@ def influence_pattern(system, theta, key=None, order: int | None = None, num_tim
     for j in np.flatnonzero(color >= 0):
         owner[color[j], mask[:, j]] = j
     return InfluencePattern(mask, color, owner, num_colors, num_colors <= unit.size)
+
+
+def state_coloring(system, theta, key=None, num_times: int = 3) -> np.ndarray | None:
+    """``[N]``: a Curtis-Powell-Reid colouring of the columns of the step's state Jacobian
+    ``ds'/ds`` on the real view (no two columns of one colour share a nonzero row, the
+    diagonal counted), from its structural pattern found as in ``influence_pattern``; one
+    jvp per colour then gives every entry, the diagonal too (one colour for an elementwise
+    step, two for an elementwise complex one; each column its own where a row has more than
+    ``N / 2`` nonzeros). ``None`` where the pattern cannot be found."""
+    found = _concrete_jacobians(system, theta, key, num_times, with_theta=False)
+    if found is None:
+        return None
+    d_state = found[1]
+    pattern = np.any(d_state != 0, axis=0) | np.eye(d_state.shape[-1], dtype=bool)
+    if 2 * pattern.sum(axis=1).max(initial=0) > pattern.shape[0]:  # a row this full leaves little to gain
+        return np.arange(pattern.shape[0])
+    return _greedy_colors(pattern)

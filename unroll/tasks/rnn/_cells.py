@@ -16,6 +16,7 @@ import numpy as np
 
 from unroll._errors import BadValue
 from unroll._system import check_positive_float
+from unroll.jacobians import StepJacobian
 from unroll.parallel import linear_recurrence
 
 
@@ -27,7 +28,10 @@ class Cell(NamedTuple):
     state, the parallel form ``sequence(params, state0, xs [T, input_size]) -> states``:
     all ``T`` states (the state pytree with a leading time axis), the same as ``apply``
     over ``xs`` from ``state0``, by ``unroll.parallel.linear_recurrence`` (``None``
-    for a cell without one)."""
+    for a cell without one); and ``jacobian(params, state, x) -> unroll.StepJacobian``,
+    ``d apply(params, state, x) / d state`` as a diagonal plus a low-rank part, at about
+    the cost of one ``apply`` (what DEER and quasi-DEER linearize with; ``None``: not
+    declared)."""
 
     init: Callable
     initial: Callable
@@ -35,6 +39,7 @@ class Cell(NamedTuple):
     features: Callable
     num_features: Callable
     sequence: Callable | None = None
+    jacobian: Callable | None = None
 
 
 DEFAULT_TIMESCALE = 100.0
@@ -49,6 +54,11 @@ def glorot(key, shape, dtype):
 
 def _zeros(p, n, dtype):
     return jnp.zeros(n, dtype)
+
+
+def _eye(h: jax.Array) -> jax.Array:
+    """The identity of ``h``'s width and dtype: the right factor of a Jacobian's dense columns."""
+    return jnp.eye(h.shape[-1], dtype=h.dtype)
 
 
 def _chrono(key, hidden: int, timescale: float, dtype) -> jax.Array:
@@ -72,7 +82,11 @@ def _tanh_cell() -> Cell:
     def apply(p, h, x):
         return jnp.tanh(p["W"] @ h + p["U"] @ x + p["b"])
 
-    return Cell(init, _zeros, apply, lambda h: h, lambda n: n)
+    def jacobian(p, h, x):  # diag(1 - h'^2) W: L = diag(1 - h'^2) W, R = I
+        slope = 1 - apply(p, h, x) ** 2
+        return StepJacobian(jnp.zeros_like(h), slope[:, None] * p["W"], _eye(h))
+
+    return Cell(init, _zeros, apply, lambda h: h, lambda n: n, jacobian=jacobian)
 
 
 def _gru_cell(timescale: float | None = None) -> Cell:
@@ -91,13 +105,25 @@ def _gru_cell(timescale: float | None = None) -> Cell:
             p["bz"] = -_chrono(jax.random.fold_in(key, 6), hidden, timescale, dtype)
         return p
 
-    def apply(p, h, x):
+    def gates(p, h, x):
         z = jax.nn.sigmoid(p["Wz"] @ h + p["Uz"] @ x + p["bz"])
         r = jax.nn.sigmoid(p["Wr"] @ h + p["Ur"] @ x + p["br"])
-        candidate = jnp.tanh(p["Wh"] @ (r * h) + p["Uh"] @ x + p["bh"])
+        return z, r, jnp.tanh(p["Wh"] @ (r * h) + p["Uh"] @ x + p["bh"])
+
+    def apply(p, h, x):
+        z, _, candidate = gates(p, h, x)
         return (1 - z) * h + z * candidate
 
-    return Cell(init, _zeros, apply, lambda h: h, lambda n: n)
+    def jacobian(p, h, x):
+        # diag(1 - z) + diag((h~ - h) z') Wz + diag(z (1 - h~^2)) Wh (diag(r) + diag(h r') Wr)
+        z, r, candidate = gates(p, h, x)
+        through_r = jnp.diag(r) + (h * r * (1 - r))[:, None] * p["Wr"]  # d (r h) / d h
+        left = jnp.concatenate(
+            [((candidate - h) * z * (1 - z))[:, None] * p["Wz"], (z * (1 - candidate**2))[:, None] * p["Wh"]], 1
+        )
+        return StepJacobian(1 - z, left, jnp.concatenate([_eye(h), through_r.T], 1))
+
+    return Cell(init, _zeros, apply, lambda h: h, lambda n: n, jacobian=jacobian)
 
 
 def _lstm_cell(timescale: float | None = None) -> Cell:
@@ -122,8 +148,23 @@ def _lstm_cell(timescale: float | None = None) -> Cell:
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         return jax.nn.sigmoid(o) * jnp.tanh(c), c
 
+    def jacobian(p, state, x):
+        # columns h (rank n): dh'/dh over dc'/dh; columns c: diag(sigma_f) on c', diag(e sigma_f) on h'
+        h, c = state
+        pre_i, pre_f, pre_g, pre_o = jnp.split(p["W"] @ h + p["U"] @ x + p["b"], 4)
+        i, f, o, g = jax.nn.sigmoid(pre_i), jax.nn.sigmoid(pre_f), jax.nn.sigmoid(pre_o), jnp.tanh(pre_g)
+        c_new = f * c + i * g
+        w_i, w_f, w_g, w_o = jnp.split(p["W"], 4)
+        dc_dh = (g * i * (1 - i))[:, None] * w_i + (c * f * (1 - f))[:, None] * w_f + (i * (1 - g**2))[:, None] * w_g
+        e = o * (1 - jnp.tanh(c_new) ** 2)  # dh'/dc'
+        dh_dh = (jnp.tanh(c_new) * o * (1 - o))[:, None] * w_o + e[:, None] * dc_dh
+        eye, zero = _eye(h), jnp.zeros_like(_eye(h))
+        left = (jnp.concatenate([dh_dh, jnp.diag(e * f)], 1), jnp.concatenate([dc_dh, zero], 1))
+        right = (jnp.concatenate([eye, zero], 1), jnp.concatenate([zero, eye], 1))
+        return StepJacobian((jnp.zeros_like(h), f), left, right)
+
     initial = lambda p, n, dtype: (jnp.zeros(n, dtype), jnp.zeros(n, dtype))
-    return Cell(init, initial, apply, lambda s: s[0], lambda n: n)
+    return Cell(init, initial, apply, lambda s: s[0], lambda n: n, jacobian=jacobian)
 
 
 def _lru_cell(timescale: float | None = None) -> Cell:
@@ -167,11 +208,14 @@ def _lru_cell(timescale: float | None = None) -> Cell:
         lam, bx = terms(p, xs)
         return linear_recurrence(jnp.broadcast_to(lam, bx.shape), bx, h0)
 
+    def jacobian(p, h, x):  # the complex diagonal lambda (holomorphic: 2x2 blocks on the real view)
+        return StepJacobian(jnp.broadcast_to(terms(p, x)[0], h.shape))
+
     def initial(p, n, dtype):
         return jnp.zeros(n, jnp.result_type(dtype, jnp.complex64))
 
     features = lambda h: jnp.tanh(jnp.concatenate([jnp.real(h), jnp.imag(h)], axis=-1))
-    return Cell(init, initial, apply, features, lambda n: 2 * n, sequence)
+    return Cell(init, initial, apply, features, lambda n: 2 * n, sequence, jacobian)
 
 
 def _gilr_init(key, input_size, hidden, dtype, timescale):
@@ -209,8 +253,11 @@ def _gilr_cell(timescale: float | None = None) -> Cell:
     def sequence(p, h0, xs):
         return linear_recurrence(*_gilr_terms(p, xs), h0)
 
+    def jacobian(p, h, x):  # diag(g): the gate reads only the input
+        return StepJacobian(jnp.broadcast_to(_gilr_terms(p, x)[0], h.shape))
+
     init = lambda key, input_size, hidden, dtype: _gilr_init(key, input_size, hidden, dtype, timescale)
-    return Cell(init, _zeros, apply, lambda h: h, lambda n: n, sequence)
+    return Cell(init, _zeros, apply, lambda h: h, lambda n: n, sequence, jacobian)
 
 
 def _gilr_lstm_cell(timescale: float | None = None) -> Cell:
@@ -259,8 +306,30 @@ def _gilr_lstm_cell(timescale: float | None = None) -> Cell:
         c = linear_recurrence(f, write, c0)
         return s, c, o * c
 
+    def jacobian(p, state, x):
+        # diag (g, f, 0); columns s (rank n): dc'/ds, dh'/ds through s' = g s + ...; columns c: diag(o f) on h'
+        s, c, _ = state
+        g, impulse = _gilr_terms(p["gilr"], x)
+        s = g * s + impulse
+        f, i, o, z = jnp.split(s @ p["U"].T + p["b"], 4)
+        f, i, o, z = jax.nn.sigmoid(f), jax.nn.sigmoid(i), jax.nn.sigmoid(o), jnp.tanh(z)
+        c = f * c + i * z
+        u_f, u_i, u_o, u_z = jnp.split(p["U"], 4)
+        dc_ds = (
+            (state[1] * f * (1 - f))[:, None] * u_f + (z * i * (1 - i))[:, None] * u_i + (i * (1 - z**2))[:, None] * u_z
+        ) * g
+        dh_ds = o[:, None] * dc_ds + (c * o * (1 - o))[:, None] * u_o * g
+        eye, zero = _eye(s), jnp.zeros_like(_eye(s))
+        left = (
+            jnp.concatenate([zero, zero], 1),
+            jnp.concatenate([dc_ds, zero], 1),
+            jnp.concatenate([dh_ds, jnp.diag(o * f)], 1),
+        )
+        right = (jnp.concatenate([eye, zero], 1), jnp.concatenate([zero, eye], 1), jnp.concatenate([zero, zero], 1))
+        return StepJacobian((g, f, jnp.zeros_like(g)), left, right)
+
     initial = lambda p, n, dtype: (jnp.zeros(n, dtype),) * 3
-    return Cell(init, initial, apply, lambda s: s[2], lambda n: n, sequence)
+    return Cell(init, initial, apply, lambda s: s[2], lambda n: n, sequence, jacobian)
 
 
 CELLS: dict[str, Callable[..., Cell]] = {

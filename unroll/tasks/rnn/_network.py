@@ -14,8 +14,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from unroll._system import System, check_positive_int
+from unroll._system import System, check_positive_int, inexact_leaves
 from unroll._tree import PyTree
+from unroll.jacobians import StepJacobian, jacobian_diagonal
 from unroll.tasks.evaluation import map_episodes
 from unroll.tasks.rnn._cells import Cell, glorot
 
@@ -123,14 +124,18 @@ def build_network(
     ``chunk`` steps, each in parallel, in turn (a ``lax.scan`` carrying the layers' states),
     each chunk recomputed in the backward pass: memory ``O(T / chunk + chunk)`` states
     instead of ``O(T)`` residuals, for one more forward pass (``chunk=None``: the whole
-    sequence at once)."""
+    sequence at once).
+
+    With ``cell.jacobian`` the system declares its step's Jacobian (``System.jacobian``,
+    ``_step_jacobian``), for Newton over time."""
     init, forward, step = _step_form(cell, hidden, dtype, data_init, data_step, embed, loss, num_layers)
+    jacobian = None if cell.jacobian is None else _step_jacobian(cell, data_step, embed, num_layers)
     if cell.sequence is None or data_sequence is None:
-        return Network(System(init, step, horizon), forward, loss)
+        return Network(System(init, step, horizon, jacobian=jacobian), forward, loss)
     sequence, episode = _parallel_form(
         cell, hidden, horizon, dtype, data_init, embed, loss, data_sequence, num_layers, chunk
     )
-    return Network(System(init, step, horizon, episode), forward, loss, sequence)
+    return Network(System(init, step, horizon, episode, jacobian), forward, loss, sequence)
 
 
 def _readout(theta, features):
@@ -166,6 +171,30 @@ def _step_form(cell: Cell, hidden: int, dtype, data_init, data_step, embed, loss
         return state, loss(logits, y)
 
     return init, forward, step
+
+
+def _step_jacobian(cell: Cell, data_step, embed, num_layers: int):
+    """``jacobian(theta, state, t) -> StepJacobian`` of the network's step by its state: one
+    layer's is its cell's; stacked layers declare their diagonal only (each layer's own
+    cell's: layer ``l`` reads layer ``l - 1``'s new state, not its own old one, through its
+    input). ``None`` where the data state has float leaves (their Jacobian is not known)."""
+
+    def jacobian(theta, state, t):
+        hs, data = state
+        if inexact_leaves(data):
+            return None
+        x = embed(theta, data_step(data, t)[0])
+        jacobians = []
+        for p, h in zip(layer_params(theta["cell"], num_layers), (hs,) if num_layers == 1 else hs):
+            jacobians.append(cell.jacobian(p, h, x))
+            x = cell.features(cell.apply(p, h, x))
+        if num_layers == 1:
+            (jac,) = jacobians
+            side = lambda factor: None if factor is None else (factor, data)  # data's entries are ignored
+            return StepJacobian((jac.diagonal, data), side(jac.left), side(jac.right))
+        return StepJacobian((tuple(jacobian_diagonal(j).diagonal for j in jacobians), data), complete=False)
+
+    return jacobian
 
 
 def _layers(cell: Cell, theta, states, features, num_layers: int):
