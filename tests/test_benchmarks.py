@@ -1,0 +1,80 @@
+"""benchmarks/device.py, the one prepared GPU run: its quick form runs every part here, so it
+cannot rot between the rare runs on a lent GPU; its clock, its predictions and where it may
+write are checked without measuring anything."""
+
+import importlib.metadata
+import math
+import os
+
+import jax
+import pytest
+
+from benchmarks import device
+
+PLATFORM = jax.devices()[0].platform
+NAMES = ("parallel_time", "pes_throughput", "checkpoint_memory")
+
+
+def _read(out_dir, name):
+    path = os.path.join(out_dir, f"{name}-{PLATFORM}.md")
+    assert os.path.exists(path), os.listdir(out_dir)
+    return open(path).read()
+
+
+def test_device_script_runs_quick(tmp_path):
+    """Every part at tiny sizes (one solver: each adds seconds of compiling); each file has
+    the device line and a table row of each of its parts, and nothing failed."""
+    written = device.main(["--quick", "--solvers", "quasi-deer", "--out-dir", str(tmp_path)])
+    assert sorted(written) == sorted(NAMES)
+    rows = {
+        "parallel_time": ["| lru | 32 | 100 |", "| tanh | 8 | 50 | quasi-deer |"],
+        "pes_throughput": ["| 16 | 8 |"],
+        "checkpoint_memory": ["| 50 | full_bptt |", "| 50 | checkpointed_bptt | 5 |"],
+    }
+    for name in NAMES:
+        text = _read(tmp_path, name)
+        assert f"platform {PLATFORM}" in text and f"jax {jax.__version__}" in text and "Date: " in text
+        for row in rows[name]:
+            assert row in text, (name, row, text)
+        assert "failed" not in text, text
+        assert "skipped (" not in text, text
+
+
+def test_device_script_skips_past_its_budget(tmp_path):
+    """With no time left every case is skipped, said so in each file, and nothing runs."""
+    device.main(["--quick", "--budget-s", "0", "--out-dir", str(tmp_path)])
+    for name in NAMES:
+        text = _read(tmp_path, name)
+        assert "Device: " in text and "skipped (" in text and "|---" not in text
+
+
+def test_the_prediction_is_a_line_through_the_last_two():
+    costs = device.Costs()
+    assert costs.predict("a", 10) is None
+    costs.record("a", 10, 2.0)
+    assert costs.predict("a", 100) == pytest.approx(20.0)  # through the origin after one
+    costs.record("a", 100, 11.0)
+    assert costs.predict("a", 1000) == pytest.approx(11.0 + 0.1 * 900)
+    costs.record("b", 10, 5.0)
+    costs.record("b", 100, 4.0)  # noise: never predicted below the last
+    assert costs.predict("b", 1000) == 4.0
+    costs.record("c", 10, None)  # skipped or failed: the larger ones are not tried
+    assert costs.predict("c", 100) == math.inf
+
+
+def test_a_cpu_run_never_writes_into_benchmarks_results(capsys):
+    if PLATFORM != "cpu":
+        pytest.skip("the refusal is a CPU run's")
+    for argv in (["--out-dir", device.RESULTS], ["--quick", "--out-dir", device.RESULTS]):
+        with pytest.raises(SystemExit):
+            device.main(argv)
+    assert "benchmarks/results" in capsys.readouterr().err
+
+
+def test_stage_deps_copies_what_the_device_lacks(tmp_path):
+    pytest.importorskip("evosax")
+    device.main(["--stage-deps", str(tmp_path)])
+    assert (tmp_path / "evosax" / "__init__.py").exists() and (tmp_path / "dotmap").is_dir()
+    assert not list(tmp_path.rglob("*.pyc"))
+    found = importlib.metadata.distributions(path=[str(tmp_path)])
+    assert {d.metadata["Name"].lower() for d in found} == set(device.STAGED)
