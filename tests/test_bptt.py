@@ -7,7 +7,10 @@
   linear-quadratic system, windows crossing episode ends included;
 * staggered workers: their positions after ``init`` and the estimate as the mean of
   independently computed per-worker window gradients;
-* ``jax.jit(est.estimate)`` vs the unjitted function.
+* ``jax.jit(est.estimate)`` vs the unjitted function;
+* windows of whole episodes (full BPTT, truncated BPTT with ``K = T`` and one worker): their
+  states always sit at episode ends, and the engine's aligned path (no reset inside the
+  scan) equals its general path (per-step resets on a schedule).
 """
 
 import jax
@@ -20,12 +23,15 @@ import unroll
 from tests.systems import (
     linear_exact_gradient,
     linear_system,
+    noisy_rnn_system,
     rnn_system,
     rnn_theta,
     scalar_lq_closed_form_D,
     scalar_lq_system,
     scalar_lq_windows,
 )
+from unroll._engine import run_windows, start_workers
+from unroll.contract import EpisodeStart, Rule, Step
 
 KEY = jax.random.PRNGKey(0)
 
@@ -310,7 +316,7 @@ def test_staggered_workers_rnn(problem):
 
 def test_jit_matches_unjitted():
     """Eager and jitted runs agree (float64, to rounding: XLA may fuse sums differently).
-    Staggered truncated BPTT (full BPTT runs the same code with K = T, no stagger)."""
+    Staggered truncated BPTT (full BPTT's whole-episode windows: ``test_jit_matches_unjitted_full``)."""
     system, theta = rnn_problem()
     est = unroll.truncated_bptt(system, truncation=4, num_workers=3)
     state_a = est.init(theta, KEY)
@@ -324,3 +330,87 @@ def test_jit_matches_unjitted():
         assert tree_max_abs_diff(g_a, g_b) <= 1e-14
         assert tree_max_abs_diff(state_a, state_b) <= 1e-14
         assert tree_max_abs_diff(info_a, info_b) <= 1e-14
+
+
+def test_jit_matches_unjitted_full():
+    """The same for full BPTT, whose windows take the engine's aligned path."""
+    system, theta = rnn_problem()
+    est = unroll.full_bptt(system, num_workers=2)
+    state_a = state_b = est.init(theta, KEY)
+    estimate = jax.jit(est.estimate)
+    for i in range(2):
+        key = jax.random.fold_in(KEY, i)
+        out_a, out_b = est.estimate(theta, state_a, key), estimate(theta, state_b, key)
+        assert tree_max_abs_diff(out_a, out_b) <= 1e-14
+        state_a, state_b = out_a.state, out_b.state
+
+
+# --------------------------------------------------------------------------- whole-episode windows
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda system: unroll.full_bptt(system, num_workers=3),
+        lambda system: unroll.truncated_bptt(system, truncation=system.horizon, num_workers=1),
+    ],
+    ids=["full_bptt", "truncated_bptt_K_eq_T"],
+)
+def test_whole_episode_windows_start_at_episode_ends(make):
+    """The premise of the engine's aligned path: after ``init`` and after every window, each
+    trajectory of a whole-episode estimator sits at its episode's end (``t == horizon``)."""
+    system, theta = rnn_problem()
+    init, estimate = jitted(make(system))
+    state = init(theta, KEY)
+    for i in range(3):
+        assert np.all(np.asarray(state.workers.t) == system.horizon)
+        _, state, _ = estimate(theta, state, jax.random.fold_in(KEY, i))
+    assert np.all(np.asarray(state.workers.t) == system.horizon)
+
+
+def noisy_sum_rule(system) -> Rule:
+    """A rule with an accumulator and per-trajectory noise, to exercise every reset: the
+    accumulator restarts with each episode at ``noise`` plus a draw from the episode's noise
+    key, adds the step's loss, and the step contributes ``noise * loss * acc``."""
+
+    def start(theta, key, noise_key, noise):
+        return EpisodeStart(system.init(theta, key), noise + jax.random.normal(noise_key, (), noise.dtype))
+
+    def step(theta, state, t, acc, noise):
+        state, loss = system.step(theta, state, t)
+        return Step(state, acc + loss, loss, noise * loss * acc)
+
+    return Rule(start, step)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3)])
+def test_aligned_windows_equal_scheduled_resets(shape):
+    """``run_windows(..., aligned=True)``, the path of whole-episode windows (every trajectory
+    starts its next episode before the scan; no reset inside it), against the general path
+    (resets inside the scan, on a schedule), over consecutive windows on a system that draws
+    noise from its keys: the same losses, contributions, states, keys, accumulators and
+    gradient (float64; bit for bit in practice, asserted to 1e-12)."""
+    system, theta = noisy_rnn_system(horizon=6), rnn_theta()
+    rule = noisy_sum_rule(system)
+    noise = jax.random.normal(jax.random.PRNGKey(7), shape, jnp.float64)
+    workers, acc = start_workers(system, rule, theta, KEY, *shape, noise, stagger=False)
+
+    def window(aligned):
+        def objective(theta, workers, acc):
+            result = run_windows(system, rule, theta, workers, acc, noise, system.horizon, aligned=aligned)
+            return jnp.mean(result.losses) + jnp.sum(result.total), result
+
+        return jax.jit(jax.value_and_grad(objective, has_aux=True))
+
+    aligned, scheduled = window(True), window(False)
+    for _ in range(3):
+        (value, result), grad = aligned(theta, workers, acc)
+        (want_value, want), want_grad = scheduled(theta, workers, acc)
+        assert tree_max_abs_diff((value, grad), (want_value, want_grad)) <= 1e-12
+        assert tree_max_abs_diff(result.workers.state, want.workers.state) <= 1e-12
+        assert (
+            tree_max_abs_diff((result.acc, result.total, result.losses), (want.acc, want.total, want.losses)) <= 1e-12
+        )
+        np.testing.assert_array_equal(result.workers.t, want.workers.t)
+        np.testing.assert_array_equal(jax.random.key_data(result.workers.key), jax.random.key_data(want.workers.key))
+        workers, acc = result.workers, result.acc

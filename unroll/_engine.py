@@ -55,6 +55,7 @@ def run_windows(
     noise: PyTree,
     num_steps: int,
     num_active: jax.Array | None = None,
+    aligned: bool = False,
 ) -> WindowResult:
     """Runs ``num_steps`` steps of every ``[W, P]`` trajectory as one ``lax.scan``.
 
@@ -70,6 +71,13 @@ def run_windows(
     no reduction over trajectories (on a device mesh, no collective per step).
     With ``num_active`` (``[W]``), steps ``k >= num_active[w]`` leave worker ``w``
     unchanged and contribute nothing (used to stagger workers).
+
+    ``aligned`` says that the window is aligned to episodes: every trajectory sits at
+    its episode's end (``t == horizon``, as the states of an estimator whose windows are
+    whole episodes always do). Each then starts its next episode before the scan, where
+    the general path's first step would, and none can end inside the window, so the
+    scan body is the plain step: no reset, no schedule (the same numbers, less work per
+    step, which shows where a step is cheap).
     """
     horizon = system.horizon
     if num_steps > horizon:
@@ -78,28 +86,39 @@ def run_windows(
     workers, acc, noise = flatten_trajectories(workers), flatten_trajectories(acc), flatten_trajectories(noise)
     if num_active is not None:
         num_active = jnp.repeat(num_active, shape[1])
+    if aligned:
+        carry, xs, reset = _aligned_start(rule, theta, workers, acc, noise), jnp.arange(num_steps), None
+    else:
+        carry, xs, reset = _scheduled_start(rule, theta, workers, acc, noise, horizon, num_steps, num_active)
+    body = _window_step(rule, theta, noise, reset, num_active)
+    workers, acc = carry
+    contribution = jax.eval_shape(
+        lambda w, a: jax.vmap(rule.step, in_axes=(None, 0, 0, 0, 0))(theta, w.state, w.t, a, noise)[3], workers, acc
+    )
+    total = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), contribution)
+    (workers, acc, total), losses = jax.lax.scan(body, (workers, acc, total), xs)
+    return WindowResult(*unflatten_trajectories((workers, acc, total, jnp.moveaxis(losses, 0, -1)), shape))
+
+
+def _aligned_start(rule: Rule, theta, workers: Worker, acc, noise) -> tuple[Worker, PyTree]:
+    """The carry of an aligned window: every (flattened) trajectory's next episode, started
+    now; the accumulators keep the incoming dtypes, as the scheduled reset keeps them."""
+    next_key, state, fresh_acc = jax.vmap(lambda w, n: episode_start(rule, theta, w, n))(workers, noise)
+    fresh_acc = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), fresh_acc, acc)
+    return Worker(state, jnp.zeros_like(workers.t), next_key), fresh_acc
+
+
+def _scheduled_start(rule: Rule, theta, workers: Worker, acc, noise, horizon: int, num_steps: int, num_active):
+    """The general window's ``(carry, xs, reset)``: the incoming trajectories, the scan's
+    ``(k, reset schedule)`` and the reset from the next episodes, built before the scan
+    in windows where some trajectory starts one."""
     steps = num_steps if num_active is None else num_active
     fresh = jax.lax.cond(
         jnp.any(workers.t + steps > horizon),
         lambda: jax.vmap(lambda w, n: episode_start(rule, theta, w, n))(workers, noise),
         lambda: (workers.key, workers.state, acc),
     )
-    body = _window_step(rule, theta, noise, fresh, horizon, num_active)
-    contribution = jax.eval_shape(
-        lambda w, a: jax.vmap(rule.step, in_axes=(None, 0, 0, 0, 0))(theta, w.state, w.t, a, noise)[3], workers, acc
-    )
-    total = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), contribution)
-    resets = reset_schedule(workers.t, horizon, num_steps, num_active)
-    (workers, acc, total), losses = jax.lax.scan(body, (workers, acc, total), (jnp.arange(num_steps), resets))
-    return WindowResult(*unflatten_trajectories((workers, acc, total, jnp.moveaxis(losses, 0, -1)), shape))
-
-
-def _window_step(rule: Rule, theta, noise, fresh, horizon: int, num_active):
-    """The scan body of ``run_windows`` over flattened trajectories: the reset (from the
-    prebuilt ``fresh`` episodes) where the schedule says some trajectory needs it, then
-    one vmapped step; inactive trajectories (``k >= num_active``) keep their carry."""
     next_key, fresh_state, fresh_acc = fresh
-    step = jax.vmap(rule.step, in_axes=(None, 0, 0, 0, 0))
 
     def reset(carry):
         workers, acc = carry
@@ -107,10 +126,24 @@ def _window_step(rule: Rule, theta, noise, fresh, horizon: int, num_active):
         state, key, acc = batched_select(new, (fresh_state, next_key, fresh_acc), (workers.state, workers.key, acc))
         return Worker(state, jnp.where(new, 0, workers.t), key), acc
 
+    resets = reset_schedule(workers.t, horizon, num_steps, num_active)
+    return (workers, acc), (jnp.arange(num_steps), resets), reset
+
+
+def _window_step(rule: Rule, theta, noise, reset, num_active):
+    """The scan body of ``run_windows`` over flattened trajectories: ``reset`` where the
+    schedule says some trajectory needs it (none in an aligned window: ``reset is None``,
+    ``xs`` is ``k`` alone), then one vmapped step; inactive trajectories
+    (``k >= num_active``) keep their carry."""
+    step = jax.vmap(rule.step, in_axes=(None, 0, 0, 0, 0))
+
     def body(carry, xs):
-        k, any_reset = xs
         before, acc_before, total = carry
-        workers, acc = jax.lax.cond(any_reset, reset, lambda c: c, (before, acc_before))
+        if reset is None:
+            k, (workers, acc) = xs, (before, acc_before)
+        else:
+            k, any_reset = xs
+            workers, acc = jax.lax.cond(any_reset, reset, lambda c: c, (before, acc_before))
         state, new_acc, loss, contribution = step(theta, workers.state, workers.t, acc, noise)
         # an accumulator keeps its dtype (theta's and the state's may differ: float32 flax params, x64 states)
         new_acc = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), new_acc, acc)

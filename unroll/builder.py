@@ -184,6 +184,8 @@ def windowed(
     num_steps = num_workers * num_particles * truncation
     info_steps = num_steps + (num_workers * truncation if branch else 0)  # + the unperturbed trajectories
     unperturbed = plain_rule(system)
+    # windows of whole episodes, every trajectory at an episode's end when one begins
+    aligned = truncation == system.horizon and not (stagger and num_workers > 1)
     rule_for = rule if callable(rule) else (lambda theta, key: rule)
     draws = callable(noise)
 
@@ -205,7 +207,7 @@ def windowed(
         if window_rule.begin is not None:
             acc = window_rule.begin(acc, window_noise)
         run = functools.partial(
-            _run, system, window_rule, unperturbed, state.workers, acc, window_noise, truncation, branch
+            _run, system, window_rule, unperturbed, state.workers, acc, window_noise, truncation, branch, aligned
         )
         restart = functools.partial(_restart, system, window_rule, state.workers, window_noise)
         data_keys = jax.vmap(jax.vmap(lambda k: episode_keys(k)[1]))(state.workers.key)
@@ -218,18 +220,22 @@ def windowed(
     return Estimator(init, estimate)
 
 
-def _run(system, rule, unperturbed, workers, acc, noise, truncation, branch, theta, start_floats=None) -> WindowResult:
+def _run(
+    system, rule, unperturbed, workers, acc, noise, truncation, branch, aligned, theta, start_floats=None
+) -> WindowResult:
     """``Window.run``: the window at ``theta`` from ``workers`` (their float leaves
     replaced by ``start_floats`` if given); branched, the particles run from copies of
-    the unperturbed trajectories, which then advance by themselves."""
+    the unperturbed trajectories, which then advance by themselves. ``aligned``: the
+    windows are whole episodes (``run_windows`` then needs no resets inside the scan)."""
     if start_floats is not None:
         workers = workers._replace(state=with_inexact_leaves(workers.state, start_floats))
+    run = functools.partial(run_windows, system, num_steps=truncation, aligned=aligned)
     if not branch:
-        return run_windows(system, rule, theta, workers, acc, noise, truncation)
+        return run(rule, theta, workers, acc, noise)
     shape = jax.tree_util.tree_leaves(noise)[0].shape[:2]
     branches = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, shape + x.shape[2:]), workers)
-    _, _, total, losses = run_windows(system, rule, theta, branches, acc, noise, truncation)
-    advanced = run_windows(system, unperturbed, theta, workers, (), None, truncation)
+    _, _, total, losses = run(rule, theta, branches, acc, noise)
+    advanced = run(unperturbed, theta, workers, (), None)
     return WindowResult(advanced.workers, (), total, losses)
 
 

@@ -1,0 +1,213 @@
+"""The exact estimators' overhead: ``full_bptt`` against ``jax.grad`` through one ``lax.scan``.
+
+What is measured: the exact gradient of the mean per-step loss of one episode,
+$\\nabla_\\theta \\frac{1}{T} \\sum_{t<T} \\ell_t$, on the contracting recurrent networks of
+``benchmarks/parallel_time.py`` (``nonlinear_system``: an ``unroll.tasks.rnn`` GRU and tanh
+cell of width 32 driven by ``u_t = sin(t f)``, float32) at ``T`` = 1e3, 1e4 and 1e5, by
+
+* plain JAX, the floor: ``jax.grad`` of the mean of the losses of one ``lax.scan`` of
+  ``system.step`` from ``system.init(theta, key)``, ``key`` the data key of the episode
+  the estimators run;
+* ``unroll.full_bptt(system)``: one ``estimate`` (it also returns the workers' new state
+  and ``info``);
+* the window machinery on its own: ``unroll.truncated_bptt(system, truncation=T)`` with one
+  worker, whose windows are whole episodes, the same gradient.
+
+Each is compiled ahead of time (``jax.jit(...).lower(...).compile()``, which also gives
+its ``temp_size_in_bytes``) and run once; the estimators' gradients are checked against the
+floor's (asserted equal to float32 tolerance, so the three compute the same thing). Time:
+median wall-clock seconds per gradient over interleaved rounds (every method timed in turn,
+the order rotating, round after round, in one run; a timed sample is a block of calls of at
+least ``BLOCK_S`` seconds, divided by its calls); the ratios are each estimator's median over
+the floor's.
+
+Goal: ``full_bptt`` at most ``GOAL``x the floor's time at every T (no overhead from the
+window machinery beyond timing noise); the same is reported for ``truncated_bptt``.
+
+    python -m benchmarks.exact_overhead [--quick] [--out FILE.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+import unroll
+from benchmarks.parallel_time import nonlinear_system
+from benchmarks.report import report
+
+CELLS = (("gru", 32), ("tanh", 32))  # (cell, width)
+HORIZONS = (1_000, 10_000, 100_000)
+GOAL = 1.05  # full_bptt / jax.grad time, at most
+GRAD_TOLERANCE = 1e-4  # largest |g - g_plain| over a leaf's largest |g_plain| (float32)
+BLOCK_S = 0.05  # a timed sample: calls repeated for at least this long
+METHODS = ("jax.grad", "full_bptt", "truncated_bptt")
+
+
+class Row(NamedTuple):
+    cell: str
+    width: int
+    horizon: int
+    rounds: int
+    seconds: dict[str, float]  # median seconds per gradient, by method
+    temp_bytes: dict[str, int]  # compiled temp memory, by method
+    grad_error: dict[str, float]  # against jax.grad's gradient, by estimator
+
+    def ratio(self, method: str) -> float:
+        """``method``'s median time over the floor's."""
+        return self.seconds[method] / self.seconds["jax.grad"]
+
+
+def plain_gradient(system) -> Callable[[Any, jax.Array], Any]:
+    """The floor: ``jax.grad`` of the mean per-step loss of one ``lax.scan`` of the episode."""
+
+    def loss(theta, key):
+        step = lambda state, t: system.step(theta, state, t)
+        _, losses = jax.lax.scan(step, system.init(theta, key), jnp.arange(system.horizon, dtype=jnp.int32))
+        return jnp.mean(losses)
+
+    return jax.grad(loss)
+
+
+def episode_key(state: unroll.WindowState) -> jax.Array:
+    """The data key of the episode the next window of worker 0 starts: its key split in three,
+    the second (the contract's ``Worker.key``, split as the engine splits it)."""
+    return jax.random.split(state.workers.key[0, 0], 3)[1]
+
+
+def methods(cell: str, width: int, horizon: int) -> dict[str, tuple[Callable, tuple]]:
+    """Each method's function and arguments (from the same theta and key)."""
+    system, theta = nonlinear_system(cell, width, horizon)
+    key = jax.random.key(1)
+    full = unroll.full_bptt(system)
+    windows = unroll.truncated_bptt(system, truncation=horizon, num_workers=1)
+    full_state, window_state = full.init(theta, key), windows.init(theta, key)
+    return {
+        "jax.grad": (plain_gradient(system), (theta, episode_key(full_state))),
+        "full_bptt": (full.estimate, (theta, full_state, key)),
+        "truncated_bptt": (windows.estimate, (theta, window_state, key)),
+    }
+
+
+def grad_error(grad, reference) -> float:
+    leaves = zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(reference))
+    return max(float(jnp.max(jnp.abs(g - r)) / jnp.max(jnp.abs(r))) for g, r in leaves)
+
+
+def calls_per_block(fn: Callable[[], Any]) -> int:
+    """Calls of ``fn`` that take at least ``BLOCK_S`` seconds (from one timed call)."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return max(1, round(BLOCK_S / max(time.perf_counter() - start, 1e-9)))
+
+
+def interleaved_seconds(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """Median seconds per call of each of ``fns``: each timed once per round (a block of calls),
+    in an order that rotates from round to round."""
+    blocks = {name: calls_per_block(fn) for name, fn in fns.items()}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            for _ in range(blocks[name]):
+                jax.block_until_ready(fns[name]())
+            times[name].append((time.perf_counter() - start) / blocks[name])
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def measure(cell: str, width: int, horizon: int, rounds: int) -> Row:
+    """Compiles and checks the three methods on one system, then times them interleaved."""
+    thunks, temps, grads = {}, {}, {}
+    for name, (fn, args) in methods(cell, width, horizon).items():
+        compiled = jax.jit(fn).lower(*args).compile()
+        temps[name] = compiled.memory_analysis().temp_size_in_bytes
+        out = jax.block_until_ready(compiled(*args))
+        grads[name] = out if name == "jax.grad" else out.grad
+        thunks[name] = lambda compiled=compiled, args=args: compiled(*args)
+    errors = {name: grad_error(grads[name], grads["jax.grad"]) for name in METHODS[1:]}
+    for name, error in errors.items():
+        assert error <= GRAD_TOLERANCE, (
+            f"{name}'s gradient differs from jax.grad's by {error:.1e} ({cell}, T = {horizon})"
+        )
+    row = Row(cell, width, horizon, rounds, interleaved_seconds(thunks, rounds), temps, errors)
+    print(
+        f"{cell} {width}, T = {horizon:,}: "
+        + ", ".join(f"{name} {1e3 * s:.2f} ms" for name, s in row.seconds.items())
+        + f"; full_bptt / jax.grad {row.ratio('full_bptt'):.3f}",
+        flush=True,
+    )
+    return row
+
+
+def table(rows: Sequence[Row]) -> str:
+    lines = [
+        "| cell | T | jax.grad ms | full_bptt ms | truncated_bptt ms | full_bptt / jax.grad "
+        "| truncated_bptt / jax.grad | temp memory full / jax.grad | gradient error (full, truncated) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ms = [f"{1e3 * r.seconds[name]:.2f}" for name in METHODS]
+        memory = r.temp_bytes["full_bptt"] / max(r.temp_bytes["jax.grad"], 1)
+        errors = ", ".join(f"{r.grad_error[name]:.0e}" for name in METHODS[1:])
+        lines.append(
+            f"| {r.cell} {r.width} | {r.horizon:,} | {' | '.join(ms)} | **{r.ratio('full_bptt'):.3f}** "
+            f"| {r.ratio('truncated_bptt'):.3f} | {memory:.2f} | {errors} |"
+        )
+    return "\n".join(lines + [""] + goal_lines(rows))
+
+
+def goal_lines(rows: Sequence[Row]) -> list[str]:
+    lines = []
+    for name in METHODS[1:]:
+        worst = max(rows, key=lambda r: r.ratio(name))
+        met = all(r.ratio(name) <= GOAL for r in rows)
+        each = ", ".join(f"{r.cell} T = {r.horizon:.0e}: {r.ratio(name):.3f}".replace("e+0", "e") for r in rows)
+        lines.append(
+            f"* {'Goal' if name == 'full_bptt' else 'Reported'}: {name} <= {GOAL}x jax.grad's time at every T: "
+            f"{'met' if met else 'NOT met'} (worst {worst.ratio(name):.3f}, {worst.cell} at T = {worst.horizon:,}; "
+            f"{each})."
+        )
+    return lines
+
+
+def header(rounds: int) -> str:
+    device = jax.devices()[0]
+    return (
+        f"Exact overhead: full_bptt and truncated_bptt(truncation = T) against jax.grad through one lax.scan, "
+        f"{rounds} interleaved rounds (medians), blocks of >= {BLOCK_S} s\n"
+        f"jax {jax.__version__}, {device.platform} ({device.device_kind}), {os.cpu_count()} CPU cores, "
+        f"{platform.node() or 'unknown host'}, python {platform.python_version()}, "
+        f"{datetime.date.today().isoformat()}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> list[Row]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--horizons", type=int, nargs="+", default=list(HORIZONS))
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
+    parser.add_argument("--quick", action="store_true", help="T = 1e3 and 1e4, 5 rounds")
+    parser.add_argument("--out", help="also write the table (markdown) here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.horizons, args.rounds = [1_000, 10_000], 5
+    print(header(args.rounds), flush=True)
+    rows = [
+        measure(cell, width, horizon, args.rounds) for (cell, width), horizon in itertools.product(CELLS, args.horizons)
+    ]
+    report(table(rows), args.out, header(args.rounds))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
