@@ -23,12 +23,13 @@ only chooses the cases, watches the clock and writes ``<name>-<platform>.md`` in
 the date, and rewritten after every case, so a run cut short keeps what it measured.
 
 The clock: each part gets its weight's share of the time left when it starts (time a
-part leaves unspent goes to the parts after it). The cases run smallest first; before
-each, its time is predicted from the same system's smaller cases (a straight line through
-the last two, through the origin after one) and the case is skipped, said so in the
+part leaves unspent goes to the parts after it). The cases run in an order of priority,
+each system's smaller T first; before each, its time is predicted from the same system's
+smaller cases (a straight line through the last two, through the origin after one; with
+none, the slowest other system's at that size), and the case is skipped, said so in the
 output and the file, when the prediction exceeds what its part has left. A case with no
-smaller one runs if its part has any time left. A case that fails (out of memory, say)
-is noted and skips the larger ones of its system.
+prediction runs if its part has any time left. A case that fails (out of memory, say) is
+noted, and the larger ones of its system are skipped.
 
 On the GPU machine (a copy of this working tree; its ``python3`` has JAX with CUDA,
 optax, equinox, flax and matplotlib, but no evosax and no network). First, here:
@@ -43,14 +44,22 @@ then the device tool's ``run`` with ``carry: [".device"]``, ``timeout_s: 600`` a
 under ``timeout 560``, its log in ``$OUT/device-log.txt``); then copy the returned
 ``*-gpu.md`` and ``*-gpu.png`` from the reply's ``files_at`` into ``benchmarks/results/``.
 
-Expected time on one H100 or H200, 420 s in all by construction (estimates, not yet
-measured: no code of this project has run on a GPU; the basis is a sequential ``lax.scan``
-step of 5-20 us on a GPU and the CPU results in ``benchmarks/results/*-cpu.md``): start-up
-and JAX's initialization 10-20 s; parallel_time about 160 s (linear layers 95 s, solvers
-65 s: every case at 1e4 and 1e5, some of 1e6, the sequential references' 1e6 scans taking
-10-60 s each); pes_throughput about 80 s (5 sizes, 4 compiles each); checkpoint_memory about
-130 s (1e4 and 1e5; 1e6 when its predicted time fits). A part that finishes early leaves
-its time to the ones after it.
+Expected time on one H100 or H200: 420 s by construction, plus 10-20 s of imports and
+JAX's start before the clock starts. Per part (estimates, not measurements: no code of
+this project has run on a GPU yet; the basis is a sequential ``lax.scan`` step costing
+about 8 us on a GPU, a host round trip per iteration (jax-ml/jax#2491; a 1e7-step scan took
+82 s), two or three kernels a step here, and the CPU results in ``benchmarks/results``):
+
+* parallel_time, linear layers, 170 s: a case at 1e4 5-10 s, at 1e5 10-20 s, at 1e6 about
+  2 minutes (a warm-up and one round of four functions; the sequential gradient alone
+  30-60 s), so width 32 to 1e5 and lru 32 at 1e6 if its prediction fits;
+* parallel_time, solvers, 80 s: a case compiles 2 + 2 x len(SOLVERS) programs (10 with
+  four solvers) and times 3 rounds: tanh 8 and GRU 8 at 1e4 and 1e5;
+* pes_throughput, 60 s: 10-15 s a size (six compiles, 28 blocks of up to 50 windows),
+  256 to 16,384 or 65,536 particles;
+* checkpoint_memory, 100 s and what the others left: 1e4 about 15 s, 1e5 about 2 minutes
+  if it fits (a round is some 3e6 sequential step evaluations), 1e6 skipped (minutes a
+  round; said so in the file).
 
     python -m benchmarks.device                 # on a GPU: into benchmarks/results
     python -m benchmarks.device --quick         # smoke run (CPU, ~30 s): into a fresh temporary folder
@@ -88,12 +97,10 @@ STAGED = ("evosax", "dotmap")  # what the device image lacks, all pure Python (d
 
 
 class Settings(NamedTuple):
-    """The cases of one run, smallest first within each part."""
+    """The cases of one run, each part's in the order they run."""
 
-    linear_horizons: tuple[int, ...]
-    linear_cases: tuple[tuple[str, int], ...]  # (cell, width), the goal case first
-    deer_horizons: tuple[int, ...]
-    deer_systems: tuple[tuple[str, int], ...]
+    linear_cases: tuple[tuple[int, str, int], ...]  # (T, cell, width), in the order they run
+    solver_cases: tuple[tuple[int, str, int], ...]
     solvers: tuple[str, ...] | None  # None: unroll.parallel.SOLVERS
     timing_s: float  # parallel_time's seconds of timed rounds per case
     max_repeats: int
@@ -108,14 +115,35 @@ class Settings(NamedTuple):
 LEAVE_OUT_EQUINOX_10 = frozenset({("equinox", 10)})  # 12x full_bptt's time on CPU: the costliest method
 LEAVE_OUT_EQUINOX = frozenset({("equinox", 100)})
 
+
+def by_priority(first: Sequence[tuple[int, str, int]], systems: Sequence[tuple[str, int]]) -> tuple:
+    """``first`` (the cases that matter most, each after its system's smaller ones), then
+    every other (T, system) of T = 1e4, 1e5, 1e6, smallest T first: when the clock runs
+    short, the cases left out are the least informative."""
+    rest = [(t, *system) for t in (10_000, 100_000, 1_000_000) for system in systems]
+    return tuple(first) + tuple(case for case in rest if case not in first)
+
+
+LINEAR_SYSTEMS = (("lru", 32), ("gilr", 32), ("lru", 128), ("gilr", 128))
+# width 32 up to the goal case (lru 32 at 1e5) and its 1e6 first: a case at 1e6 costs minutes of
+# sequential scans (about 8 us a step on a GPU), so few of them fit
+LINEAR_FIRST = [
+    (10_000, "lru", 32),
+    (10_000, "gilr", 32),
+    (100_000, "lru", 32),
+    (100_000, "gilr", 32),
+    (1_000_000, "lru", 32),
+]
+SOLVER_SYSTEMS = (("tanh", 8), ("gru", 8), ("tanh", 32))
+# tanh 8 at 1e5 is the case parallel_time reports and explains
+SOLVER_FIRST = [(10_000, "tanh", 8), (100_000, "tanh", 8), (10_000, "gru", 8), (100_000, "gru", 8)]
+
 FULL = Settings(
-    linear_horizons=(10_000, 100_000, 1_000_000),
-    linear_cases=(("lru", 32), ("gilr", 32), ("lru", 128), ("gilr", 128)),
-    deer_horizons=(10_000, 100_000, 1_000_000),
-    deer_systems=parallel_time.DEER_SYSTEMS,
+    linear_cases=by_priority(LINEAR_FIRST, LINEAR_SYSTEMS),
+    solver_cases=by_priority(SOLVER_FIRST, SOLVER_SYSTEMS),
     solvers=None,
-    timing_s=2.0,
-    max_repeats=5,
+    timing_s=1.0,
+    max_repeats=3,
     particles=(256, 1024, 4096, 16_384, 65_536),
     windows=50,
     pes_repeats=5,
@@ -128,10 +156,8 @@ FULL = Settings(
     checkpoint_repeats=2,
 )
 QUICK = Settings(
-    linear_horizons=(100,),
-    linear_cases=(("lru", 32),),
-    deer_horizons=(50,),
-    deer_systems=(("tanh", 8),),
+    linear_cases=((100, "lru", 32),),
+    solver_cases=((50, "tanh", 8),),
     solvers=None,
     timing_s=0.0,
     max_repeats=1,
@@ -168,11 +194,13 @@ class Costs:
         self.seen.setdefault(series, []).append((size, seconds))
 
     def predict(self, series: Any, size: int) -> float | None:
-        """A straight line through the last two smaller sizes (through the origin after
-        one); ``math.inf`` after a skipped or failed one; None with none."""
+        """A straight line through the series' last two smaller sizes (through the origin
+        after one); ``math.inf`` after a skipped or failed one. With no smaller size, the
+        slowest other series' time at this size; None with neither."""
         points = [(n, s) for n, s in self.seen.get(series, []) if n < size]
         if not points:
-            return None
+            same = [s for other, seen in self.seen.items() if other != series for n, s in seen if n == size]
+            return max((s for s in same if s is not None), default=None)
         if any(s is None for _, s in points):
             return math.inf
         if len(points) == 1:
@@ -199,6 +227,7 @@ class Report:
 
     def __init__(self, path: str, title: str, command: str):
         self.path, self.title, self.command = path, title, command
+        self.started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         self.sections: dict[str, str] = {}
         self.notes: list[str] = []
         self.write()
@@ -213,8 +242,7 @@ class Report:
         self.write()
 
     def write(self) -> None:
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        lines = [f"# {self.title}", "", device_line(), "", f"Date: {now}; made by `{self.command}`."]
+        lines = [f"# {self.title}", "", device_line(), "", f"Date: {self.started}; made by `{self.command}`."]
         for text in self.sections.values():
             lines += ["", text]
         if self.notes:
@@ -228,7 +256,10 @@ def attempt(label: str, predicted: float | None, clock: Clock, report: Report, r
     left). Returns ``(result, seconds)``: ``(None, None)``, with a note, when skipped or failed."""
     left = clock.left()
     if left <= 0 or (predicted is not None and predicted > left):
-        why = "a smaller case was skipped or failed" if predicted == math.inf else f"predicted {predicted or 0:.0f} s"
+        if predicted == math.inf:
+            why = "a smaller case of this system was skipped or failed"
+        else:
+            why = "no time left" if predicted is None else f"predicted {predicted:.0f} s"
         report.note(f"{label}: skipped ({why}; {max(left, 0):.0f} s left of this part's budget)")
         return None, None
     print(f"  {label}" + ("" if predicted is None else f" (predicted {predicted:.0f} s)"), flush=True)
@@ -260,20 +291,19 @@ SOLVER_INTRO = (
 
 def run_linear(settings: Settings, clock: Clock, report: Report) -> list:
     rows, costs = [], Costs()
-    for horizon in settings.linear_horizons:
-        for cell, width in settings.linear_cases:
-            row, seconds = attempt(
-                f"parallel_time, {cell} width {width}, T = {horizon:,}",
-                costs.predict((cell, width), horizon),
-                clock,
-                report,
-                lambda: parallel_time.measure_case(cell, width, horizon, settings.timing_s, settings.max_repeats),
-            )
-            costs.record((cell, width), horizon, seconds)
-            if row is not None:
-                rows.append(row)
-                text = parallel_time.table(rows) + "\n\n" + parallel_time.goal_line(rows)
-                report.set("linear", f"## Linear layers\n\n{LINEAR_INTRO}\n\n{text}")
+    for horizon, cell, width in settings.linear_cases:
+        row, seconds = attempt(
+            f"parallel_time, {cell} width {width}, T = {horizon:,}",
+            costs.predict((cell, width), horizon),
+            clock,
+            report,
+            lambda: parallel_time.measure_case(cell, width, horizon, settings.timing_s, settings.max_repeats),
+        )
+        costs.record((cell, width), horizon, seconds)
+        if row is not None:
+            rows = sorted([*rows, row], key=lambda r: (r.horizon, r.cell, r.width))
+            text = parallel_time.table(rows) + "\n\n" + parallel_time.goal_line(rows)
+            report.set("linear", f"## Linear layers\n\n{LINEAR_INTRO}\n\n{text}")
     return rows
 
 
@@ -281,22 +311,22 @@ def run_solvers(settings: Settings, clock: Clock, report: Report) -> list:
     solvers = settings.solvers or tuple(unroll_solvers())
     intro = SOLVER_INTRO.format(solvers=", ".join(solvers))
     rows, costs = [], Costs()
-    for horizon in settings.deer_horizons:
-        for cell, width in settings.deer_systems:
-            found, seconds = attempt(
-                f"parallel_time, {cell} width {width}, T = {horizon:,}, solvers {', '.join(solvers)}",
-                costs.predict((cell, width), horizon),
-                clock,
-                report,
-                lambda: parallel_time.measure_deer_case(
-                    cell, width, horizon, settings.timing_s, settings.max_repeats, solvers=solvers
-                ),
-            )
-            costs.record((cell, width), horizon, seconds)
-            if found is not None:
-                rows += found
-                text = parallel_time.deer_table(rows) + "\n\n" + parallel_time.deer_line(rows)
-                report.set("solvers", f"## Nonlinear: parallel solvers\n\n{intro}\n\n{text}")
+    for horizon, cell, width in settings.solver_cases:
+        found, seconds = attempt(
+            f"parallel_time, {cell} width {width}, T = {horizon:,}, solvers {', '.join(solvers)}",
+            costs.predict((cell, width), horizon),
+            clock,
+            report,
+            lambda: parallel_time.measure_deer_case(
+                cell, width, horizon, settings.timing_s, settings.max_repeats, solvers=solvers
+            ),
+        )
+        costs.record((cell, width), horizon, seconds)
+        if found is not None:
+            order = lambda r: (r.horizon, r.cell, r.width, solvers.index(r.solver))
+            rows = sorted([*rows, *found], key=order)
+            text = parallel_time.deer_table(rows) + "\n\n" + parallel_time.deer_line(rows)
+            report.set("solvers", f"## Nonlinear: parallel solvers\n\n{intro}\n\n{text}")
     return rows
 
 
@@ -429,10 +459,10 @@ class Part(NamedTuple):
 
 
 PARTS = (
-    Part("parallel_time", 95, run_linear),
-    Part("parallel_time", 65, run_solvers),
-    Part("pes_throughput", 80, run_pes),
-    Part("checkpoint_memory", 130, run_checkpoint),
+    Part("parallel_time", 170, run_linear),
+    Part("parallel_time", 80, run_solvers),
+    Part("pes_throughput", 60, run_pes),
+    Part("checkpoint_memory", 100, run_checkpoint),
 )
 TITLES = {
     "parallel_time": "Parallel in time: parallel_bptt and the parallel solvers against sequential evaluation",

@@ -60,6 +60,7 @@ def test_the_prediction_is_a_line_through_the_last_two():
     assert costs.predict("b", 1000) == 4.0
     costs.record("c", 10, None)  # skipped or failed: the larger ones are not tried
     assert costs.predict("c", 100) == math.inf
+    assert costs.predict("d", 10) == 5.0  # none of its own: the slowest other at its size
 
 
 def test_a_cpu_run_never_writes_into_benchmarks_results(capsys):
