@@ -473,8 +473,9 @@ RESERVE_S = 10.0  # kept back for the plots and the last writes
 
 
 def plot(benchmark: str, results: dict[str, list], path: str) -> None:
-    if benchmark == "parallel_time":
-        parallel_time.plot(results.get("run_linear", []), results.get("run_solvers", []), path)
+    linear, solvers = results.get("run_linear", []), results.get("run_solvers", [])
+    if benchmark == "parallel_time" and (linear or solvers):
+        parallel_time.plot(linear, solvers, path)
     elif benchmark == "checkpoint_memory" and results.get("run_checkpoint"):
         checkpoint_memory.plot(results["run_checkpoint"], path)
 

@@ -8,7 +8,7 @@
 # the image lacks, staged here beforehand by
 #     .venv/bin/python -m benchmarks.device --stage-deps .device/site
 # and carried (carry: [".device"]). Writes into $OUT, the folder that comes back from the
-# machine (else benchmarks/results), with the whole log in device-log.txt there.
+# machine (else benchmarks/results), with the whole log in device-log.txt there (else in /tmp).
 set -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -27,4 +27,5 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
     { echo "JAX sees no GPU with $py; nothing run"; exit 1; }
 # the script keeps to --budget-s (default 420 s); the timeout is the net under it, below the
 # device tool's 600 s, and the files are rewritten after every case, so a cut run keeps its rows
-timeout -k 10 "${DEVICE_TIMEOUT_S:-560}" "$py" -m benchmarks.device --out-dir "$out" "$@" 2>&1 | tee "$out/device-log.txt"
+timeout -k 10 "${DEVICE_TIMEOUT_S:-560}" "$py" -m benchmarks.device --out-dir "$out" "$@" 2>&1 |
+    tee "${OUT:-/tmp}/device-log.txt"
