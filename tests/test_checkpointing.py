@@ -14,7 +14,9 @@ the estimator.
 * ``checkpointed_bptt`` equals ``full_bptt`` (gradient, worker state, ``info``) at
   several budgets, on systems with a fixed init, a theta-dependent init and a PRNG key
   in the state, also at T = 1e4 with three workers, and runs exactly ``C(T, m)`` step
-  evaluations;
+  evaluations (as the executor reports them, and as a callback in the step counts them);
+* the executor's program: the runs of stores of every op (plain fused steps, then stored
+  steps) cover the schedule's stores, in consecutive slots;
 * budgets in bytes: units, the state's size, the count they give, the refusal of one
   below a state (naming the minimum); bad budgets raise, naming ``memory_budget``;
 * the compiled temporary memory for ``T = 1000`` is far below full BPTT's.
@@ -357,6 +359,45 @@ def test_executes_the_planned_number_of_steps(horizon, budget, block):
     run = jax.jit(lambda theta, s0: checkpointed_episode(system, program, theta, s0))
     *_, num_forward = run(theta, system.init(theta, KEY))
     assert int(num_forward) == p.forward_steps
+
+
+@pytest.mark.parametrize("horizon,budget", [(1, 1), (7, 1), (7, 2), (40, 3), (57, 5), (100, 10), (64, 64)])
+def test_step_evaluations_counted_by_a_callback(horizon, budget):
+    """Every evaluation of `step` (the plain fused loops, the stores, the one inside each
+    backward pass), counted by a host callback in the step itself, not by the executor:
+    exactly the planner's C(T, m)."""
+    system, theta = rnn_problem(horizon)
+    count = [0]
+
+    def counting(theta, h, t):
+        jax.debug.callback(lambda t: count.__setitem__(0, count[0] + 1), t)  # fires at every evaluation
+        return system.step(theta, h, t)
+
+    counted = unroll.System(system.init, counting, horizon)
+    p = plan(horizon, budget)
+    run = jax.jit(lambda theta, s0: checkpointed_episode(counted, make_program(p), theta, s0))
+    jax.block_until_ready(run(theta, system.init(theta, KEY)))
+    jax.effects_barrier()
+    assert count[0] == p.forward_steps
+
+
+def test_program_runs_cover_the_stores():
+    """The runs of every op: consecutive within the op, stores landing in consecutive slots
+    from the op's source slot on, the op's chain ending at its last store or recomputing
+    into the scratch slot; as many stored steps as the schedule has stores."""
+    for horizon, budget in [(40, 3), (100, 10), (1000, 20), (10_000, 100)]:
+        p = plan(horizon, budget)
+        prog = make_program(p)
+        src, _, chain_length, run_begin, run_count, _, back_length = (np.asarray(c, np.int64) for c in prog.ops)
+        start, gap, stores, slot = (np.asarray(r, np.int64) for r in prog.runs)
+        assert int(stores[: run_count.sum()].sum()) == int(p.actions().store.sum())
+        for o in range(src.size):
+            r = np.arange(run_begin[o], run_begin[o] + run_count[o])
+            if r.size:
+                np.testing.assert_array_equal(start[r[1:]], (start + gap + stores)[r[:-1]])
+                np.testing.assert_array_equal(slot[r], src[o] + 1 + np.concatenate([[0], np.cumsum(stores[r])[:-1]]))
+                assert start[r[0]] == 0 and (start + gap + stores)[r[-1]] <= chain_length[o]
+            assert (stores[r] >= 1).all() and back_length[o] >= 1
 
 
 # --------------------------------------------------------------------------- errors

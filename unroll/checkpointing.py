@@ -474,31 +474,34 @@ class Program(NamedTuple):
     Every *op* runs a forward chain of ``chain_length`` steps from slot ``src`` (the state
     at step ``time``), then backpropagates the steps of its backward entries, each from
     the state in slot ``back_slot``; backward entry ``j`` (over all ops) is episode step
-    ``T - 1 - j``. A chain writes each new state into the scratch slot ``slots``, except
-    where one of the op's stores ends: store ``i`` of the op (``store_begin <= i <
-    store_begin + store_count`` in ``store_end``) ends after ``store_end[i]`` chain steps
-    and its state goes to slot ``src + 1 + i - store_begin`` (a chain's stores fill
-    consecutive slots). The executor runs both lists in blocks of ``block`` steps, unrolled.
+    ``T - 1 - j``. The chain's stores come in *runs*: run ``i`` of the op (``run_begin <=
+    i < run_begin + run_count``) starts ``run_start[i]`` chain steps in, runs ``run_gap[i]``
+    steps that store nothing (one fused loop), then ``run_stores[i]`` steps that each store
+    their state, into slots ``run_slot[i]``, ``run_slot[i] + 1``, ... (a chain's stores fill
+    consecutive slots; a spine of unit splits is one run). An op without stores ends its
+    chain in the scratch slot ``slots``, which its first backward entry reads. The executor
+    runs the backward passes in blocks of ``block`` steps, unrolled (the forward loops are
+    not unrolled: on XLA:CPU that measured slower).
 
     Sizes, all ``O(actions)``: ``ops`` one row of 7 ``int32`` per op (at most one per
-    action), ``store_end`` one ``int32`` per store (at most ``T``), ``back_slot`` one per
-    step (``uint8`` while the slots fit). At $T = 10^6$, $m = 100$: about 105k ops,
-    946k stores and 1M backward entries, 7.7 MB in all.
+    action), ``runs`` 4 ``int32`` per run (at most one per store), ``back_slot`` one per
+    step (``uint8`` while the slots fit). At $T = 10^6$, $m = 100$: about 105k ops and
+    1M backward entries.
 
     Attributes:
-      block: the steps the executor unrolls per block.
+      block: the backward passes the executor unrolls per block.
       slots: the kept slots; the buffer has one more, the scratch slot.
-      ops: `(src, time, chain_length, store_begin, store_count, back_begin, back_length)`: int32 arrays
+      ops: `(src, time, chain_length, run_begin, run_count, back_begin, back_length)`: int32 arrays
         `[num_ops]`.
-      store_end: int32 `[num_stores]`: the chain steps done when each store lands.
+      runs: `(run_start, run_gap, run_stores, run_slot)`: int32 arrays `[num_runs]`.
       back_slot: `[T]`: the slot each backward entry backpropagates from (the smallest int dtype that fits).
     """
 
     block: int
     slots: int  # kept slots; the buffer has one more, the scratch slot
-    # (src, time, chain_length, store_begin, store_count, back_begin, back_length): int32 arrays [num_ops]
+    # (src, time, chain_length, run_begin, run_count, back_begin, back_length): int32 arrays [num_ops]
     ops: tuple
-    store_end: np.ndarray
+    runs: tuple  # (run_start, run_gap, run_stores, run_slot): int32 arrays [num_runs]
     back_slot: np.ndarray
 
 
@@ -506,47 +509,65 @@ def _slot_dtype(num_slots: int):
     return np.uint8 if num_slots <= 255 else np.int16 if num_slots <= 32767 else np.int32
 
 
+def _runs(store_end: np.ndarray, store_op: np.ndarray, store_slot: np.ndarray, num_ops: int):
+    """The stores of every op grouped into runs of stores one step apart (see `Program`):
+    `(run_begin, run_count)` per op and `(run_start, run_gap, run_stores, run_slot)` per run."""
+    first = np.ones(store_end.size, bool)
+    first[1:] = store_op[1:] != store_op[:-1]  # an op's first store
+    before = np.where(first, 0, np.concatenate([[0], store_end])[:-1])  # chain steps done before each store
+    new = first | (store_end - before > 1)  # a store after steps that store nothing starts a run
+    begins = np.flatnonzero(new)
+    runs = (before[new], store_end[new] - before[new] - 1, np.diff(np.append(begins, store_end.size)), store_slot[new])
+    run_count = np.bincount(store_op[new], minlength=num_ops)
+    return (np.cumsum(run_count) - run_count, run_count), runs
+
+
 def program(schedule, block: int = 4) -> Program:
     """Regroups `schedule.actions()` into ops for the executor (`checkpointed_episodes`).
 
     A run of store actions continuing one another is one chain; the backward actions after it that
     recompute nothing are its backward list; a backward action that first recomputes `count > 0`
-    steps starts an op of its own, a chain into the scratch slot plus a backward pass from it. Same
-    steps, same order, same results (numpy over the actions, no Python loop).
+    steps starts an op of its own, a chain into the scratch slot plus a backward pass from it. A
+    chain's stores are grouped into runs of stores one step apart, and a backward action that first
+    recomputes from the state the chain just stored continues the chain. Same steps, same order,
+    same results (numpy over the actions, no Python loop).
 
     Args:
       schedule: a `Plan` (anything with `actions()` and `slots_used`).
-      block: the steps the executor unrolls per block.
+      block: the backward passes the executor unrolls per block.
 
     Returns:
       A `Program`.
     """
     a, slots = schedule.actions(), schedule.slots_used
     count, n = a.count.astype(np.int64), a.src.size
-    # a store continues the chain when the action before it stored exactly the state it loads
+    # an action continues the chain when the action before it stored exactly the state it loads: a store,
+    # or a backward action's recomputation (the chain's tail, into the scratch slot)
     continues = np.zeros(n, bool)
-    continues[1:] = a.store[1:] & a.store[:-1] & (a.dst[:-1] == a.src[1:]) & (a.time[:-1] + a.count[:-1] == a.time[1:])
-    begins = np.where(a.store, ~continues, count > 0)
+    continues[1:] = a.store[:-1] & (a.dst[:-1] == a.src[1:]) & (a.time[:-1] + a.count[:-1] == a.time[1:])
+    continues[1:] &= a.store[1:] | (count[1:] > 0)
+    begins = np.where(a.store | (count > 0), ~continues, False)
     begins[0] = True
     first = np.flatnonzero(begins)
     op = np.cumsum(begins) - 1  # the op of every action
     before = lambda total: np.concatenate([[0], total])[first]  # totals over the ops before each op
-    stores, backward = a.store.astype(np.int64), (~a.store).astype(np.int64)
+    backward = (~a.store).astype(np.int64)
     steps_done = np.cumsum(count)
     store_end = (steps_done - before(steps_done)[op])[a.store]  # chain steps done when each store lands
+    (run_begin, run_count), runs = _runs(store_end, op[a.store], a.dst[a.store].astype(np.int64), first.size)
     ops = (
         a.src[first],
         a.time[first],
         np.add.reduceat(count, first),
-        before(np.cumsum(stores)),
-        np.add.reduceat(stores, first),
+        run_begin,
+        run_count,
         before(np.cumsum(backward)),
         np.add.reduceat(backward, first),
     )
     back_slot = np.where(a.count == 0, a.src, slots)[~a.store].astype(_slot_dtype(slots + 1))
     # a never-read entry keeps the (traced) index valid when there is no store (m = 1, T = 1)
-    store_end = np.asarray(store_end if store_end.size else [0], np.int32)
-    return Program(block, slots, tuple(np.asarray(c, np.int32) for c in ops), store_end, back_slot)
+    runs = tuple(np.asarray(r if r.size else [0], np.int32) for r in runs)
+    return Program(block, slots, tuple(np.asarray(c, np.int32) for c in ops), runs, back_slot)
 
 
 def _blocked_loop(length, block: int, body, carry):
@@ -563,13 +584,52 @@ def _blocked_loop(length, block: int, body, carry):
     return jax.lax.fori_loop(whole * block, length, body, carry)
 
 
+def _update(stack, x, slot):
+    """``stack`` with ``x`` written into ``slot`` (every leaf)."""
+    return jax.tree_util.tree_map(lambda s, v: jax.lax.dynamic_update_index_in_dim(s, v, slot, 0), stack, x)
+
+
+def _load(stack, slot):
+    """The state in ``slot`` of ``stack``."""
+    return jax.tree_util.tree_map(lambda s: jax.lax.dynamic_index_in_dim(s, slot, keepdims=False), stack)
+
+
+def _forward_chain(advance, step, runs, stack, op, scratch: int):
+    """An op's forward chain: its runs (plain steps in one fused loop, then steps that each
+    store their state), then, for an op without stores, the recomputation into ``scratch``.
+    ``advance(x, time, count)`` runs plain steps; ``step(x, time)`` one step."""
+    src, time, chain_length, run_begin, run_count = op[:5]
+
+    def run_one(i, carry):
+        x, _, stack = carry
+        start, gap, stores, slot = (r[run_begin + i] for r in runs)
+        x = advance(x, time + start, gap)
+
+        def store_one(j, carry):
+            x, stack = carry
+            x = step(x, time + start + gap + j)
+            return x, _update(stack, x, slot + j)
+
+        x, stack = jax.lax.fori_loop(0, stores, store_one, (x, stack))
+        return x, start + gap + stores, stack
+
+    x, done, stack = jax.lax.fori_loop(0, run_count, run_one, (_load(stack, src), jnp.int32(0), stack))
+    return _update(stack, advance(x, time + done, chain_length - done), scratch)
+
+
 def checkpointed_episodes(system, program: Program, theta, states0):
     r"""Backpropagates a batch of episodes by executing `program` with `program.slots + 1` states per episode.
 
     The batch $B$ is the leading axis of every leaf of `states0`. One `lax.scan` runs over the
-    program's ops, each a blocked loop over its chain's forward steps then one over its backward
-    passes. The step runs vmapped over the batch; the buffer is indexed with scalar slots (batch
-    inside), which costs XLA:CPU less than vmapping the whole executor.
+    program's ops. An op's forward chain runs its steps that store nothing as plain fused
+    loops of `step` (the buffer stays out of their carry) and writes a state into the buffer
+    only where the schedule stores one; then a loop over its backward passes, one `jax.vjp`
+    of `step` each, in blocks of `program.block`, unrolled. On XLA:CPU the fused plain loop
+    costs about a third of a step with a store or with bookkeeping, and a `jax.vjp` per step
+    costs less than a step of the vjp of a `lax.scan` (which stacks and reloads its
+    residuals), so segments are not backpropagated as scans. The step runs vmapped over the
+    batch; the buffer is indexed with scalar slots (batch inside), which costs XLA:CPU less
+    than vmapping the whole executor.
 
     Args:
       system: the system (its `step` and `horizon` $T$).
@@ -587,8 +647,9 @@ def checkpointed_episodes(system, program: Program, theta, states0):
     step = jax.vmap(system.step, in_axes=(None, 0, None))
     step_out = jax.eval_shape(step, theta, states0, jnp.int32(0))
     ct_loss = jnp.full(step_out[1].shape, 1.0 / horizon, step_out[1].dtype)
-    store_end, back_slot = jnp.asarray(program.store_end), jnp.asarray(program.back_slot)
-    load = lambda stack, i: jax.tree_util.tree_map(lambda s: jax.lax.dynamic_index_in_dim(s, i, keepdims=False), stack)
+    runs, back_slot = tuple(jnp.asarray(r) for r in program.runs), jnp.asarray(program.back_slot)
+    forward = lambda x, time: step(theta, x, time)[0]
+    advance = lambda x, time, count: jax.lax.fori_loop(0, count, lambda j, x: forward(x, time + j), x)
 
     def backward(x, k, ct_next):
         def f(theta, floats):  # only inexact leaves carry cotangents (not keys or counters)
@@ -601,22 +662,13 @@ def checkpointed_episodes(system, program: Program, theta, states0):
 
     def body(carry, op):
         stack, ct, grad, losses, final, num_forward = carry
-        src, time, chain_length, store_begin, store_count, back_begin, back_length = op
-
-        def forward_one(j, c):
-            x, stack, i = c  # i: the op's next store
-            x = step(theta, x, time + j)[0]
-            lands = (i < store_begin + store_count) & (store_end[i] == j + 1)
-            slot = jnp.where(lands, src + 1 + i - store_begin, program.slots)
-            stack = jax.tree_util.tree_map(lambda s, v: jax.lax.dynamic_update_index_in_dim(s, v, slot, 0), stack, x)
-            return x, stack, i + lands
-
-        _, stack, _ = _blocked_loop(chain_length, block, forward_one, (load(stack, src), stack, store_begin))
+        stack = _forward_chain(advance, forward, runs, stack, op, program.slots)
+        chain_length, back_begin, back_length = op[2], op[5], op[6]
 
         def backward_one(j, c):
             ct, grad, losses, final = c
             k = horizon - 1 - (back_begin + j)  # backward passes run T - 1, T - 2, ..., 0
-            d_theta, ct, loss, x_next = backward(load(stack, back_slot[back_begin + j]), k, ct)
+            d_theta, ct, loss, x_next = backward(_load(stack, back_slot[back_begin + j]), k, ct)
             grad = jax.tree_util.tree_map(jnp.add, grad, d_theta)
             final = jax.tree_util.tree_map(lambda a, b: jnp.where(k == horizon - 1, a, b), x_next, final)
             return ct, grad, jax.lax.dynamic_update_index_in_dim(losses, loss, k, 0), final
