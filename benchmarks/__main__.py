@@ -200,6 +200,21 @@ def _parallel_summary(rows) -> list[Line]:
     return lines
 
 
+def _exact_summary(rows) -> list[Line]:
+    from benchmarks.exact_overhead import GOAL
+
+    return [
+        (
+            f"{name} / jax.grad through lax.scan, {r.cell} {r.width}, T = {r.horizon:,}",
+            f"{r.ratio(name):.3f}",
+            f"<= {GOAL:g}" if name == "full_bptt" else "(reported)",
+            _met(r.ratio(name) <= GOAL) if name == "full_bptt" else "-",
+        )
+        for r in rows
+        for name in ("full_bptt", "truncated_bptt")
+    ]
+
+
 BENCHMARKS: dict[str, Benchmark] = {
     "pes_throughput": Benchmark("PES throughput: the forward floor and evosax", False, _pes_summary),
     "train_overhead": Benchmark("unroll.train: outer steps per second and host overhead", False, _overhead_summary),
@@ -211,6 +226,11 @@ BENCHMARKS: dict[str, Benchmark] = {
     "memory_horizon": Benchmark("Memory against the horizon", True, _memory_summary),
     "online_cost": Benchmark("Online estimators: cost per window against truncated BPTT", False, _online_summary),
     "parallel_time": Benchmark("Parallel in time: parallel_bptt against full_bptt", True, _parallel_summary),
+    "exact_overhead": Benchmark(
+        "Exact estimators: full_bptt and truncated_bptt(K = T) against jax.grad through lax.scan",
+        False,
+        _exact_summary,
+    ),
     "sharding_scaling": Benchmark("Sharding: unroll.shard(pes) over several devices", False, _sharding_summary, True),
 }
 
