@@ -6,7 +6,10 @@ the same theta and the same initial state, by
 
 * ``full_bptt(system)``, the reference (every step's activations kept);
 * ``checkpointed_bptt(system, memory_budget=m)`` for m in ``--checkpoints`` (10, 100),
-  and at T = 1e3 also for the sweep ``--budgets`` (2 .. 1000);
+  at T = 1e3 also for the sweep ``--budgets`` (2 .. 1000), and at T = 1e4 and 1e5 also
+  at m = 2 ceil(sqrt(T)) (200, 634), the states the nested scans below keep at least
+  (their ceil(T / k) block starts plus a block's k steps of activations, each at least a
+  state), for the comparison at no more than their memory;
 * equinox's checkpointed scan at the same m: ``equinox.internal.scan(f, h0,
   jnp.arange(T), length=T, kind="checkpointed", checkpoints=m)`` (online treeverse,
   Stumm and Walther 2010), differentiated by ``jax.grad``. Both count the initial state
@@ -45,8 +48,11 @@ tolerance at T = 1e3, where it is cheap; the largest deviation is reported at ev
 
 Goals: at T = 1e3, >= 95% of ``full_bptt``'s memory saved at <= 1.25x its time for some
 budget (Gruslys et al. 2016 report 95% saved at +33% time for horizon 1000); at equal
-checkpoints, ``checkpointed_bptt`` at most equinox's time at T = 1e4 and 1e5. Prints a
-markdown table and writes a PNG of memory against time per gradient, one panel per T.
+checkpoints, ``checkpointed_bptt`` at most equinox's time at T = 1e4 and 1e5; at T = 1e4
+and 1e5, ``checkpointed_bptt`` at most the nested scans' time at no more than their memory
+(temp bytes) for some budget, and at most 1.10x ``full_bptt``'s time at m = 100. Prints a
+markdown table (its header names the date, the machine and its load) and writes a PNG of
+memory against time per gradient, one panel per T.
 
     python -m benchmarks.checkpoint_memory [--quick] [--out FILE.md] [--png FILE.png]
 """
@@ -55,6 +61,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -72,7 +80,8 @@ HORIZONS = (1000, 10_000, 100_000)
 CHECKPOINTS = (10, 100)
 BUDGETS = (2, 5, 10, 20, 50, 100, 300, 1000)
 GOAL_SAVED, GOAL_TIME = 0.95, 1.25
-GOAL_HORIZONS = (10_000, 100_000)  # checkpointed_bptt / equinox <= 1 at equal checkpoints
+GOAL_HORIZONS = (10_000, 100_000)  # checkpointed_bptt / equinox <= 1 at equal checkpoints; the nested goals
+GOAL_FULL_BUDGET, GOAL_FULL_TIME = 100, 1.10  # checkpointed_bptt at m = 100 <= 1.10x full_bptt's time
 GRAD_TOLERANCE = 1e-4  # largest |g - g_full| over a leaf's largest |g_full|, asserted at HORIZON
 LABELS = {
     "full_bptt": "full_bptt",
@@ -194,9 +203,16 @@ def counted_steps(make_loss, step, theta, h0) -> int:
 # ----------------------------------------------------------------------------- measuring
 
 
+def nested_matched(horizon: int) -> int:
+    """``2 ceil(sqrt(T))``: no more states than the nested scans keep (``ceil(T / k)`` block
+    starts, ``k = round(sqrt(T))`` steps of activations, each at least a state)."""
+    return 2 * math.ceil(math.sqrt(horizon))
+
+
 def methods(horizon: int, budgets: Sequence[int], checkpoints: Sequence[int], count: bool) -> list[Method]:
     """Every method at ``horizon`` (``full_bptt`` first) with its arguments; the peers'
-    forward steps are counted if ``count``."""
+    forward steps are counted if ``count``. At the goal horizons ours also runs at
+    ``nested_matched(T)``."""
     system, theta = rnn_system(horizon=horizon)
     key = jax.random.key(1)
 
@@ -207,7 +223,8 @@ def methods(horizon: int, budgets: Sequence[int], checkpoints: Sequence[int], co
     full = ours(unroll.full_bptt(system), "full_bptt", None, lambda: horizon)
     h0 = full.args[1].workers.state[0, 0]  # the same worker state (key 0, no stagger) for every method
     found = [full]
-    for m in sorted(set(budgets) | set(checkpoints)):
+    matched = {nested_matched(horizon)} if horizon in GOAL_HORIZONS else set()
+    for m in sorted(set(budgets) | set(checkpoints) | matched):
         est = unroll.checkpointed_bptt(system, memory_budget=m)
         steps = lambda m=m: unroll.checkpointing.plan(horizon, m).forward_steps
         found.append(ours(est, "checkpointed_bptt", m, steps))
@@ -305,8 +322,9 @@ class PlanRow(NamedTuple):
     plan_seconds: float  # plan(T, m): the closed form
     program_seconds: float  # plan(T, m).actions() regrouped by checkpointing.program
     num_ops: int
+    num_runs: int  # runs of stores (plain fused steps, then steps that store each state)
     num_stores: int
-    array_bytes: int  # the action arrays the executor reads (ops, store_end, back_slot)
+    array_bytes: int  # the action arrays the executor reads (ops, runs, back_slot)
     compile_seconds: float  # lowering and compiling checkpointed_bptt's estimate
     instructions: int  # HLO instructions of the compiled estimate (constants count one each)
     temp_bytes: int
@@ -330,7 +348,7 @@ def planner_rows(horizons: Sequence[int], budgets: Sequence[int]) -> list[PlanRo
             start = time.perf_counter()
             prog = program(schedule)
             program_seconds = time.perf_counter() - start
-            arrays = sum(a.nbytes for a in prog.ops) + prog.store_end.nbytes + prog.back_slot.nbytes
+            arrays = sum(a.nbytes for a in prog.ops + prog.runs) + prog.back_slot.nbytes
             est = unroll.checkpointed_bptt(system, memory_budget=budget)
             state = jax.eval_shape(est.init, theta, jax.random.key(0))
             start = time.perf_counter()
@@ -345,6 +363,7 @@ def planner_rows(horizons: Sequence[int], budgets: Sequence[int]) -> list[PlanRo
                     program_seconds,
                     len(prog.ops[0]),
                     int(prog.ops[4].sum()),
+                    int(prog.runs[2][: prog.ops[4].sum()].sum()),
                     arrays,
                     compile_seconds,
                     instructions,
@@ -359,14 +378,14 @@ def planner_table(rows: Sequence[PlanRow]) -> str:
     lines = [
         "The closed-form planner and the executor's size (checkpointed_bptt's estimate compiled, not run):",
         "",
-        "| T | m | plan(T, m) (ms) | actions + program (s) | ops | stores | action arrays (MB) | compile (s) "
-        "| HLO instructions | temp memory (KB) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| T | m | plan(T, m) (ms) | actions + program (s) | ops | runs of stores | stores | action arrays (MB) "
+        "| compile (s) | HLO instructions | temp memory (KB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r.horizon:,} | {r.budget} | {r.plan_seconds * 1e3:.2f} | {r.program_seconds:.2f} | {r.num_ops:,} "
-            f"| {r.num_stores:,} | {r.array_bytes / 1e6:.2f} | {r.compile_seconds:.1f} | {r.instructions:,} "
+            f"| {r.num_runs:,} | {r.num_stores:,} | {r.array_bytes / 1e6:.2f} | {r.compile_seconds:.1f} | {r.instructions:,} "
             f"| {r.temp_bytes / 1e3:,.1f} |"
         )
     slowest = max(rows, key=lambda r: r.plan_seconds)
@@ -409,7 +428,40 @@ def equinox_ratios(rows: Sequence[Row], horizon: int) -> dict[int, float]:
     }
 
 
+def nested_goal(rows: Sequence[Row], horizon: int) -> tuple[Row | None, Row | None]:
+    """The nested scans' row at ``horizon`` and our fastest row within their temp memory (None if none)."""
+    peer = next((r for r in rows if r.horizon == horizon and r.name == "nested"), None)
+    ours = [
+        r
+        for r in rows
+        if peer is not None
+        and r.horizon == horizon
+        and r.name == "checkpointed_bptt"
+        and r.temp_bytes <= peer.temp_bytes
+    ]
+    return peer, min(ours, key=lambda r: r.seconds) if ours else None
+
+
+def full_goal(rows: Sequence[Row], horizon: int) -> float | None:
+    """``checkpointed_bptt`` at ``GOAL_FULL_BUDGET`` over ``full_bptt``'s time at ``horizon`` (None if not run)."""
+    base = reference(rows, horizon)
+    ours = next(
+        (r for r in rows if r.horizon == horizon and r.name == "checkpointed_bptt" and r.budget == GOAL_FULL_BUDGET),
+        None,
+    )
+    return None if base is None or ours is None else ours.seconds / base.seconds
+
+
 # ------------------------------------------------------------------------------ reporting
+
+
+def machine(load_at_start: float) -> str:
+    """The date, the machine and its load (the timings are wall-clock on a machine others may share)."""
+    return (
+        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()} "
+        f"({platform.processor() or 'cpu'}), {os.cpu_count()} CPU cores, load average {load_at_start:.1f} at the start "
+        f"and {os.getloadavg()[0]:.1f} at the end; python {platform.python_version()}."
+    )
 
 
 def budget_cell(r: Row) -> str:
@@ -418,8 +470,8 @@ def budget_cell(r: Row) -> str:
     return "-" if r.budget is None else str(r.budget)
 
 
-def table(rows: Sequence[Row]) -> str:
-    lines = [
+def table(rows: Sequence[Row], load_at_start: float | None = None) -> str:
+    lines = ([machine(load_at_start), ""] if load_at_start is not None else []) + [
         f"checkpointed_bptt vs full_bptt, equinox's checkpointed scan and jax.checkpoint-nested scans: tanh RNN "
         f"hidden {HIDDEN}; jax {jax.__version__}, equinox {equinox_version() or 'not installed'}, on "
         f"{jax.devices()[0].platform}. Forward steps: step evaluations per gradient, each step's evaluation for "
@@ -460,6 +512,30 @@ def goal_lines(rows: Sequence[Row]) -> list[str]:
             met = "met" if all(v <= 1 for v in ratios.values()) else "**not met**"
             lines.append(
                 f"* Goal, T = {horizon:,}: checkpointed_bptt / equinox time at equal checkpoints <= 1: {shown} ({met})."
+            )
+    for horizon in GOAL_HORIZONS:
+        peer, ours = nested_goal(rows, horizon)
+        if peer is None:
+            continue
+        if ours is None:
+            lines.append(
+                f"* Goal, T = {horizon:,}: no checkpointed_bptt budget ran within the nested scans' memory (**NOT met**)."
+            )
+            continue
+        met = "met" if ours.seconds <= peer.seconds else "**NOT met**"
+        lines.append(
+            f"* Goal, T = {horizon:,}: checkpointed_bptt at most the nested jax.checkpoint scans' time at no more than "
+            f"their memory: m = {ours.budget}, {ours.seconds * 1e3:,.1f} ms and {ours.temp_bytes / 1e3:,.1f} KB against "
+            f"{peer.seconds * 1e3:,.1f} ms and {peer.temp_bytes / 1e3:,.1f} KB (time {ours.seconds / peer.seconds:.2f}x, "
+            f"memory {ours.temp_bytes / peer.temp_bytes:.2f}x) ({met})."
+        )
+    for horizon in GOAL_HORIZONS:
+        ratio = full_goal(rows, horizon)
+        if ratio is not None:
+            met = "met" if ratio <= GOAL_FULL_TIME else "**NOT met**"
+            lines.append(
+                f"* Goal, T = {horizon:,}: checkpointed_bptt at m = {GOAL_FULL_BUDGET} <= {GOAL_FULL_TIME:.2f}x "
+                f"full_bptt's time: {ratio:.2f}x ({met})."
             )
     return lines
 
@@ -524,9 +600,10 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[Row], list[PlanRow]]:
     if args.quick:
         args.horizons, args.budgets, args.repeats, args.count_up_to = [1000, 10_000], args.checkpoints, 2, 1000
         args.plan_horizons = [1000, 1_000_000]
+    load_at_start = os.getloadavg()[0]
     planned = planner_rows(args.plan_horizons, args.checkpoints)
     rows = measure(args.horizons, args.budgets, args.checkpoints, args.repeats, args.count_up_to)
-    report(table(rows) + "\n\n" + planner_table(planned), args.out)
+    report(table(rows, load_at_start) + "\n\n" + planner_table(planned), args.out)
     if args.png:
         plot(rows, args.png)
     return rows, planned
