@@ -399,9 +399,13 @@ def checkpoint_case(horizon: int, checkpoints: Sequence[int], leave_out: frozens
     ]
 
 
-def checkpoint_prediction(rows: Sequence, wall_s: float, horizon: int, checkpoints, leave_out, repeats: int) -> float:
-    """The next horizon's seconds from the last one's rows: each method kept, its time per
-    gradient scaled by its forward steps (``full_bptt`` and the nested scans: T;
+def checkpoint_prediction(
+    rows: Sequence, wall_s: float, last_checkpoints, horizon: int, checkpoints, leave_out, repeats: int
+) -> float:
+    """The next horizon's seconds from the last one's rows (run at ``last_checkpoints``):
+    each method that runs again (a peer or ours at an m of ``checkpoints``, or ours at an m
+    the benchmark chose itself, taken to come again; not those in ``leave_out``), its time
+    per gradient scaled by its forward steps (``full_bptt`` and the nested scans: T;
     ``checkpointed_bptt``: its plan; equinox: like ours at the same m), times the runs
     (warm-up and ``repeats``), plus the last horizon's compile and set-up time."""
     from unroll.checkpointing import plan
@@ -410,11 +414,12 @@ def checkpoint_prediction(rows: Sequence, wall_s: float, horizon: int, checkpoin
     runs = repeats + 1
     overhead = max(0.0, wall_s - runs * sum(r.seconds for r in rows))
     steps = lambda t, r: plan(t, r.budget).forward_steps if r.name in ("checkpointed_bptt", "equinox") else t
-    kept = [
-        r
-        for r in rows
-        if r.name in ("full_bptt", "nested") or (r.budget in checkpoints and (r.name, r.budget) not in leave_out)
-    ]
+    again = lambda r: (
+        r.name in ("full_bptt", "nested")
+        or r.budget in checkpoints
+        or (r.name == "checkpointed_bptt" and r.budget not in last_checkpoints)
+    )
+    kept = [r for r in rows if again(r) and (r.name, r.budget) not in leave_out]
     return overhead + runs * sum(r.seconds * steps(horizon, r) / steps(last, r) for r in kept)
 
 
@@ -444,7 +449,7 @@ def run_checkpoint(settings: Settings, clock: Clock, report: Report) -> list:
         if found is None:
             break  # the larger horizons would cost more still
         rows += found
-        last = (found, seconds)
+        last = (found, seconds, checkpoints)
         report.set("checkpoint", f"{intro}\n\n{checkpoint_memory.table(rows)}")
     return rows
 

@@ -79,3 +79,25 @@ def test_stage_deps_copies_what_the_device_lacks(tmp_path):
     assert not list(tmp_path.rglob("*.pyc"))
     found = importlib.metadata.distributions(path=[str(tmp_path)])
     assert {d.metadata["Name"].lower() for d in found} == set(device.STAGED)
+
+
+def test_the_checkpoint_prediction_scales_what_runs_again():
+    """Each method that runs at the next T, by its forward steps, times the runs, plus the
+    last T's compile time: not ours at an m of the last T alone, nor what is left out."""
+    from benchmarks.checkpoint_memory import Row
+    from unroll.checkpointing import plan
+
+    rows = [
+        Row(1000, "full_bptt", None, 0, 1.0, None, 0.0),
+        Row(1000, "checkpointed_bptt", 10, 0, 2.0, None, 0.0),  # not at the next T
+        Row(1000, "checkpointed_bptt", 100, 0, 3.0, None, 0.0),
+        Row(1000, "checkpointed_bptt", 64, 0, 4.0, None, 0.0),  # the benchmark's own m: comes again
+        Row(1000, "equinox", 100, 0, 5.0, None, 0.0),  # left out
+        Row(1000, "nested", 32, 0, 6.0, None, 0.0),
+    ]
+    runs, compiles = 3, 7.0
+    wall = compiles + runs * sum(r.seconds for r in rows)
+    ratio = lambda m: plan(10_000, m).forward_steps / plan(1000, m).forward_steps
+    expected = compiles + runs * (10 * 1.0 + 3.0 * ratio(100) + 4.0 * ratio(64) + 10 * 6.0)
+    predicted = device.checkpoint_prediction(rows, wall, (10, 100), 10_000, (100,), {("equinox", 100)}, runs - 1)
+    assert predicted == pytest.approx(expected)
