@@ -42,7 +42,8 @@ against.
 ``plan(horizon, memory_budget)`` is the schedule; ``Plan.split_tree()`` its recursive form
 and ``Plan.actions()`` the same schedule flattened into the stack-machine program;
 ``program`` regroups it into ops and ``checkpointed_episode`` executes them in JAX (one
-``lax.scan``), which ``unroll.checkpointed_bptt`` calls.
+``lax.scan``; the steps between stores as plain fused loops), which
+``unroll.checkpointed_bptt`` calls. The executor runs exactly ``C(T, m)`` step evaluations.
 """
 
 from __future__ import annotations

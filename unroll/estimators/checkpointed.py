@@ -79,10 +79,11 @@ def checkpointed_bptt(system, *, num_workers: int = 1, memory_budget: int | str)
     and the $T$ scalar losses.
 
     The schedule is planned in closed form (well under a second at $T = 10^6$) and
-    executed inside one compiled `lax.scan` over its ops (a chain of forward steps from a
-    slot, storing the states the schedule keeps, then the backward passes that follow
-    it), each step differentiated by `jax.vjp`; the inner loops run blocks of 4 steps,
-    unrolled. The compiled program is the same for every $T$; only its action arrays
+    executed inside one compiled `lax.scan` over its ops: a chain of forward steps from a
+    slot, whose steps between stores run as plain fused loops of `step` (the buffer is
+    written only where the schedule stores a state), then the backward passes that follow
+    it, each step differentiated by `jax.vjp` (in blocks of 4, unrolled). The compiled
+    program is the same for every $T$; only its action arrays
     (`unroll.checkpointing.Program`: about 8 bytes per step) grow with it.
 
     Args:
