@@ -213,6 +213,13 @@ class Costs:
 # ------------------------------------------------------------------------------ reporting
 
 
+def platform_name() -> str:
+    """``gpu`` for any GPU (JAX names CUDA and ROCm devices so; another name is taken as it
+    is), as in the results' file names."""
+    name = jax.devices()[0].platform
+    return "gpu" if name in ("gpu", "cuda", "rocm") else name
+
+
 def device_line() -> str:
     device = jax.devices()[0]
     return (
@@ -489,7 +496,7 @@ def run_parts(settings: Settings, names: Sequence[str], budget_s: float, out_dir
     """Each part in turn, on its share of what is left; returns ``{benchmark: its md path}``."""
     clock = Clock(budget_s - RESERVE_S)
     parts = [p for p in PARTS if p.benchmark in names]
-    suffix = f"-{jax.devices()[0].platform}"
+    suffix = f"-{platform_name()}"
     reports, results = {}, {}
     for i, part in enumerate(parts):
         if part.benchmark not in reports:

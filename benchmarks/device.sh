@@ -23,7 +23,7 @@ out="${OUT:-benchmarks/results}"
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 # JAX must see the GPU: a CPU fallback would spend the lease measuring the wrong machine
-"$py" -c 'import sys, jax; d = jax.devices()[0]; print("jax", jax.__version__, d.platform, d.device_kind); sys.exit(d.platform != "gpu")' ||
+"$py" -c 'import sys, jax; d = jax.devices()[0]; print("jax", jax.__version__, d.platform, d.device_kind); sys.exit(d.platform == "cpu")' ||
     { echo "JAX sees no GPU with $py; nothing run"; exit 1; }
 # the script keeps to --budget-s (default 420 s); the timeout is the net under it, below the
 # device tool's 600 s, and the files are rewritten after every case, so a cut run keeps its rows

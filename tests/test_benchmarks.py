@@ -16,7 +16,7 @@ NAMES = ("parallel_time", "pes_throughput", "checkpoint_memory")
 
 
 def _read(out_dir, name):
-    path = os.path.join(out_dir, f"{name}-{PLATFORM}.md")
+    path = os.path.join(out_dir, f"{name}-{device.platform_name()}.md")
     assert os.path.exists(path), os.listdir(out_dir)
     return open(path).read()
 
