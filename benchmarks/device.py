@@ -34,6 +34,7 @@ noted, and the larger ones of its system are skipped.
 On the GPU machine (a copy of this working tree; its ``python3`` has JAX with CUDA,
 optax, equinox, flax and matplotlib, but no evosax and no network). First, here:
 
+    .venv/bin/python -m benchmarks.device --quick  # pre-flight, ~1 min: a "failed" note here fails there too
     .venv/bin/python -m benchmarks.device --stage-deps .device/site  # evosax + dotmap, pure Python
 
 then the device tool's ``run`` with ``carry: [".device"]``, ``timeout_s: 600`` and
@@ -43,6 +44,9 @@ then the device tool's ``run`` with ``carry: [".device"]``, ``timeout_s: 600`` a
 (``python3 -m benchmarks.device --out-dir "$OUT"`` with ``PYTHONPATH=.:.device/site``,
 under ``timeout 560``, its log in ``$OUT/device-log.txt``); then copy the returned
 ``*-gpu.md`` and ``*-gpu.png`` from the reply's ``files_at`` into ``benchmarks/results/``.
+That machine's JAX was 0.11.2 on Python 3.12 when last listed (KINDS.md of the device
+tool), outside the range ``pyproject.toml`` declares and this project is tested with: the
+log's first lines name the version, and a case that breaks on it is noted as failed.
 
 Expected time on one H100 or H200: 420 s by construction, plus 10-20 s of imports and
 JAX's start before the clock starts. Per part (estimates, not measurements: no code of
