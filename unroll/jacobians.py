@@ -2,18 +2,19 @@ r"""Structured step Jacobians: what Newton over time (DEER, quasi-DEER) needs of
 
 A Newton iteration over time linearizes every step, $J_t = \partial f(s_{t-1}, t) / \partial s$.
 Formed by `jax.jacfwd` that costs $N$ jvps per step (the state's real view has $N$
-coordinates), however cheap the step: quasi-DEER then pays $N$ sequential passes per
-iteration for a diagonal it throws the rest away from. A system (or a cell of
-`unroll.tasks.rnn`) that knows its Jacobian's structure declares it as a `StepJacobian`,
+coordinates), however cheap the step: quasi-DEER then pays for $N^2$ entries of which it
+keeps the $N$ on the diagonal. A system (or a cell of `unroll.tasks.rnn`) that knows its
+Jacobian's structure declares it as a `StepJacobian`: its diagonal $d$ and, optionally, its
+off-diagonal part as a low-rank product or as dense rows,
 
 $$
-J = \mathrm{diag}(d) + L R^\top, \qquad L, R \in \mathbb R^{N \times k},
+J = \mathrm{diag}(d) + \mathrm{offdiag}(L R^\top) \quad\text{or}\quad J = \mathrm{diag}(d) + \mathrm{offdiag}(L),
 $$
 
-at about the cost of one step (e.g. a tanh RNN $h' = \tanh(W h + U x + b)$ has
-$J = \mathrm{diag}(1 - h'^2)\, W$: $d = 0$, $L = \mathrm{diag}(1 - h'^2) W$, $R = I$).
-Quasi-DEER reads only $\mathrm{diag}(J) = d + \sum_r L_{:r} \odot R_{:r}$, DEER the dense
-$J$, and the adjoint's diagonal is the same, $\mathrm{diag}(J^\top) = \mathrm{diag}(J)$.
+each at about the cost of one step (e.g. a tanh RNN $h' = \tanh(W h + U x + b)$ has
+$J = \mathrm{diag}(1 - h'^2)\, W$: $d = (1 - h'^2) \odot \mathrm{diag}(W)$, $L = \mathrm{diag}(1 - h'^2) W$).
+Quasi-DEER reads only $d$ (what it does not read is never computed), DEER the dense $J$;
+the adjoint's diagonal is the same, $\mathrm{diag}(J^\top) = \mathrm{diag}(J)$.
 
 Without a declaration, `episode_jacobian` finds the structural sparsity pattern of $J$ once
 at trace time (the one `rtrl` and `snap` use) and, for the diagonal solvers, forms the
@@ -52,24 +53,33 @@ DIAGONAL_SOLVERS = ("quasi-deer", "quasi-elk")
 
 
 class StepJacobian(NamedTuple):
-    r"""$J = \partial s' / \partial s$ of one step, as $\mathrm{diag}(d) + L R^\top$ on the state's float leaves.
+    r"""$J = \partial s' / \partial s$ of one step on the state's float leaves: its diagonal, and its off-diagonal part.
 
     Returned by a system's `jacobian(theta, state, t)` (of `step(theta, state, t)[0]`) or a
-    cell's `jacobian(params, state, x)` (of `apply(params, state, x)`). Leaves that are not
-    float (ints, keys) are not differentiated: their entries are ignored (any value, `None`
-    too).
+    cell's `jacobian(params, state, x)` (of `apply(params, state, x)`). On the state's real
+    view (`view_jacobian`: float leaves raveled in order, a complex leaf as its real then its
+    imaginary parts; int and key leaves are not in it and their entries here are ignored, any
+    value or `None`),
+
+    $$
+    J_{ii} = d_i, \qquad J_{ij} = \textstyle\sum_r L_{ir} R_{jr} \ \text{(or } L_{ij} \text{ without } R\text{)},\ i \ne j.
+    $$
 
     Attributes:
       diagonal: $d$, state-shaped: per element, the derivative of its next value by itself. On a complex leaf
-        the complex derivative $\lambda$ of an elementwise holomorphic step $z' = \lambda z + \dots$, whose real
+        the complex derivative $\lambda$ of an elementwise holomorphic step $z' = \lambda z + \dots$: its real
         view is the $2 \times 2$ block $\begin{pmatrix} \Re\lambda & -\Im\lambda \\ \Im\lambda & \Re\lambda
-        \end{pmatrix}$ on $(\Re z, \Im z)$.
-      left: $L$, optional (with `right`): state-shaped with a trailing rank axis, leaves `[*leaf.shape, k]`
-        (real; on a complex leaf its real view, `[2, *leaf.shape, k]`, real parts first).
-      right: $R$, optional, laid out as `left`: $J_{ij} \mathrel{+}= \sum_r L_{ir} R_{jr}$.
-      complete: a Python bool (static). `True`: $J$ is exactly $\mathrm{diag}(d) + L R^\top$. `False`: only the
-        diagonal is declared (`left` and `right` must be `None`; on a complex leaf $\Re d$ is the real view's
-        diagonal and $\Im d$ is ignored): the diagonal solvers use it, the dense ones form $J$ by `jax.jacfwd`.
+        \end{pmatrix}$ on $(\Re z_i, \Im z_i)$, so the diagonal is $(\Re\lambda, \Re\lambda)$ and $\mp\Im\lambda$
+        is added off it.
+      left: optional, the off-diagonal part's rows, state-shaped with a trailing axis, leaves
+        `[*leaf.shape, k]` (real; on a complex leaf its real view, `[2, *leaf.shape, k]`, real parts first). With
+        `right`, $L$ of the low-rank part $L R^\top$; without, the dense rows themselves ($k = N$, the columns in
+        the real view's order). Its entries on the diagonal are ignored (on a complex leaf's $2 \times 2$
+        blocks they add to $\lambda$'s). `None`: $J$ is diagonal (or, with
+        `complete=False`, its off-diagonal part unknown).
+      right: optional, $R$, laid out as `left`.
+      complete: a Python bool (static). `False`: only the diagonal is declared (`left` and `right` must be
+        `None`): the diagonal solvers use it, the dense ones form $J$ by `jax.jacfwd`.
     """
 
     diagonal: PyTree
@@ -125,7 +135,7 @@ def _diagonal_view(jac: StepJacobian, state: PyTree) -> tuple[jax.Array, list]:
 
 
 def _factor_view(factor: PyTree, state: PyTree, name: str) -> jax.Array:
-    """A low-rank factor on the real view, ``[N, k]``."""
+    """An off-diagonal factor on the real view, ``[N, k]``."""
     rows = []
     for f, x in zip(_float_entries(factor, state, name), _view(state).floats):
         f = jnp.asarray(f)
@@ -140,8 +150,8 @@ def _factor_view(factor: PyTree, state: PyTree, name: str) -> jax.Array:
 
 
 def _check_factors(jac: StepJacobian) -> None:
-    if (jac.left is None) != (jac.right is None):
-        raise BadValue("`StepJacobian` needs both `left` and `right` for its low-rank part, or neither.")
+    if jac.left is None and jac.right is not None:
+        raise BadValue("`StepJacobian.right` needs `left` (the low-rank part is left right^T).")
     if not jac.complete and jac.left is not None:
         raise BadValue("`StepJacobian(complete=False)` declares the diagonal only: pass left=None, right=None.")
 
@@ -156,8 +166,8 @@ def view_jacobian(jac: StepJacobian, state: PyTree, *, diagonal: bool) -> jax.Ar
     Args:
       jac: the `StepJacobian` at `state`.
       state: the state it was taken at (its structure, shapes and dtypes are read).
-      diagonal: return $\mathrm{diag}(J)$ `[N]` (`True`), or the dense $J$ `[N, N]` (`False`; `jac` must be
-        `complete`).
+      diagonal: return $\mathrm{diag}(J)$ `[N]` (`True`: `left` and `right` are not read), or the dense $J$
+        `[N, N]` (`False`; `jac` must be `complete`).
 
     Returns:
       $\mathrm{diag}(J)$ `[N]` or $J$ `[N, N]`, real.
@@ -165,45 +175,40 @@ def view_jacobian(jac: StepJacobian, state: PyTree, *, diagonal: bool) -> jax.Ar
     _check_factors(jac)
     diag, skew = _diagonal_view(jac, state)
     if diagonal:
-        if jac.left is not None:
-            diag = diag + jnp.sum(_factor_view(jac.left, state, "left") * _factor_view(jac.right, state, "right"), -1)
         return diag
     if not jac.complete:
         raise BadValue("a dense Jacobian needs a `complete` StepJacobian; this one declares its diagonal only.")
-    dense = jnp.diag(diag)
+    if jac.left is None:
+        dense = jnp.diag(diag)
+    else:
+        left = _factor_view(jac.left, state, "left")
+        off = left if jac.right is None else left @ _factor_view(jac.right, state, "right").T
+        if off.shape != (diag.size, diag.size):
+            raise BadValue(
+                f"`StepJacobian.left` without `right` gives the dense rows, {diag.size} columns (the real view's "
+                f"length); got {off.shape[-1]}."
+            )
+        dense = jnp.where(np.eye(diag.size, dtype=bool), jnp.diag(diag), off)
     for offset, imag in skew:  # the 2x2 blocks of a complex diagonal: (Re, Im) -> -Im lambda, (Im, Re) -> Im lambda
         re = offset + np.arange(imag.size)
         dense = dense.at[re, re + imag.size].add(-imag).at[re + imag.size, re].add(imag)
-    if jac.left is not None:
-        dense = dense + _factor_view(jac.left, state, "left") @ _factor_view(jac.right, state, "right").T
     return dense
 
 
 def jacobian_diagonal(jac: StepJacobian) -> StepJacobian:
-    r"""The diagonal of `jac` alone, $d + \sum_r L_{:r} \odot R_{:r}$, as a `StepJacobian(complete=False)`.
+    """The diagonal of `jac` alone, as a `StepJacobian(complete=False)`.
 
     For composing a step whose Jacobian's off-diagonal part is not declared (e.g. stacked
     layers: each layer's diagonal is its own cell's).
 
     Args:
-      jac: a `StepJacobian`; its low-rank factors, if any, must have no complex-leaf rows.
+      jac: a `StepJacobian`.
 
     Returns:
       The `StepJacobian` of the same diagonal, `complete=False`.
     """
     _check_factors(jac)
-    if jac.left is None:
-        return jac._replace(complete=False)
-
-    def one(d, left, right):
-        if left is None:
-            return d
-        if jnp.iscomplexobj(d) or jnp.shape(left)[:-1] != jnp.shape(d):
-            raise BadValue("`jacobian_diagonal` takes factors on real leaves of the diagonal's shapes only.")
-        return d + jnp.sum(left * right, -1)
-
-    is_leaf = lambda x: x is None
-    return StepJacobian(jax.tree_util.tree_map(one, jac.diagonal, jac.left, jac.right, is_leaf=is_leaf), complete=False)
+    return StepJacobian(jac.diagonal, complete=False)
 
 
 # --------------------------------------------------------------------------- on an episode

@@ -56,9 +56,12 @@ def _zeros(p, n, dtype):
     return jnp.zeros(n, dtype)
 
 
-def _eye(h: jax.Array) -> jax.Array:
-    """The identity of ``h``'s width and dtype: the right factor of a Jacobian's dense columns."""
-    return jnp.eye(h.shape[-1], dtype=h.dtype)
+def _through(scales: tuple, blocks: list) -> tuple[jax.Array, jax.Array]:
+    """``(diag, rows)`` of ``sum_k diag(scales_k) blocks_k``: a Jacobian through pre-activations
+    ``blocks_k @ state`` (square blocks), the rows of each block scaled by the derivative by its
+    pre-activation; the diagonal costs ``O(n)``, so a solver that reads only it skips the rows."""
+    diag = sum(d * jnp.diagonal(w) for d, w in zip(scales, blocks))
+    return diag, sum(d[:, None] * w for d, w in zip(scales, blocks))
 
 
 def _chrono(key, hidden: int, timescale: float, dtype) -> jax.Array:
@@ -82,9 +85,9 @@ def _tanh_cell() -> Cell:
     def apply(p, h, x):
         return jnp.tanh(p["W"] @ h + p["U"] @ x + p["b"])
 
-    def jacobian(p, h, x):  # diag(1 - h'^2) W: L = diag(1 - h'^2) W, R = I
+    def jacobian(p, h, x):  # diag(1 - h'^2) W: its diagonal and its rows
         slope = 1 - apply(p, h, x) ** 2
-        return StepJacobian(jnp.zeros_like(h), slope[:, None] * p["W"], _eye(h))
+        return StepJacobian(slope * jnp.diagonal(p["W"]), slope[:, None] * p["W"])
 
     return Cell(init, _zeros, apply, lambda h: h, lambda n: n, jacobian=jacobian)
 
@@ -115,13 +118,12 @@ def _gru_cell(timescale: float | None = None) -> Cell:
         return (1 - z) * h + z * candidate
 
     def jacobian(p, h, x):
-        # diag(1 - z) + diag((h~ - h) z') Wz + diag(z (1 - h~^2)) Wh (diag(r) + diag(h r') Wr)
+        # diag(1 - z) + diag(a) Wz + diag(b) Wh (diag(r) + diag(q) Wr), the last factor d (r h) / d h
         z, r, candidate = gates(p, h, x)
-        through_r = jnp.diag(r) + (h * r * (1 - r))[:, None] * p["Wr"]  # d (r h) / d h
-        left = jnp.concatenate(
-            [((candidate - h) * z * (1 - z))[:, None] * p["Wz"], (z * (1 - candidate**2))[:, None] * p["Wh"]], 1
-        )
-        return StepJacobian(1 - z, left, jnp.concatenate([_eye(h), through_r.T], 1))
+        a, b, q = (candidate - h) * z * (1 - z), z * (1 - candidate**2), h * r * (1 - r)
+        wz, wr, wh = p["Wz"], p["Wr"], p["Wh"]
+        diagonal = 1 - z + a * jnp.diagonal(wz) + b * (jnp.diagonal(wh) * r + (wh * wr.T) @ q)
+        return StepJacobian(diagonal, a[:, None] * wz + b[:, None] * (wh * r + wh @ (q[:, None] * wr)))
 
     return Cell(init, _zeros, apply, lambda h: h, lambda n: n, jacobian=jacobian)
 
@@ -149,19 +151,20 @@ def _lstm_cell(timescale: float | None = None) -> Cell:
         return jax.nn.sigmoid(o) * jnp.tanh(c), c
 
     def jacobian(p, state, x):
-        # columns h (rank n): dh'/dh over dc'/dh; columns c: diag(sigma_f) on c', diag(e sigma_f) on h'
+        # through the pre-activations W h: each gate's block of W, its rows scaled by d c' (or d h') / d gate
         h, c = state
         pre_i, pre_f, pre_g, pre_o = jnp.split(p["W"] @ h + p["U"] @ x + p["b"], 4)
         i, f, o, g = jax.nn.sigmoid(pre_i), jax.nn.sigmoid(pre_f), jax.nn.sigmoid(pre_o), jnp.tanh(pre_g)
-        c_new = f * c + i * g
-        w_i, w_f, w_g, w_o = jnp.split(p["W"], 4)
-        dc_dh = (g * i * (1 - i))[:, None] * w_i + (c * f * (1 - f))[:, None] * w_f + (i * (1 - g**2))[:, None] * w_g
-        e = o * (1 - jnp.tanh(c_new) ** 2)  # dh'/dc'
-        dh_dh = (jnp.tanh(c_new) * o * (1 - o))[:, None] * w_o + e[:, None] * dc_dh
-        eye, zero = _eye(h), jnp.zeros_like(_eye(h))
-        left = (jnp.concatenate([dh_dh, jnp.diag(e * f)], 1), jnp.concatenate([dc_dh, zero], 1))
-        right = (jnp.concatenate([eye, zero], 1), jnp.concatenate([zero, eye], 1))
-        return StepJacobian((jnp.zeros_like(h), f), left, right)
+        squashed = jnp.tanh(f * c + i * g)
+        e = o * (1 - squashed**2)  # dh' / dc'
+        to_c = (g * i * (1 - i), c * f * (1 - f), i * (1 - g**2), jnp.zeros_like(h))
+        to_h = (*(e * d for d in to_c[:3]), squashed * o * (1 - o))
+        diagonal, rows = _through(to_h, jnp.split(p["W"], 4))
+        left = (
+            jnp.concatenate([rows, jnp.diag(e * f)], 1),
+            jnp.concatenate([_through(to_c, jnp.split(p["W"], 4))[1], jnp.diag(f)], 1),
+        )
+        return StepJacobian((diagonal, f), left)
 
     initial = lambda p, n, dtype: (jnp.zeros(n, dtype), jnp.zeros(n, dtype))
     return Cell(init, initial, apply, lambda s: s[0], lambda n: n, jacobian=jacobian)
@@ -307,26 +310,21 @@ def _gilr_lstm_cell(timescale: float | None = None) -> Cell:
         return s, c, o * c
 
     def jacobian(p, state, x):
-        # diag (g, f, 0); columns s (rank n): dc'/ds, dh'/ds through s' = g s + ...; columns c: diag(o f) on h'
+        # diag (g, f, 0); columns s: dc'/ds, dh'/ds through s' = g s + ... (columns scaled by g); columns c: o f on h'
         s, c, _ = state
         g, impulse = _gilr_terms(p["gilr"], x)
-        s = g * s + impulse
-        f, i, o, z = jnp.split(s @ p["U"].T + p["b"], 4)
+        f, i, o, z = jnp.split((g * s + impulse) @ p["U"].T + p["b"], 4)
         f, i, o, z = jax.nn.sigmoid(f), jax.nn.sigmoid(i), jax.nn.sigmoid(o), jnp.tanh(z)
-        c = f * c + i * z
-        u_f, u_i, u_o, u_z = jnp.split(p["U"], 4)
-        dc_ds = (
-            (state[1] * f * (1 - f))[:, None] * u_f + (z * i * (1 - i))[:, None] * u_i + (i * (1 - z**2))[:, None] * u_z
-        ) * g
-        dh_ds = o[:, None] * dc_ds + (c * o * (1 - o))[:, None] * u_o * g
-        eye, zero = _eye(s), jnp.zeros_like(_eye(s))
+        to_c = (c * f * (1 - f), z * i * (1 - i), jnp.zeros_like(c), i * (1 - z**2))
+        to_h = (o * to_c[0], o * to_c[1], (f * c + i * z) * o * (1 - o), o * to_c[3])
+        blocks = jnp.split(p["U"], 4)
+        zero = jnp.zeros_like(p["U"][: s.shape[-1]])
         left = (
-            jnp.concatenate([zero, zero], 1),
-            jnp.concatenate([dc_ds, zero], 1),
-            jnp.concatenate([dh_ds, jnp.diag(o * f)], 1),
+            jnp.concatenate([zero, zero, zero], 1),
+            jnp.concatenate([_through(to_c, blocks)[1] * g, jnp.diag(f), zero], 1),
+            jnp.concatenate([_through(to_h, blocks)[1] * g, jnp.diag(o * f), zero], 1),
         )
-        right = (jnp.concatenate([eye, zero], 1), jnp.concatenate([zero, eye], 1), jnp.concatenate([zero, zero], 1))
-        return StepJacobian((g, f, jnp.zeros_like(g)), left, right)
+        return StepJacobian((g, f, jnp.zeros_like(g)), left)
 
     initial = lambda p, n, dtype: (jnp.zeros(n, dtype),) * 3
     return Cell(init, initial, apply, lambda s: s[2], lambda n: n, sequence, jacobian)
