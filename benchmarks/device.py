@@ -262,9 +262,15 @@ class Report:
             f.write("\n".join(lines) + "\n")
 
 
-def attempt(label: str, predicted: float | None, clock: Clock, report: Report, run: Callable[[], Any]) -> Any:
+class Outcome(NamedTuple):
+    result: Any  # None: skipped or failed (said so in a note)
+    seconds: float | None  # the case's wall time; None if skipped or failed
+    failed: bool
+
+
+def attempt(label: str, predicted: float | None, clock: Clock, report: Report, run: Callable[[], Any]) -> Outcome:
     """``run()`` unless its predicted seconds exceed what ``clock`` has left (or none is
-    left). Returns ``(result, seconds)``: ``(None, None)``, with a note, when skipped or failed."""
+    left); a note says why it was skipped, or how it failed."""
     left = clock.left()
     if left <= 0 or (predicted is not None and predicted > left):
         if predicted == math.inf:
@@ -272,7 +278,7 @@ def attempt(label: str, predicted: float | None, clock: Clock, report: Report, r
         else:
             why = "no time left" if predicted is None else f"predicted {predicted:.0f} s"
         report.note(f"{label}: skipped ({why}; {max(left, 0):.0f} s left of this part's budget)")
-        return None, None
+        return Outcome(None, None, False)
     print(f"  {label}" + ("" if predicted is None else f" (predicted {predicted:.0f} s)"), flush=True)
     start = time.perf_counter()
     try:
@@ -280,10 +286,10 @@ def attempt(label: str, predicted: float | None, clock: Clock, report: Report, r
     except Exception as error:  # out of memory, a solver that fails on this machine: note it, go on
         message = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
         report.note(f"{label}: failed after {time.perf_counter() - start:.0f} s: {type(error).__name__}: {message}")
-        return None, None
+        return Outcome(None, None, True)
     seconds = time.perf_counter() - start
     print(f"  {label}: {seconds:.1f} s", flush=True)
-    return result, seconds
+    return Outcome(result, seconds, False)
 
 
 # ------------------------------------------------------------------------------- the parts
@@ -303,7 +309,7 @@ SOLVER_INTRO = (
 def run_linear(settings: Settings, clock: Clock, report: Report) -> list:
     rows, costs = [], Costs()
     for horizon, cell, width in settings.linear_cases:
-        row, seconds = attempt(
+        row, seconds, _ = attempt(
             f"parallel_time, {cell} width {width}, T = {horizon:,}",
             costs.predict((cell, width), horizon),
             clock,
@@ -319,24 +325,40 @@ def run_linear(settings: Settings, clock: Clock, report: Report) -> list:
 
 
 def run_solvers(settings: Settings, clock: Clock, report: Report) -> list:
-    solvers = settings.solvers or tuple(unroll_solvers())
-    intro = SOLVER_INTRO.format(solvers=", ".join(solvers))
+    """Every solver on each case; where they fail together on a system's first case, each
+    is tried alone there and the run goes on with those that ran."""
+    solvers = every = settings.solvers or unroll_solvers()
     rows, costs = [], Costs()
-    for horizon, cell, width in settings.solver_cases:
-        found, seconds = attempt(
-            f"parallel_time, {cell} width {width}, T = {horizon:,}, solvers {', '.join(solvers)}",
-            costs.predict((cell, width), horizon),
-            clock,
-            report,
-            lambda: parallel_time.measure_deer_case(
-                cell, width, horizon, settings.timing_s, settings.max_repeats, solvers=solvers
-            ),
+
+    def measure(cell, width, horizon, solvers):
+        return lambda: parallel_time.measure_deer_case(
+            cell, width, horizon, settings.timing_s, settings.max_repeats, solvers=solvers
         )
-        costs.record((cell, width), horizon, seconds)
+
+    for horizon, cell, width in settings.solver_cases:
+        label = f"parallel_time, {cell} width {width}, T = {horizon:,}"
+        predicted = costs.predict((cell, width), horizon)
+        found, seconds, failed = attempt(
+            f"{label}, solvers {', '.join(solvers)}", predicted, clock, report, measure(cell, width, horizon, solvers)
+        )
+        if failed and len(solvers) > 1 and not costs.seen.get((cell, width)):  # its first case
+            alone = {
+                s: attempt(f"{label}, {s} alone", None, clock, report, measure(cell, width, horizon, (s,)))
+                for s in solvers
+            }
+            ran = [s for s, outcome in alone.items() if outcome.result is not None]
+            if ran:
+                found = [row for s in ran for row in alone[s].result]
+                seconds = sum(alone[s].seconds for s in ran)
+                report.note(
+                    f"going on with {', '.join(ran)} (left out: {', '.join(s for s in solvers if s not in ran)})"
+                )
+                solvers = tuple(ran)
+        costs.record((cell, width), horizon, seconds if found is not None else None)
         if found is not None:
-            order = lambda r: (r.horizon, r.cell, r.width, solvers.index(r.solver))
-            rows = sorted([*rows, *found], key=order)
+            rows = sorted([*rows, *found], key=lambda r: (r.horizon, r.cell, r.width, every.index(r.solver)))
             text = parallel_time.deer_table(rows) + "\n\n" + parallel_time.deer_line(rows)
+            intro = SOLVER_INTRO.format(solvers=", ".join(every))
             report.set("solvers", f"## Nonlinear: parallel solvers\n\n{intro}\n\n{text}")
     return rows
 
@@ -380,7 +402,7 @@ def run_pes(settings: Settings, clock: Clock, report: Report) -> list:
     for total in settings.particles:
         lay = pes_throughput.layout(total)
         windows = pes_throughput.windows_for(lay, settings.windows, settings.max_block_steps)
-        row, seconds = attempt(
+        row, seconds, _ = attempt(
             f"pes_throughput, {total:,} particles ({lay.workers} workers x {lay.per_worker}), {windows} windows",
             costs.predict("pes", total),
             clock,
@@ -449,7 +471,7 @@ def run_checkpoint(settings: Settings, clock: Clock, report: Report) -> list:
         predicted = None
         if last is not None:
             predicted = checkpoint_prediction(*last, horizon, checkpoints, leave_out, settings.checkpoint_repeats)
-        found, seconds = attempt(
+        found, seconds, _ = attempt(
             f"checkpoint_memory, T = {horizon:,}, m = {', '.join(map(str, checkpoints))}"
             + (f", without {left_out}" if left_out else ""),
             predicted,

@@ -101,3 +101,41 @@ def test_the_checkpoint_prediction_scales_what_runs_again():
     expected = compiles + runs * (10 * 1.0 + 3.0 * ratio(100) + 4.0 * ratio(64) + 10 * 6.0)
     predicted = device.checkpoint_prediction(rows, wall, (10, 100), 10_000, (100,), {("equinox", 100)}, runs - 1)
     assert predicted == pytest.approx(expected)
+
+
+def test_a_solver_that_fails_is_found_alone_and_left_out(tmp_path, monkeypatch):
+    """Where the solvers fail together on a system's first case, each runs alone there; the
+    run goes on without the one that failed, and says so."""
+    from benchmarks import parallel_time
+
+    calls = []
+
+    def fake(cell, width, horizon, budget_s, max_repeats, solvers):
+        calls.append((horizon, tuple(solvers)))
+        if "broken" in solvers:
+            raise ValueError("this solver breaks here")
+        fields = dict.fromkeys(parallel_time.DeerRow._fields, 1)
+        fields.update(cell=cell, width=width, horizon=horizon, adjoint_iterations=None, forward_converged=True)
+        return [parallel_time.DeerRow(**(fields | {"solver": s})) for s in solvers]
+
+    monkeypatch.setattr(parallel_time, "measure_deer_case", fake)
+    settings = device.QUICK._replace(
+        solvers=("deer", "broken", "quasi-deer"), solver_cases=((50, "tanh", 8), (100, "tanh", 8))
+    )
+    report = device.Report(str(tmp_path / "solvers.md"), "solvers", "test")
+    rows = device.run_solvers(settings, device.Clock(60), report)
+    assert calls == [
+        (50, ("deer", "broken", "quasi-deer")),
+        (50, ("deer",)),
+        (50, ("broken",)),
+        (50, ("quasi-deer",)),
+        (100, ("deer", "quasi-deer")),
+    ]
+    assert [(r.horizon, r.solver) for r in rows] == [
+        (50, "deer"),
+        (50, "quasi-deer"),
+        (100, "deer"),
+        (100, "quasi-deer"),
+    ]
+    text = (tmp_path / "solvers.md").read_text()
+    assert "broken alone: failed" in text and "going on with deer, quasi-deer (left out: broken)" in text
