@@ -164,13 +164,13 @@ class Loop:
         return time.perf_counter() - start
 
 
-def pes_loop(
-    system: unroll.System, theta: PyTree, lay: Layout, windows: int, key: jax.Array, in_scan: bool = True
-) -> tuple[Loop, float]:
-    """``windows`` consecutive pes windows: with ``in_scan``, ``estimate`` inside one
-    jit-compiled ``lax.scan`` over windows (pes at its best, as a compiled training
-    loop drives it); otherwise one Python call of the compiled ``estimate`` per window.
-    Also returns the compile time of one ``estimate`` (lower + compile, seconds)."""
+def pes_loops(
+    system: unroll.System, theta: PyTree, lay: Layout, windows: int, key: jax.Array
+) -> tuple[Loop, Loop, float]:
+    """``windows`` consecutive pes windows two ways, from one estimator and one state: its
+    ``estimate`` inside one jit-compiled ``lax.scan`` over windows (pes at its best, as a
+    compiled training loop drives it), and one Python call of the compiled ``estimate`` per
+    window. Also returns the compile time of one ``estimate`` (lower + compile, seconds)."""
     est = unroll.pes(system, truncation=TRUNCATION, sigma=SIGMA, num_particles=lay.per_worker, num_workers=lay.workers)
     init_key, window_key = jax.random.split(key)
     state = jax.block_until_ready(jax.jit(est.init)(theta, init_key))
@@ -179,28 +179,25 @@ def pes_loop(
     estimate = jax.jit(est.estimate).lower(theta, state, window_keys[0]).compile()
     compile_s = time.perf_counter() - start
 
-    if in_scan:
-
-        @jax.jit
-        def advance(carry):
-            def body(state, window_key):
-                grad, state, _ = est.estimate(theta, state, window_key)
-                return state, grad
-
-            state, grads = jax.lax.scan(body, carry[0], window_keys)
-            return state, jax.tree_util.tree_map(lambda g: g[-1], grads)
-
-    else:
-
-        def advance(carry):
-            state, grad = carry
-            for window_key in window_keys:
-                grad, state, _ = estimate(theta, state, window_key)
+    @jax.jit
+    def in_scan(carry):
+        def body(state, window_key):
+            grad, state, _ = est.estimate(theta, state, window_key)
             return state, grad
+
+        state, grads = jax.lax.scan(body, carry[0], window_keys)
+        return state, jax.tree_util.tree_map(lambda g: g[-1], grads)
+
+    def per_call(carry):
+        state, grad = carry
+        for window_key in window_keys:
+            grad, state, _ = estimate(theta, state, window_key)
+        return state, grad
 
     # the carried gradient starts with theta's structure, so the first timed block runs the
     # compiled advance rather than compiling it again for (state, grad) after (state, None)
-    return Loop(advance, (state, jax.tree_util.tree_map(jnp.zeros_like, theta))), compile_s
+    carry = (state, jax.tree_util.tree_map(jnp.zeros_like, theta))
+    return Loop(in_scan, carry), Loop(per_call, carry), compile_s
 
 
 def floor_scan(system: unroll.System, num_steps: int) -> Callable:
@@ -342,8 +339,7 @@ def measure(lay: Layout, windows: int, repeats: int, seed: int = 0) -> Row:
     repeat), so all see the same load."""
     system, theta = regression_system(), initial_theta()
     pes_key, floor_key, evosax_key = jax.random.split(jax.random.PRNGKey(seed), 3)
-    pes, compile_s = pes_loop(system, theta, lay, windows, pes_key)
-    per_call, _ = pes_loop(system, theta, lay, windows, pes_key, in_scan=False)
+    pes, per_call, compile_s = pes_loops(system, theta, lay, windows, pes_key)
     floor = floor_loop(system, theta, lay, windows * TRUNCATION, floor_key)
     evosax = evosax_loop(system, theta, lay, windows, evosax_key)
     loops = [loop for loop in (pes, per_call, evosax, floor) if loop is not None]
