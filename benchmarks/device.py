@@ -59,7 +59,7 @@ about 8 us on a GPU, a host round trip per iteration (jax-ml/jax#2491; a 1e7-ste
   30-60 s), so width 32 to 1e5 and lru 32 at 1e6 if its prediction fits;
 * parallel_time, solvers, 80 s: a case compiles 2 + 2 x len(SOLVERS) programs (10 with
   four solvers) and times 3 rounds: tanh 8 and GRU 8 at 1e4 and 1e5;
-* pes_throughput, 60 s: 10-15 s a size (six compiles, 28 blocks of up to 50 windows),
+* pes_throughput, 60 s: 10-15 s a size (five compiles, 28 blocks of up to 50 windows),
   256 to 16,384 or 65,536 particles;
 * checkpoint_memory, 100 s and what the others left: 1e4 about 15 s, 1e5 about 2 minutes
   if it fits (a round is some 3e6 sequential step evaluations), 1e6 skipped (minutes a
