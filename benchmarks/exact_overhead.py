@@ -18,8 +18,9 @@ its ``temp_size_in_bytes``) and run once; the estimators' gradients are checked 
 floor's (asserted equal to float32 tolerance, so the three compute the same thing). Time:
 median wall-clock seconds per gradient over interleaved rounds (every method timed in turn,
 the order rotating, round after round, in one run; a timed sample is a block of calls of at
-least ``BLOCK_S`` seconds, divided by its calls); the ratios are each estimator's median over
-the floor's.
+least ``BLOCK_S`` seconds, divided by its calls). A ratio is the median over rounds of the
+estimator's time over the floor's in the same round: a shared machine's load drifts from
+round to round, and the pairs see the same load.
 
 Goal: ``full_bptt`` at most ``GOAL``x the floor's time at every T (no overhead from the
 window machinery beyond timing noise); the same is reported for ``truncated_bptt``.
@@ -60,12 +61,13 @@ class Row(NamedTuple):
     horizon: int
     rounds: int
     seconds: dict[str, float]  # median seconds per gradient, by method
+    ratios: dict[str, float]  # median over rounds of seconds / jax.grad's seconds, by method
     temp_bytes: dict[str, int]  # compiled temp memory, by method
     grad_error: dict[str, float]  # against jax.grad's gradient, by estimator
 
     def ratio(self, method: str) -> float:
-        """``method``'s median time over the floor's."""
-        return self.seconds[method] / self.seconds["jax.grad"]
+        """``method``'s time over the floor's (the median of the rounds' ratios)."""
+        return self.ratios[method]
 
 
 def plain_gradient(system) -> Callable[[Any, jax.Array], Any]:
@@ -111,9 +113,9 @@ def calls_per_block(fn: Callable[[], Any]) -> int:
     return max(1, round(BLOCK_S / max(time.perf_counter() - start, 1e-9)))
 
 
-def interleaved_seconds(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    """Median seconds per call of each of ``fns``: each timed once per round (a block of calls),
-    in an order that rotates from round to round."""
+def interleaved_seconds(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each of ``fns``, one per round: each timed once per round (a block
+    of calls), in an order that rotates from round to round."""
     blocks = {name: calls_per_block(fn) for name, fn in fns.items()}
     times: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)
@@ -123,7 +125,7 @@ def interleaved_seconds(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[
             for _ in range(blocks[name]):
                 jax.block_until_ready(fns[name]())
             times[name].append((time.perf_counter() - start) / blocks[name])
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 def measure(cell: str, width: int, horizon: int, rounds: int) -> Row:
@@ -140,7 +142,10 @@ def measure(cell: str, width: int, horizon: int, rounds: int) -> Row:
         assert error <= GRAD_TOLERANCE, (
             f"{name}'s gradient differs from jax.grad's by {error:.1e} ({cell}, T = {horizon})"
         )
-    row = Row(cell, width, horizon, rounds, interleaved_seconds(thunks, rounds), temps, errors)
+    times = interleaved_seconds(thunks, rounds)
+    seconds = {name: statistics.median(t) for name, t in times.items()}
+    ratios = {name: statistics.median(s / f for s, f in zip(t, times["jax.grad"])) for name, t in times.items()}
+    row = Row(cell, width, horizon, rounds, seconds, ratios, temps, errors)
     print(
         f"{cell} {width}, T = {horizon:,}: "
         + ", ".join(f"{name} {1e3 * s:.2f} ms" for name, s in row.seconds.items())
@@ -185,7 +190,7 @@ def header(rounds: int) -> str:
     device = jax.devices()[0]
     return (
         f"Exact overhead: full_bptt and truncated_bptt(truncation = T) against jax.grad through one lax.scan, "
-        f"{rounds} interleaved rounds (medians), blocks of >= {BLOCK_S} s\n"
+        f"{rounds} interleaved rounds (medians; ratios: medians of the rounds' ratios), blocks of >= {BLOCK_S} s\n"
         f"jax {jax.__version__}, {device.platform} ({device.device_kind}), {os.cpu_count()} CPU cores, "
         f"{platform.node() or 'unknown host'}, python {platform.python_version()}, "
         f"{datetime.date.today().isoformat()}"

@@ -7,6 +7,9 @@ Internal: estimators reach it through `unroll.builder.windowed`. The types it ru
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -74,22 +77,21 @@ def run_windows(
 
     ``aligned`` says that the window is aligned to episodes: every trajectory sits at
     its episode's end (``t == horizon``, as the states of an estimator whose windows are
-    whole episodes always do). Each then starts its next episode before the scan, where
-    the general path's first step would, and none can end inside the window, so the
-    scan body is the plain step: no reset, no schedule (the same numbers, less work per
-    step, which shows where a step is cheap).
+    whole episodes always do). None can then end inside the window, so each runs as one
+    plain episode (``aligned_trajectory``): no reset, no schedule, no time or key carried
+    (the same numbers; less work per step, which shows where a step is cheap).
     """
     horizon = system.horizon
     if num_steps > horizon:
         raise BadValue(f"a window of {num_steps} steps is longer than the horizon {horizon}.")
     shape = workers.t.shape
     workers, acc, noise = flatten_trajectories(workers), flatten_trajectories(acc), flatten_trajectories(noise)
+    if aligned:
+        run = functools.partial(aligned_trajectory, rule, theta, num_steps=num_steps)
+        return WindowResult(*unflatten_trajectories(over_trajectories(run, workers, acc, noise), shape))
     if num_active is not None:
         num_active = jnp.repeat(num_active, shape[1])
-    if aligned:
-        carry, xs, reset = _aligned_start(rule, theta, workers, acc, noise), jnp.arange(num_steps), None
-    else:
-        carry, xs, reset = _scheduled_start(rule, theta, workers, acc, noise, horizon, num_steps, num_active)
+    carry, xs, reset = _scheduled_start(rule, theta, workers, acc, noise, horizon, num_steps, num_active)
     body = _window_step(rule, theta, noise, reset, num_active)
     workers, acc = carry
     contribution = jax.eval_shape(
@@ -100,12 +102,38 @@ def run_windows(
     return WindowResult(*unflatten_trajectories((workers, acc, total, jnp.moveaxis(losses, 0, -1)), shape))
 
 
-def _aligned_start(rule: Rule, theta, workers: Worker, acc, noise) -> tuple[Worker, PyTree]:
-    """The carry of an aligned window: every (flattened) trajectory's next episode, started
-    now; the accumulators keep the incoming dtypes, as the scheduled reset keeps them."""
-    next_key, state, fresh_acc = jax.vmap(lambda w, n: episode_start(rule, theta, w, n))(workers, noise)
-    fresh_acc = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), fresh_acc, acc)
-    return Worker(state, jnp.zeros_like(workers.t), next_key), fresh_acc
+def over_trajectories(fn: Callable[..., PyTree], *trees: PyTree) -> PyTree:
+    """``fn`` over the flattened trajectories (the leading axis of every leaf of ``trees``):
+    vmapped, or, for a single trajectory, called on it alone, its axis dropped and restored
+    (a batch axis of size 1 costs XLA a layout copy in every step)."""
+    if jax.tree_util.tree_leaves(trees)[0].shape[0] > 1:
+        return jax.vmap(fn)(*trees)
+    alone = fn(*jax.tree_util.tree_map(lambda x: x[0], trees))
+    return jax.tree_util.tree_map(lambda x: x[None], alone)
+
+
+def aligned_trajectory(
+    rule: Rule, theta: PyTree, worker: Worker, acc: PyTree, noise: PyTree, *, num_steps: int
+) -> tuple[Worker, PyTree, PyTree, jax.Array]:
+    """One trajectory's aligned window, ``(worker, acc, total, losses)``: it sits at an
+    episode's end, so it starts the next episode (fresh key, the rule's fresh accumulator,
+    in the dtypes of ``acc``, as the scheduled reset keeps them) and runs its first
+    ``num_steps`` steps, ``t = 0, 1, ...``, as one ``lax.scan`` of the rule's step."""
+    next_key, state, fresh = episode_start(rule, theta, worker, noise)
+    fresh = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), fresh, acc)
+    times = jnp.arange(num_steps, dtype=worker.t.dtype)
+    contribution = jax.eval_shape(rule.step, theta, state, times[0], fresh, noise)[3]
+    total = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), contribution)
+
+    def body(carry, t):
+        state, acc, total = carry
+        state, new_acc, loss, contribution = rule.step(theta, state, t, acc, noise)
+        # an accumulator keeps its dtype (theta's and the state's may differ: float32 flax params, x64 states)
+        new_acc = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), new_acc, acc)
+        return (state, new_acc, jax.tree_util.tree_map(jnp.add, total, contribution)), loss
+
+    (state, acc, total), losses = jax.lax.scan(body, (state, fresh, total), times)
+    return Worker(state, jnp.asarray(num_steps, worker.t.dtype), next_key), acc, total, losses
 
 
 def _scheduled_start(rule: Rule, theta, workers: Worker, acc, noise, horizon: int, num_steps: int, num_active):
@@ -132,18 +160,14 @@ def _scheduled_start(rule: Rule, theta, workers: Worker, acc, noise, horizon: in
 
 def _window_step(rule: Rule, theta, noise, reset, num_active):
     """The scan body of ``run_windows`` over flattened trajectories: ``reset`` where the
-    schedule says some trajectory needs it (none in an aligned window: ``reset is None``,
-    ``xs`` is ``k`` alone), then one vmapped step; inactive trajectories
+    schedule says some trajectory needs it, then one vmapped step; inactive trajectories
     (``k >= num_active``) keep their carry."""
     step = jax.vmap(rule.step, in_axes=(None, 0, 0, 0, 0))
 
     def body(carry, xs):
+        k, any_reset = xs
         before, acc_before, total = carry
-        if reset is None:
-            k, (workers, acc) = xs, (before, acc_before)
-        else:
-            k, any_reset = xs
-            workers, acc = jax.lax.cond(any_reset, reset, lambda c: c, (before, acc_before))
+        workers, acc = jax.lax.cond(any_reset, reset, lambda c: c, (before, acc_before))
         state, new_acc, loss, contribution = step(theta, workers.state, workers.t, acc, noise)
         # an accumulator keeps its dtype (theta's and the state's may differ: float32 flax params, x64 states)
         new_acc = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), new_acc, acc)
