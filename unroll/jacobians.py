@@ -178,9 +178,8 @@ def view_jacobian(jac: StepJacobian, state: PyTree, *, diagonal: bool) -> jax.Ar
         return diag
     if not jac.complete:
         raise BadValue("a dense Jacobian needs a `complete` StepJacobian; this one declares its diagonal only.")
-    if jac.left is None:
-        dense = jnp.diag(diag)
-    else:
+    off = jnp.zeros((), diag.dtype)
+    if jac.left is not None:
         left = _factor_view(jac.left, state, "left")
         off = left if jac.right is None else left @ _factor_view(jac.right, state, "right").T
         if off.shape != (diag.size, diag.size):
@@ -188,7 +187,7 @@ def view_jacobian(jac: StepJacobian, state: PyTree, *, diagonal: bool) -> jax.Ar
                 f"`StepJacobian.left` without `right` gives the dense rows, {diag.size} columns (the real view's "
                 f"length); got {off.shape[-1]}."
             )
-        dense = jnp.where(np.eye(diag.size, dtype=bool), jnp.diag(diag), off)
+    dense = jnp.where(np.eye(diag.size, dtype=bool), diag[:, None], off)  # (a select: jnp.diag is slow under vmap)
     for offset, imag in skew:  # the 2x2 blocks of a complex diagonal: (Re, Im) -> -Im lambda, (Im, Re) -> Im lambda
         re = offset + np.arange(imag.size)
         dense = dense.at[re, re + imag.size].add(-imag).at[re + imag.size, re].add(imag)
