@@ -105,11 +105,13 @@ def run_windows(
 def over_trajectories(fn: Callable[..., PyTree], *trees: PyTree) -> PyTree:
     """``fn`` over the flattened trajectories (the leading axis of every leaf of ``trees``):
     vmapped, or, for a single trajectory, called on it alone, its axis dropped and restored
-    (a batch axis of size 1 costs XLA a layout copy in every step)."""
+    (a batch axis of size 1 costs XLA a layout copy in every step). By reshapes: restored
+    by a broadcast, the axis would be summed over in reverse mode, and XLA would then pass
+    the loss's cotangent into the backward loop as an array, not a constant."""
     if jax.tree_util.tree_leaves(trees)[0].shape[0] > 1:
         return jax.vmap(fn)(*trees)
-    alone = fn(*jax.tree_util.tree_map(lambda x: x[0], trees))
-    return jax.tree_util.tree_map(lambda x: x[None], alone)
+    alone = fn(*jax.tree_util.tree_map(lambda x: x.reshape(x.shape[1:]), trees))
+    return jax.tree_util.tree_map(lambda x: x.reshape((1,) + x.shape), alone)
 
 
 def aligned_trajectory(
