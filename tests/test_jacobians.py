@@ -227,3 +227,17 @@ def test_newton_with_the_declared_jacobian_is_exact(name, solver):
     grad, _, info = jax.jit(est.estimate)(theta, est.init(theta, KEY), KEY)
     assert int(info["fallback"]) == 0 and int(info.get("adjoint_fallback", 0)) == 0, info
     assert _relative(grad, expected) < 1e-8
+
+
+def test_a_bad_declaration_is_refused_with_the_fix():
+    system, theta = rnn_system(n=3, horizon=5), gain_theta(0.9, n=3)
+    not_one = system._replace(jacobian=lambda theta, state, t: {"diagonal": state})
+    with pytest.raises(TypeError, match="must return an unroll.StepJacobian"):
+        parallel.solve_episode(not_one, theta, KEY, solver="quasi-deer")
+    state = system.init(theta, KEY)
+    ones = jax.tree_util.tree_map(jnp.ones_like, state)
+    two = jax.tree_util.tree_map(lambda x: jnp.ones(x.shape + (2,)), state)
+    with pytest.raises(ValueError, match="3 columns"):  # dense rows need N = 3 columns
+        jacobians.view_jacobian(unroll.StepJacobian(ones, two), state, diagonal=False)
+    with pytest.raises(ValueError, match="needs `left`"):
+        jacobians.view_jacobian(unroll.StepJacobian(ones, None, two), state, diagonal=True)
