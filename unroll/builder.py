@@ -153,7 +153,10 @@ def windowed(
     Each call of `estimate` runs every trajectory $K$ = `truncation` steps under `rule`
     (resetting any that ends its episode, also mid-window) and returns `gradient`'s
     estimate; `info["steps"]` is $W P K$ (plus $W K$ unperturbed steps when branched).
-    Arguments are checked by the caller (the estimator's constructor).
+    Windows of whole episodes ($K = T$, unstaggered: every trajectory starts each window
+    at an episode's end) run each trajectory's episode as a plain `lax.scan` of the rule's
+    step, with no reset logic inside it. Arguments are checked by the caller (the
+    estimator's constructor).
 
     Args:
         system: the unrolled system (`init`, `step`, `horizon`).

@@ -68,6 +68,9 @@ def full_bptt(system, *, num_workers: int = 1) -> Estimator:
 
     averaged over the workers. Unbiased; memory $O(T n)$ (every state of the episode is
     stored for the backward pass; `checkpointed_bptt` trades recomputation for memory).
+    The window is the episode, so no reset can happen inside it: the compiled gradient is
+    that of `jax.value_and_grad` through one `lax.scan` of `step`, plus drawing the next
+    episode's keys (`benchmarks/exact_overhead.py`).
 
     Args:
         system: the unrolled system (`init`, `step`, `horizon` = $T$), e.g. an `unroll.System`.
