@@ -171,6 +171,8 @@ def test_an_elementwise_step_is_detected_and_its_diagonal_exact(complex_state):
     x = jnp.asarray(np.random.default_rng(9).normal(size=view.x0.shape))
     xs = (view.discrete, jnp.int32(2))
     linearize = jacobians.episode_jacobian(system, theta, KEY, solver="quasi-deer")
+    size = view.x0.size
+    assert f"[{size},{size}]" not in str(jax.make_jaxpr(linearize)(x, xs))  # no N x N Jacobian is formed
     np.testing.assert_allclose(linearize(x, xs)[1], np.diagonal(jax.jacfwd(view.advance)(x, xs)), rtol=0, atol=1e-14)
 
 
