@@ -27,8 +27,10 @@ For each:
   (``jax.jit(...).lower(...).compile().memory_analysis()``, XLA's own accounting of the
   buffers it allocates besides arguments and outputs);
 * time: median wall-clock time per gradient over interleaved repeats (at each T every
-  method is timed in turn, round after round, in one run; a third of the repeats at
-  T >= 1e5), as ratios to ``full_bptt``'s and to equinox's at the same m;
+  method is timed in turn, round after round, in one run; 15 rounds, a third of them at
+  T >= 1e5: on a shared machine the load moves ``full_bptt``'s time, which is bound by
+  memory traffic, more than the others'), as ratios to ``full_bptt``'s and to equinox's
+  at the same m;
 * forward steps: step evaluations per gradient, each step's evaluation for its own
   backward pass counted, so ``full_bptt`` is T. Ours: ``unroll.checkpointing.plan(T,
   m).forward_steps``. Equinox and the nested scans: counted in a separate, untimed run
@@ -581,7 +583,9 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[Row], list[PlanRow]]:
     parser.add_argument("--horizons", type=int, nargs="+", default=list(HORIZONS))
     parser.add_argument("--checkpoints", type=int, nargs="+", default=list(CHECKPOINTS), help="m for every method")
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS), help=f"the sweep at T = {HORIZON}")
-    parser.add_argument("--repeats", type=int, default=9, help="a third of them (at least 2) at T >= 1e5")
+    parser.add_argument(
+        "--repeats", type=int, default=15, help="a third of them (at least 2) at T >= 1e5 (15: the machine is shared)"
+    )
     parser.add_argument(
         "--plan-horizons", type=int, nargs="+", default=[1000, 10_000, 100_000, 1_000_000], help="the planner table's T"
     )
