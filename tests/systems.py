@@ -293,11 +293,12 @@ def sharding_case(name: str, num_workers: int = 8):
         settings = {"truncation": 3, "sigma": 0.1, "num_particles": 2}
         return registry.build(entry.name, linear_quadratic(7), num_workers=num_workers, **settings), jnp.asarray(THETA)
     settings = {"truncation": 4, "num_directions": 2, "memory_budget": 2}
-    # (parallel_bptt, any solver, reads only the episode keys: on a system that ignores them,
-    # every device would compute the same gradient with nothing to communicate)
+    # (parallel_bptt, any solver, and full_bptt, whose windows are whole episodes, read only
+    # the episode keys: on a system that ignores them, every device would compute the same
+    # gradient with nothing to communicate)
     system = (
         stepped_episode(noisy_rnn_system(horizon=6))
-        if entry.constructor is unroll.parallel_bptt
+        if entry.constructor in (unroll.parallel_bptt, unroll.full_bptt)
         else rnn_system(horizon=6)
     )
     return registry.build(entry.name, system, num_workers=num_workers, **settings), rnn_theta()
