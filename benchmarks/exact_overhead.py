@@ -17,15 +17,19 @@ cell of width 32 driven by ``u_t = sin(t f)``, float32) at ``T`` = 1e3, 1e4 and 
 
 Each is compiled ahead of time (``jax.jit(...).lower(...).compile()``, which also gives
 its ``temp_size_in_bytes``) and run once; the estimators' gradients are checked against the
-floor's (asserted equal to float32 tolerance, so the three compute the same thing). Time:
-median wall-clock seconds per gradient over interleaved rounds (every method timed in turn,
-the order rotating, round after round, in one run; a timed sample is a block of calls of at
-least ``BLOCK_S`` seconds, divided by its calls). A ratio is the median over rounds of the
-estimator's time over the floor's in the same round: a shared machine's load drifts from
-round to round, and the pairs see the same load.
+floor's (asserted equal to float32 tolerance, so all compute the same thing). Time: every
+method timed in turn, the order rotating, round after round, in one run; a timed sample is
+a block of calls of at least ``BLOCK_S`` seconds, divided by its calls, in wall-clock and
+in this process's CPU time (``time.process_time``: the computations are sequential scans,
+and CPU time leaves out the time the process waits for a core of the shared machine). The
+table gives wall-clock medians; a ratio is the median over rounds of a method's time over
+the floor's in the same round (the pair sees the same load), in CPU time and in wall-clock.
+A second copy of the floor, ``jax.grad (A/A)``, timed like the others, shows the noise of
+the ratios: its true ratio is 1.
 
-Goal: ``full_bptt`` at most ``GOAL``x the floor's time at every T (no overhead from the
-window machinery beyond timing noise); the same is reported for ``truncated_bptt``.
+Goal: ``full_bptt`` at most ``GOAL``x the floor's time at every T, in CPU time (no overhead
+from the window machinery beyond timing noise); the same is reported for
+``truncated_bptt``, and every ratio in wall-clock.
 
     python -m benchmarks.exact_overhead [--quick] [--out FILE.md]
 """
@@ -54,8 +58,9 @@ HORIZONS = (1_000, 10_000, 100_000)
 GOAL = 1.05  # full_bptt / jax.grad time, at most
 GRAD_TOLERANCE = 1e-4  # largest |g - g_plain| over a leaf's largest |g_plain| (float32)
 BLOCK_S = 0.05  # a timed sample: calls repeated for at least this long
-METHODS = ("jax.grad", "jax.value_and_grad", "full_bptt", "truncated_bptt")
-ESTIMATORS = METHODS[2:]
+METHODS = ("jax.grad", "jax.grad (A/A)", "jax.value_and_grad", "full_bptt", "truncated_bptt")
+ESTIMATORS = METHODS[3:]
+CLOCKS = ("cpu", "wall")  # time.process_time, time.perf_counter
 
 
 class Row(NamedTuple):
@@ -63,14 +68,14 @@ class Row(NamedTuple):
     width: int
     horizon: int
     rounds: int
-    seconds: dict[str, float]  # median seconds per gradient, by method
-    ratios: dict[str, float]  # median over rounds of seconds / jax.grad's seconds, by method
+    seconds: dict[str, float]  # median wall-clock seconds per gradient, by method
+    ratios: dict[tuple[str, str], float]  # (clock, method): median over rounds of its time / jax.grad's
     temp_bytes: dict[str, int]  # compiled temp memory, by method
-    grad_error: dict[str, float]  # against jax.grad's gradient, by estimator
+    grad_error: dict[str, float]  # against jax.grad's gradient, by method
 
-    def ratio(self, method: str) -> float:
-        """``method``'s time over the floor's (the median of the rounds' ratios)."""
-        return self.ratios[method]
+    def ratio(self, method: str, clock: str = "cpu") -> float:
+        """``method``'s time over the floor's (the median of the rounds' ratios) on ``clock``."""
+        return self.ratios[clock, method]
 
 
 def plain_loss(system) -> Callable[[Any, jax.Array], jax.Array]:
@@ -100,6 +105,7 @@ def methods(cell: str, width: int, horizon: int) -> dict[str, tuple[Callable, tu
     plain = (theta, episode_key(full_state))
     return {
         "jax.grad": (jax.grad(plain_loss(system)), plain),
+        "jax.grad (A/A)": (jax.grad(plain_loss(system)), plain),
         "jax.value_and_grad": (jax.value_and_grad(plain_loss(system)), plain),
         "full_bptt": (full.estimate, (theta, full_state, key)),
         "truncated_bptt": (windows.estimate, (theta, window_state, key)),
@@ -108,7 +114,7 @@ def methods(cell: str, width: int, horizon: int) -> dict[str, tuple[Callable, tu
 
 def gradient_of(method: str, out: Any) -> Any:
     """The gradient in what ``method`` returns."""
-    if method == "jax.grad":
+    if method.startswith("jax.grad"):
         return out
     return out[1] if method == "jax.value_and_grad" else out.grad
 
@@ -125,23 +131,34 @@ def calls_per_block(fn: Callable[[], Any]) -> int:
     return max(1, round(BLOCK_S / max(time.perf_counter() - start, 1e-9)))
 
 
-def interleaved_seconds(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each of ``fns``, one per round: each timed once per round (a block
-    of calls), in an order that rotates from round to round."""
+def interleaved_seconds(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, dict[str, list[float]]]:
+    """Seconds per call of each of ``fns`` on each clock (``CLOCKS``), one per round: each
+    timed once per round (a block of calls), in an order that rotates from round to round."""
     blocks = {name: calls_per_block(fn) for name, fn in fns.items()}
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times = {name: {clock: [] for clock in CLOCKS} for name in fns}
     names = list(fns)
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
+            cpu, wall = time.process_time(), time.perf_counter()
             for _ in range(blocks[name]):
                 jax.block_until_ready(fns[name]())
-            times[name].append((time.perf_counter() - start) / blocks[name])
+            times[name]["wall"].append((time.perf_counter() - wall) / blocks[name])
+            times[name]["cpu"].append((time.process_time() - cpu) / blocks[name])
     return times
 
 
+def paired_ratios(times: dict[str, dict[str, list[float]]]) -> dict[tuple[str, str], float]:
+    """``(clock, method)``: the median over rounds of the method's time over the floor's."""
+    floor = times["jax.grad"]
+    return {
+        (clock, name): statistics.median(a / b for a, b in zip(t[clock], floor[clock]))
+        for name, t in times.items()
+        for clock in CLOCKS
+    }
+
+
 def measure(cell: str, width: int, horizon: int, rounds: int) -> Row:
-    """Compiles and checks the three methods on one system, then times them interleaved."""
+    """Compiles and checks the methods on one system, then times them interleaved."""
     thunks, temps, grads = {}, {}, {}
     for name, (fn, args) in methods(cell, width, horizon).items():
         compiled = jax.jit(fn).lower(*args).compile()
@@ -155,47 +172,52 @@ def measure(cell: str, width: int, horizon: int, rounds: int) -> Row:
             f"{name}'s gradient differs from jax.grad's by {error:.1e} ({cell}, T = {horizon})"
         )
     times = interleaved_seconds(thunks, rounds)
-    seconds = {name: statistics.median(t) for name, t in times.items()}
-    ratios = {name: statistics.median(s / f for s, f in zip(t, times["jax.grad"])) for name, t in times.items()}
-    row = Row(cell, width, horizon, rounds, seconds, ratios, temps, errors)
+    seconds = {name: statistics.median(t["wall"]) for name, t in times.items()}
+    row = Row(cell, width, horizon, rounds, seconds, paired_ratios(times), temps, errors)
     print(
         f"{cell} {width}, T = {horizon:,}: "
         + ", ".join(f"{name} {1e3 * s:.2f} ms" for name, s in row.seconds.items())
-        + f"; full_bptt / jax.grad {row.ratio('full_bptt'):.3f}",
+        + f"; full_bptt / jax.grad {row.ratio('full_bptt'):.3f} (CPU), {row.ratio('full_bptt', 'wall'):.3f} (wall)",
         flush=True,
     )
     return row
 
 
 def table(rows: Sequence[Row]) -> str:
+    both = lambda r, name: f"{r.ratio(name):.3f} ({r.ratio(name, 'wall'):.3f})"
     lines = [
         "| cell | T | jax.grad ms | jax.value_and_grad ms | full_bptt ms | truncated_bptt ms "
-        "| full_bptt / jax.grad | truncated_bptt / jax.grad | value_and_grad / jax.grad "
+        "| **full_bptt / jax.grad**, CPU (wall) | truncated_bptt / jax.grad, CPU (wall) "
+        "| value_and_grad / jax.grad, CPU (wall) | A/A: jax.grad / jax.grad, CPU (wall) "
         "| temp memory full / jax.grad | gradient error (value_and_grad, full, truncated) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        ms = [f"{1e3 * r.seconds[name]:.2f}" for name in METHODS]
+        ms = [f"{1e3 * r.seconds[name]:.2f}" for name in ("jax.grad", "jax.value_and_grad", *ESTIMATORS)]
         memory = r.temp_bytes["full_bptt"] / max(r.temp_bytes["jax.grad"], 1)
-        errors = ", ".join(f"{r.grad_error[name]:.0e}" for name in METHODS[1:])
+        errors = ", ".join(f"{r.grad_error[name]:.0e}" for name in ("jax.value_and_grad", *ESTIMATORS))
+        ratios = [both(r, name) for name in (*ESTIMATORS, "jax.value_and_grad", "jax.grad (A/A)")]
+        ratios[0] = f"**{ratios[0]}**"
         lines.append(
-            f"| {r.cell} {r.width} | {r.horizon:,} | {' | '.join(ms)} | **{r.ratio('full_bptt'):.3f}** "
-            f"| {r.ratio('truncated_bptt'):.3f} | {r.ratio('jax.value_and_grad'):.3f} | {memory:.2f} | {errors} |"
+            f"| {r.cell} {r.width} | {r.horizon:,} | {' | '.join(ms)} | {' | '.join(ratios)} | {memory:.2f} | {errors} |"
         )
     return "\n".join(lines + [""] + goal_lines(rows))
 
 
 def goal_lines(rows: Sequence[Row]) -> list[str]:
     lines = []
-    for name in ESTIMATORS:
-        worst = max(rows, key=lambda r: r.ratio(name))
-        met = all(r.ratio(name) <= GOAL for r in rows)
-        each = ", ".join(f"{r.cell} T = {r.horizon:.0e}: {r.ratio(name):.3f}".replace("e+0", "e") for r in rows)
+    for name, clock in itertools.product(ESTIMATORS, CLOCKS):
+        worst = max(rows, key=lambda r: r.ratio(name, clock))
+        met = all(r.ratio(name, clock) <= GOAL for r in rows)
+        each = ", ".join(f"{r.cell} T = {r.horizon:.0e}: {r.ratio(name, clock):.3f}".replace("e+0", "e") for r in rows)
+        what = "Goal" if (name, clock) == ("full_bptt", "cpu") else "Reported"
         lines.append(
-            f"* {'Goal' if name == 'full_bptt' else 'Reported'}: {name} <= {GOAL}x jax.grad's time at every T: "
-            f"{'met' if met else 'NOT met'} (worst {worst.ratio(name):.3f}, {worst.cell} at T = {worst.horizon:,}; "
-            f"{each})."
+            f"* {what}: {name} <= {GOAL}x jax.grad's {'CPU' if clock == 'cpu' else 'wall-clock'} time at every T: "
+            f"{'met' if met else 'NOT met'} (worst {worst.ratio(name, clock):.3f}, {worst.cell} at T = "
+            f"{worst.horizon:,}; {each})."
         )
+    noise = max(abs(r.ratio("jax.grad (A/A)", clock) - 1) for r in rows for clock in CLOCKS)
+    lines.append(f"* Noise: the A/A ratios (the floor against itself) stray up to {noise:.3f} from 1.")
     return lines
 
 
@@ -203,7 +225,8 @@ def header(rounds: int) -> str:
     device = jax.devices()[0]
     return (
         f"Exact overhead: full_bptt and truncated_bptt(truncation = T) against jax.grad through one lax.scan, "
-        f"{rounds} interleaved rounds (medians; ratios: medians of the rounds' ratios), blocks of >= {BLOCK_S} s\n"
+        f"{rounds} interleaved rounds (wall-clock medians; ratios: medians of the rounds' ratios, CPU time and "
+        f"wall-clock), blocks of >= {BLOCK_S} s\n"
         f"jax {jax.__version__}, {device.platform} ({device.device_kind}), {os.cpu_count()} CPU cores, "
         f"{platform.node() or 'unknown host'}, python {platform.python_version()}, "
         f"{datetime.date.today().isoformat()}"
