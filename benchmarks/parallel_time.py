@@ -18,7 +18,8 @@ width 32 at ``T = 1e5``, with no more compiled memory.
 Nonlinear recurrences (``--deer``): Newton's method over the whole episode,
 ``parallel_bptt(solver="deer")`` (dense step Jacobians in a matrix scan; Lim et al. 2024)
 and ``solver="quasi-deer"`` (their diagonal in an elementwise scan; Gonzalez et al. 2024),
-against sequential evaluation, on contracting systems driven by inputs computed from ``t``
+and their damped forms ``"elk"`` and ``"quasi-elk"`` (Levenberg-Marquardt steps by a parallel
+Kalman smoother; Gonzalez et al. 2024), against sequential evaluation, on contracting systems driven by inputs computed from ``t``
 (``u_t = sin(t f)``, 4 fixed frequencies; loss ``(r . h_t - sin(2 pi t / 25))^2 / 2``;
 float32, one worker, default tolerance, ``max_iterations = min(T, 100)``): a tanh RNN
 ``h' = tanh(W h + U u_t + b)`` of width 8 and 32 and a GRU (``unroll.tasks.rnn``'s cell) of
@@ -33,7 +34,7 @@ width 8, every recurrent matrix scaled to spectral radius 0.9, at ``T`` = 1e3, 1
   ``iterations``, ``adjoint_iterations`` (quasi-DEER's adjoint is a Newton solve too) and
   the episodes recomputed sequentially (``fallback``, ``adjoint_fallback``);
 * memory: ``temp_size_in_bytes`` of each compiled ``estimate``;
-* time: medians of interleaved repeats of all six in turn, in one run (a case whose round
+* time: medians of interleaved repeats of all of them in turn, in one run (a case whose round
   takes over 2 minutes gets one timed round, marked in the table); ratios are
   sequential / solver (speed-up; below 1 is slower) and solver / sequential (memory), and
   the cost of one Newton iteration is the solver's forward time / iterations, against
@@ -163,7 +164,7 @@ def goal_line(rows: Sequence[Row]) -> str:
 
 DEER_HORIZONS = (1_000, 10_000, 100_000)
 DEER_SYSTEMS = (("tanh", 8), ("tanh", 32), ("gru", 8))  # (cell, width)
-SOLVERS = ("deer", "quasi-deer")
+SOLVERS = unroll.parallel.SOLVERS  # deer, quasi-deer, elk, quasi-elk
 SPECTRAL_RADIUS = 0.9
 DEER_CASE = ("tanh", 8, 100_000, "quasi-deer")  # the CPU figure reported and explained
 LONG_ROUND_S = 120.0  # a case whose round takes longer gets one timed round
@@ -368,7 +369,7 @@ def _plot_linear(axes, rows: Sequence[Row]) -> None:
 
 def _plot_deer(axes, rows: Sequence[DeerRow]) -> None:
     colors = {system: f"C{i}" for i, system in enumerate(DEER_SYSTEMS)}
-    markers = {"deer": "o", "quasi-deer": "s"}
+    markers = {"deer": "o", "quasi-deer": "s", "elk": "^", "quasi-elk": "v"}
     for system in DEER_SYSTEMS:
         for solver in SOLVERS:
             sel = sorted(
@@ -438,11 +439,11 @@ def main(argv: Sequence[str] | None = None) -> list[Row | DeerRow]:
         )
     if nonlinear:
         headers.append(
-            f"parallel_bptt(solver='deer' | 'quasi-deer') vs sequential (episode_loss, full_bptt), contracting "
+            f"parallel_bptt(solver='deer' | 'quasi-deer' | 'elk' | 'quasi-elk') vs sequential (episode_loss, full_bptt), contracting "
             f"tanh RNN and GRU (recurrent spectral radius {SPECTRAL_RADIUS:g}), float32, one worker; "
             f"{machine_line()}\n"
             "forward = episode_loss vs unroll.parallel.solve_episode, gradient = one estimate; medians of "
-            "interleaved repeats of all six in one run; speed-up = seq / solver (< 1: slower); s / iteration = "
+            "interleaved repeats of all of them in one run; speed-up = seq / solver (< 1: slower); s / iteration = "
             "solver forward / its iterations, in sequential forwards in the next column; memory = compiled temp "
             "bytes of the estimate; fallback = episodes recomputed sequentially (forward + adjoint)"
         )

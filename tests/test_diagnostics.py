@@ -215,10 +215,32 @@ def test_parallel_outlook_forecasts_the_newton_iterations(gain):
         if outlook.expected_fast:
             assert outlook.expected_iterations / 2 <= int(solution.iterations) <= 2 * outlook.expected_iterations
         assert ("expected fast" if outlook.expected_fast else "not expected fast") in outlook.rule
+        if gain < 2:  # contracting: from zeros the full step stays finite
+            assert outlook.damping_needed is False and "no damping needed" in outlook.rule
+
+
+def test_parallel_outlook_says_when_damping_is_needed():
+    """On the driven tanh RNN where DEER's first step from zeros overflows (float32, T = 1000,
+    ``tests/test_deer.py``), the outlook says damping is needed; ELK then converges."""
+    with jax.enable_x64(False):
+        n, horizon = 8, 1000
+        keys = jax.random.split(jax.random.key(0), 2)
+        w = jax.random.normal(keys[0], (n, n), jnp.float32) * 4 / np.sqrt(n)
+        u = jax.random.normal(keys[1], (horizon, n), jnp.float32) * 3
+        system = unroll.System(
+            lambda theta, key: jnp.zeros(n, jnp.float32),
+            lambda theta, x, t: (jnp.tanh(theta @ x + u[t]), jnp.sum(x**2)),
+            horizon,
+        )
+        outlook = unroll.diagnostics.parallel_outlook(system, w, jax.random.key(1), solver="elk", num_steps=200)
+    assert outlook.exponent < 0, outlook  # contracting along its trajectory
+    assert outlook.damping_needed is True and "damping is needed" in outlook.rule, outlook
 
 
 def test_parallel_outlook_names_its_solvers():
-    with pytest.raises(ValueError, match="`solver` must be 'deer' or 'quasi-deer', got 'newton'"):
+    with pytest.raises(
+        ValueError, match="`solver` must be one of 'deer', 'quasi-deer', 'elk', 'quasi-elk', got 'newton'"
+    ):
         unroll.diagnostics.parallel_outlook(
             unroll.tasks.influence_balancing(horizon=5), jnp.zeros(1), None, solver="newton"
         )

@@ -120,7 +120,9 @@ def lyapunov_spectrum(
 # Newton iterations DEER and quasi-DEER take, about ``c / |lambda_1|`` for contracting
 # dynamics: fitted on a driven tanh RNN (N = 16, T = 1000, float64) whose gain sweeps
 # lambda_1 from -1.6 to -0.14 per step (notebooks/chaos.ipynb, section 5)
-ITERATIONS_TIMES_EXPONENT = {"deer": 3.0, "quasi-deer": 30.0}
+# (ELK and quasi-ELK start near DEER's full step and take its iterations where it converges: tests/test_deer.py's
+# contracting systems, docs/parallel-and-checkpointing.md)
+ITERATIONS_TIMES_EXPONENT = {"deer": 3.0, "quasi-deer": 30.0, "elk": 3.0, "quasi-elk": 30.0}
 
 
 class ParallelOutlook(NamedTuple):
@@ -131,12 +133,16 @@ class ParallelOutlook(NamedTuple):
       expected_iterations: the expected iterations of the Newton solve (`horizon` where it is not contracting).
       expected_fast: whether parallel evaluation is expected fast.
       rule: the rule that says so, in words.
+      damping_needed: whether the full Newton step from the zeros guess overflows (measured by `parallel_outlook`:
+        one undamped iteration on the episode `key` starts), so that DEER and quasi-DEER give up at once and the
+        damped solvers (`"elk"`, `"quasi-elk"`) are the ones to try; `None` where not measured.
     """
 
     exponent: float
     expected_iterations: int
     expected_fast: bool
     rule: str
+    damping_needed: bool | None = None
 
 
 def parallel_outlook(
@@ -159,11 +165,16 @@ def parallel_outlook(
     $\lambda_1 < 0$ and $c / |\lambda_1| \le$ ``max_iterations``. Not jit-able (returns
     Python values); $c$ holds for saturating RNNs, other systems may differ by a small factor.
 
+    It also runs one undamped Newton iteration (DEER's, or quasi-DEER's for the diagonal
+    solvers) from the zeros guess on the episode `key` starts: where that overflows,
+    the full step is useless from there and damping is needed (`damping_needed`; the
+    damped solvers ``"elk"`` and ``"quasi-elk"`` keep their iterates finite).
+
     Args:
       system: the system.
       theta: the outer parameters.
       key: the key of ``lyapunov_spectrum``'s initial state and frame.
-      solver: ``"deer"`` or ``"quasi-deer"``.
+      solver: ``"deer"``, ``"quasi-deer"``, ``"elk"`` or ``"quasi-elk"``.
       max_iterations: the iteration cap of the Newton solve.
       num_steps: the steps $\lambda_1$ is averaged over.
       warmup: the steps run before measuring.
@@ -172,10 +183,32 @@ def parallel_outlook(
       A `ParallelOutlook` (Python values).
     """
     if solver not in ITERATIONS_TIMES_EXPONENT:
-        raise BadValue(f"`solver` must be 'deer' or 'quasi-deer', got {solver!r}.")
+        raise BadValue(f"`solver` must be one of {', '.join(map(repr, ITERATIONS_TIMES_EXPONENT))}, got {solver!r}.")
     max_iterations = check_positive_int(max_iterations, "max_iterations", "the iteration cap, e.g. 100.")
     spectrum = jax.jit(lambda th, k: lyapunov_spectrum(system, th, k, num_steps, k=1, warmup=warmup))(theta, key)
-    return outlook_from_exponent(float(spectrum.exponents[0]), system.horizon, solver, max_iterations)
+    outlook = outlook_from_exponent(float(spectrum.exponents[0]), system.horizon, solver, max_iterations)
+    overflows = bool(jax.jit(lambda th, k: _full_step_overflows(system, th, k, solver))(theta, key))
+    verdict = (
+        "the full Newton step from zeros overflows on this episode: damping is needed (solver='elk' or "
+        "'quasi-elk'; without it the solve gives up and falls back to the sequential pass)"
+        if overflows
+        else "the full Newton step from zeros stays finite on this episode (no damping needed to start)"
+    )
+    return outlook._replace(rule=f"{outlook.rule} {verdict[0].upper()}{verdict[1:]}.", damping_needed=overflows)
+
+
+def _full_step_overflows(system, theta, key, solver: str) -> jax.Array:
+    """Whether one undamped Newton iteration (DEER's, or quasi-DEER's for the diagonal solvers) from zeros overflows on
+    the episode `key` starts."""
+    from unroll.jacobians import DIAGONAL_SOLVERS, episode_jacobian
+    from unroll.parallel import _newton_loop, discrete_inputs, episode_view
+
+    undamped = "quasi-deer" if solver in DIAGONAL_SOLVERS else "deer"
+    view = episode_view(system, theta, key)
+    xs = discrete_inputs(view, system.horizon)
+    jacobian = episode_jacobian(system, theta, key, solver=undamped)
+    loop = _newton_loop(view.advance, view.x0, xs, undamped, None, 0.0, 1, jacobian)
+    return ~jnp.isfinite(loop.current.residual)
 
 
 def outlook_from_exponent(
@@ -186,7 +219,7 @@ def outlook_from_exponent(
     Args:
       exponent: $\lambda_1$, per step.
       horizon: the episode length $T$ (the iterations where the system is not contracting).
-      solver: ``"deer"`` or ``"quasi-deer"`` (its constant $c$).
+      solver: ``"deer"``, ``"quasi-deer"``, ``"elk"`` or ``"quasi-elk"`` (its constant $c$).
       max_iterations: the iteration cap.
 
     Returns:
@@ -194,7 +227,7 @@ def outlook_from_exponent(
       $T$; expected fast iff $\lambda_1 < 0$ and $c / |\lambda_1| \le$ `max_iterations`.
     """
     if solver not in ITERATIONS_TIMES_EXPONENT:
-        raise BadValue(f"`solver` must be 'deer' or 'quasi-deer', got {solver!r}.")
+        raise BadValue(f"`solver` must be one of {', '.join(map(repr, ITERATIONS_TIMES_EXPONENT))}, got {solver!r}.")
     c = ITERATIONS_TIMES_EXPONENT[solver]
     contracting = exponent < 0
     expected = min(horizon, math.ceil(c / -exponent)) if contracting else horizon

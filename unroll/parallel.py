@@ -34,13 +34,15 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from unroll._errors import BadType, BadValue
+from unroll._kalman import smoother
 from unroll._system import check_positive_int, from_real_parts, real_parts, split_discrete
 from unroll._tree import PyTree
-from unroll.jacobians import episode_jacobian
+from unroll.jacobians import DIAGONAL_SOLVERS, episode_jacobian
 
 __all__ = [
     "EpisodeSolution",
     "EpisodeView",
+    "DAMPED_SOLVERS",
     "SOLVERS",
     "Solution",
     "default_tolerance",
@@ -198,16 +200,32 @@ def matrix_recurrence(a: jax.Array, b: jax.Array, h0: jax.Array | None = None, r
 # --------------------------------------------------------------------------- nonlinear recurrences
 
 
-SOLVERS = ("deer", "quasi-deer")
+SOLVERS = ("deer", "quasi-deer", "elk", "quasi-elk")
+r"""The Newton solvers over time: DEER (dense $J_t$), quasi-DEER ($\mathrm{diag}(J_t)$), and their damped forms
+ELK and quasi-ELK (Gonzalez et al. 2024)."""
+
+DAMPED_SOLVERS = ("elk", "quasi-elk")
+"""The Newton solvers whose steps are damped (ELK's trust region); the others take the full step."""
+
+# ELK's trust region: sigma^2 starts at _INITIAL_VARIANCE; it is multiplied by _GROW after a step that lowered the
+# squared residual (toward DEER's step) and divided by _SHRINK after one that did not (toward the current iterate),
+# within [_MIN_VARIANCE, _MAX_VARIANCE]. A step is taken unless it is not finite or multiplies the squared residual
+# by more than _BLOWUP (Newton's residual need not fall every step; a blow-up is what damping is for); an iteration
+# whose _MAX_TRIALS steps are all refused stops the solve.
+_INITIAL_VARIANCE = 1e6
+_GROW, _SHRINK = 4.0, 8.0
+_MIN_VARIANCE, _MAX_VARIANCE = 1e-12, 1e12
+_BLOWUP = 100.0
+_MAX_TRIALS = 12
 
 
 class Solution(NamedTuple):
-    r"""What `solve_recurrence` returns: the trajectory, and how the Newton solve ended.
+    r"""What `solve_recurrence` returns: its best trajectory, and how the Newton solve ended.
 
     Attributes:
-      trajectory: `[T, n]`, every $x_t$.
-      iterations: the Newton iterations taken.
-      residual: the final residual $\max_t \max_i |x_t - f_t(x_{t-1})| / (1 + |f_t(x_{t-1})|)$.
+      trajectory: `[T, n]`, every $x_t$ of the best iterate (the one of least residual, the guess included).
+      iterations: the Newton iterations taken (linearizations; ELK's rejected trial steps reuse theirs).
+      residual: that iterate's residual $\max_t \max_i |x_t - f_t(x_{t-1})| / (1 + |f_t(x_{t-1})|)$.
       converged: whether it converged (`residual <= tolerance`).
     """
 
@@ -240,6 +258,28 @@ def _jacobian(fn: Callable, diagonal: bool) -> Callable:
     return value_and_jacobian
 
 
+def _affine(a: jax.Array, b: jax.Array, h0: jax.Array | None, diagonal: bool, reverse: bool = False) -> jax.Array:
+    """$h_t = a_t h_{t-1} + b_t$ with diagonal (`linear_recurrence`) or dense (`matrix_recurrence`) $a_t$."""
+    return (linear_recurrence if diagonal else matrix_recurrence)(a, b, h0, reverse=reverse)
+
+
+class _Iterate(NamedTuple):
+    """One iterate of the solve: its trajectory, residual (max relative) and squared residual (ELK's merit)."""
+
+    x: jax.Array
+    residual: jax.Array
+    merit: jax.Array
+
+
+class _Loop(NamedTuple):
+    current: _Iterate
+    best: _Iterate
+    iterations: jax.Array
+    variance: jax.Array  # ELK's sigma^2
+    stalled: jax.Array
+    tolerance: jax.Array
+
+
 def solve_recurrence(
     fn: Callable,
     x0: jax.Array,
@@ -253,67 +293,122 @@ def solve_recurrence(
 ) -> Solution:
     r"""All $x_t = f(x_{t-1}, xs_t)$, $t = 0, \dots, T-1$, by Newton's method over the whole trajectory at once.
 
-    From $x_{-1}$ = `x0`, each iteration (DEER, Lim et al. 2024) is
+    From $x_{-1}$ = `x0`, each iteration (DEER, Lim et al. 2024) linearizes at the current iterate
+    $\bar x$ and solves
 
     $$
-    x^{(i+1)}_t = f_t(x^{(i)}_{t-1}) + J_t \left(x^{(i+1)}_{t-1} - x^{(i)}_{t-1}\right),
-    \qquad J_t = \frac{\partial f_t}{\partial x}\Big|_{x^{(i)}_{t-1}},
+    x_t = f_t(\bar x_{t-1}) + J_t \left(x_{t-1} - \bar x_{t-1}\right),
+    \qquad J_t = \frac{\partial f_t}{\partial x}\Big|_{\bar x_{t-1}},
     $$
 
-    a linear recurrence in $x^{(i+1)}$, solved by one associative scan
-    (`matrix_recurrence`; with `solver="quasi-deer"`, $\mathrm{diag}(J_t)$ only and
-    `linear_recurrence`, Gonzalez et al. 2024). Any $J$ keeps the chain property: after
-    $k$ iterations the first $k$ states are exact, so $T$ iterations solve it from
-    any `guess`. It stops when the residual is at most `tolerance`, when it is not finite,
-    or after `max_iterations`. Not differentiable: for gradients take the
-    implicit one at the solution (`parallel_bptt` does).
+    a linear recurrence in $x$, by one associative scan (`matrix_recurrence`; with
+    `solver="quasi-deer"`, $\mathrm{diag}(J_t)$ only and `linear_recurrence`, Gonzalez et al.
+    2024). Any $J$ keeps the chain property: after $k$ iterations the first $k$ states are
+    exact, so $T$ iterations solve it from any `guess`.
+
+    `solver="elk"` (and `"quasi-elk"`, with $\mathrm{diag}(J_t)$) damps each step
+    (Levenberg-Marquardt; ELK, Gonzalez et al. 2024): it minimizes
+    $\sum_t \lVert x_t - f_t(\bar x_{t-1}) - J_t (x_{t-1} - \bar x_{t-1}) \rVert^2
+    + \sigma^{-2} \sum_t \lVert x_t - \bar x_t \rVert^2$, a linear-Gaussian smoothing problem
+    solved by a parallel Kalman filter and smoother. A step is taken only if it lowers
+    $\sum_t \lVert x_t - f_t(x_{t-1}) \rVert^2$; then $\sigma^2$ grows (toward DEER's step),
+    else it shrinks and the step is tried again from the same linearization (a trust region).
+    The fixed point, and so the gradient at it, is DEER's.
+
+    Each iteration linearizes once (at its start); the residual of its result comes from one
+    plain evaluation of $f$ over the trajectory. The solve stops when the residual is at most
+    `tolerance`, when it is not finite, when ELK finds no step that lowers it, or after
+    `max_iterations`, and returns the best iterate seen. Not differentiable: for gradients
+    take the implicit one at the solution (`parallel_bptt` does).
 
     Args:
       fn: $f$, `fn(x, xs_t) -> x_t` with `x` of shape `[n]`.
       x0: $x_{-1}$, `[n]`.
       xs: the per-step inputs, a pytree with the time axis first (`T` from its first leaf).
-      solver: `"deer"` (dense $J_t$) or `"quasi-deer"` (its diagonal).
+      solver: one of `SOLVERS`: `"deer"` (dense $J_t$), `"quasi-deer"` (its diagonal), `"elk"` or `"quasi-elk"`
+        (their damped steps).
       guess: the initial trajectory `[T, n]`. Default: zeros.
       tolerance: the residual to stop at. Default: `default_tolerance(x0.dtype)`.
-      max_iterations: the most Newton iterations.
+      max_iterations: the most Newton iterations (linearizations).
       jacobian: `jacobian(x, xs) -> (fn(x, xs), J)`, overrides how $J$ (dense or diagonal, to match `solver`) is
         formed. Default: `jax.jacfwd` ($n$ jvps).
 
     Returns:
       A `Solution`.
     """
+    loop = _newton_loop(fn, x0, xs, solver, guess, tolerance, max_iterations, jacobian)
+    return Solution(loop.best.x, loop.iterations, loop.best.residual, loop.best.residual <= loop.tolerance)
+
+
+def _newton_loop(fn, x0, xs, solver, guess, tolerance, max_iterations, jacobian) -> _Loop:
+    """`solve_recurrence`'s iterations: the final `_Loop`, whose `current` is the last iterate."""
     if solver not in SOLVERS:
         raise BadValue(f"`solver` must be one of {', '.join(map(repr, SOLVERS))}, got {solver!r}.")
-    diagonal = solver == "quasi-deer"
+    diagonal, damped = solver in DIAGONAL_SOLVERS, solver in DAMPED_SOLVERS
     num_steps = jax.tree_util.tree_leaves(xs)[0].shape[0]
     guess = jnp.zeros((num_steps,) + x0.shape, x0.dtype) if guess is None else jnp.asarray(guess, x0.dtype)
     tolerance = default_tolerance(x0.dtype) if tolerance is None else tolerance
     linearize = jax.vmap(jacobian or _jacobian(fn, diagonal))
+    advance = jax.vmap(fn)
+    shifted = lambda x: jnp.concatenate([x0[None], x[:-1]])
 
-    def evaluate(x):
-        previous = jnp.concatenate([x0[None], x[:-1]])
-        value, jac = linearize(previous, xs)
-        error = jnp.abs(x - value) / (1 + jnp.abs(value))
+    def measure(x) -> _Iterate:
+        value = advance(shifted(x), xs)
+        gap = x - value
+        error = jnp.abs(gap) / (1 + jnp.abs(value))
         # a NaN (an overflowed iterate) counts as infinite: reductions may drop NaNs
         residual = jnp.max(jnp.where(jnp.isnan(error), jnp.inf, error))
-        return previous, value, jac, residual
+        merit = jnp.sum(gap * gap)
+        return _Iterate(x, residual, jnp.where(jnp.isnan(merit), jnp.inf, merit))
 
-    def newton(carry):
-        x, i, (previous, value, jac, _) = carry
-        if diagonal:
-            x = linear_recurrence(jac, value - jac * previous, x0)
+    def newton(loop: _Loop) -> _Loop:
+        previous = shifted(loop.current.x)
+        value, jac = linearize(previous, xs)
+        bias = value - (jac * previous if diagonal else jnp.einsum("tij,tj->ti", jac, previous))
+        if damped:
+            new, variance, stalled = _damped(measure, jac, bias, x0, loop, diagonal)
         else:
-            x = matrix_recurrence(jac, value - jnp.einsum("tij,tj->ti", jac, previous), x0)
-        return x, i + 1, evaluate(x)
+            new, variance, stalled = measure(_affine(jac, bias, x0, diagonal)), loop.variance, loop.stalled
+        better = new.residual < loop.best.residual
+        best = jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), new, loop.best)
+        return _Loop(new, best, loop.iterations + 1, variance, stalled, loop.tolerance)
 
-    def going(carry):
-        _, i, (*_, residual) = carry
-        return ~(residual <= tolerance) & jnp.isfinite(residual) & (i < max_iterations)
+    def going(loop: _Loop):
+        residual = loop.current.residual
+        return ~(residual <= tolerance) & jnp.isfinite(residual) & (loop.iterations < max_iterations) & ~loop.stalled
 
-    x, iterations, (*_, residual) = jax.lax.while_loop(
-        going, newton, (guess, jnp.zeros((), jnp.int32), evaluate(guess))
+    start = measure(guess)
+    variance = jnp.asarray(_INITIAL_VARIANCE, x0.dtype)
+    first = _Loop(start, start, jnp.zeros((), jnp.int32), variance, jnp.asarray(False), jnp.asarray(tolerance))
+    return jax.lax.while_loop(going, newton, first)
+
+
+def _damped(measure, jac, bias, x0, loop: _Loop, diagonal: bool):
+    """ELK's iteration from one linearization: smoother steps at shrinking $\\sigma^2$ until one lowers the squared
+    residual by at most `_BLOWUP` ($\\sigma^2$ grows if it fell, shrinks if not), or `_MAX_TRIALS` are refused
+    (stalled: the iterate stays)."""
+    # x_{-1} is fixed: its term moves into bias_0, which becomes f_0(x_{-1})
+    bias = bias.at[0].add(jac[0] * x0 if diagonal else jac[0] @ x0)
+    jac = jac.at[0].set(0)
+    current = loop.current
+
+    def attempt(trial):
+        variance, _, _, count = trial
+        gains, offsets = smoother(jac, bias, current.x, variance, diagonal)
+        new = measure(_affine(gains, offsets, None, diagonal, reverse=True))
+        accepted = new.merit <= current.merit * _BLOWUP  # False for a non-finite step
+        variance = jnp.where(accepted, variance * _GROW, variance / _SHRINK)
+        return jnp.clip(variance, _MIN_VARIANCE, _MAX_VARIANCE), new, accepted, count + 1
+
+    def trying(trial):
+        _, _, accepted, count = trial
+        return ~accepted & (count < _MAX_TRIALS)
+
+    variance, new, accepted, _ = jax.lax.while_loop(
+        trying, attempt, (loop.variance, current, jnp.asarray(False), jnp.zeros((), jnp.int32))
     )
-    return Solution(x, iterations, residual, residual <= tolerance)
+    new = jax.tree_util.tree_map(lambda a, b: jnp.where(accepted, a, b), new, current)
+    return new, variance, ~accepted
 
 
 def sequential_recurrence(fn: Callable, x0: jax.Array, xs: PyTree) -> jax.Array:

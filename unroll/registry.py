@@ -99,6 +99,11 @@ ESTIMATORS: dict[str, Entry] = {
               "by Newton iterations (dense Jacobians)", "bptt", "exact", "tests/test_deer.py (= full-bptt)"),
         Entry("quasi-deer", parallel_bptt, {"solver": "quasi-deer"}, "as deer with diagonal Jacobians (more "
               "iterations, O(T n) memory)", "bptt", "exact", "tests/test_deer.py (= full-bptt)"),
+        Entry("elk", parallel_bptt, {"solver": "elk"}, "as deer with each Newton step damped (Levenberg-Marquardt "
+              "by a parallel Kalman smoother, a trust region), for systems where deer diverges", "bptt", "exact",
+              "tests/test_deer.py (= full-bptt)"),
+        Entry("quasi-elk", parallel_bptt, {"solver": "quasi-elk"}, "as elk with diagonal Jacobians", "bptt",
+              "exact", "tests/test_deer.py (= full-bptt)"),
         Entry("checkpointed-bptt", checkpointed_bptt, {"memory_budget": 10},
               "full BPTT in memory_budget stored states, on the optimal binomial schedule", "bptt", "exact",
               "tests/test_checkpointing.py (= full-bptt)"),

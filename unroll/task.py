@@ -350,7 +350,7 @@ def estimator_memory(name: str, system, theta, settings: dict) -> int:
     ($n_s$ floats of $b$ bytes) and $p$ theta's bytes ($n_\theta$ floats):
 
     * ``full-bptt``, ``parallel-bptt``, ``quasi-deer``: the whole trajectory, $W T s$ (``deer``: $W T n_s^2 b$,
-      its Jacobians);
+      its Jacobians; ``quasi-elk``: $5 W T s$ and ``elk``: $3 W T n_s^2 b$, the Kalman filter's elements);
     * ``checkpointed-bptt``: $W m s$ for ``memory_budget`` $m$ states (or the bytes it gives);
     * ``tbptt``, ``dni``: the window, $W K s$;
     * ``rtrl``, ``snap``: the influence matrix $d s / d\theta$, $W n_s n_\theta b$ (``snap``'s dense bound);
@@ -395,6 +395,8 @@ def memory_models(system, theta, settings: dict) -> dict[str, int]:
         "parallel-bptt": trajectory,
         "quasi-deer": trajectory,
         "deer": system.horizon * n_s * n_s * b,
+        "quasi-elk": 5 * trajectory,
+        "elk": 3 * system.horizon * n_s * n_s * b,
         "checkpointed-bptt": checkpoints,
         "tbptt": get("truncation") * s,
         "dni": get("truncation") * s,

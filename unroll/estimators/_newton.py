@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from unroll.contract import Gradient
-from unroll.jacobians import episode_jacobian
+from unroll.jacobians import DIAGONAL_SOLVERS, episode_jacobian
 from unroll.parallel import discrete_inputs, episode_view, matrix_recurrence, sequential_recurrence, solve_recurrence
 
 
@@ -115,7 +115,7 @@ def _adjoints(system, settings: Settings, theta, keys, xs, trajectory):
     DEER: one reverse matrix scan with ``J^T``, exact. Quasi-DEER: the diagonal Newton
     iteration, and where it misses the tolerance the exact sequential reverse scan."""
     problem = lambda k, a, x: _adjoint(system, theta, k, a, x, settings.solver)
-    if settings.solver == "deer":
+    if settings.solver not in DIAGONAL_SOLVERS:  # deer, elk: J^T in one exact reverse matrix scan
 
         def dense(k, a, x):
             p = problem(k, a, x)

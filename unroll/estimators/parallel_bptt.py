@@ -82,7 +82,10 @@ def parallel_bptt(
       trajectories. The gradient is the implicit one at the solution (an adjoint reverse
       recurrence), not through the iterations. An episode that misses the tolerance is
       recomputed exactly by a sequential scan: never a gradient from an unconverged
-      solve. The state's int and key leaves must not depend on its float leaves (checked
+      solve. `solver="elk"` or `"quasi-elk"` damp each Newton step (Levenberg-Marquardt
+      by a parallel Kalman smoother, with a trust region; Gonzalez et al. 2024), which
+      keeps the iterates finite where the full step overflows; the fixed point and the
+      gradient are DEER's. The state's int and key leaves must not depend on its float leaves (checked
       at `init`); they are computed once, by a scan of `step` that keeps only them.
 
     Between episodes the workers keep the state they held (the final state is not formed:
@@ -94,8 +97,9 @@ def parallel_bptt(
             [horizon]`, checked against `step` at `init`.
         num_workers: $W$, the episodes run per call; the estimate is their mean. Default 1.
         solver: `None` (default) for the system's parallel form `episode`; `"deer"` (dense
-            Newton) or `"quasi-deer"` (diagonal Jacobians) for Newton's method over time on
-            `step`, which any system allows.
+            Newton), `"quasi-deer"` (diagonal Jacobians), `"elk"` or `"quasi-elk"` (their
+            damped steps) for Newton's method over time on `step`, which any system allows
+            (`unroll.parallel.SOLVERS`).
         tolerance: the Newton solvers' stopping residual (relative, dimensionless, a
             positive float); default `None`: `unroll.parallel.default_tolerance`, about
             1e-5 in float32 and 1e-10 in float64. Only with a `solver`.
@@ -109,7 +113,7 @@ def parallel_bptt(
         An `Estimator` (`unroll.contract.Estimator`); its state is a `WindowState`. `info`
         has `loss` and `steps` and, with a `solver`, `iterations` (the most over episodes),
         `residual` (the largest), `converged` (all episodes) and `fallback` (episodes
-        recomputed), and for quasi-DEER `adjoint_iterations` and `adjoint_fallback`.
+        recomputed), and for quasi-DEER and quasi-ELK `adjoint_iterations` and `adjoint_fallback`.
 
     Raises:
         ValueError: `solver` is not one of the above; `tolerance`, `max_iterations` or

@@ -222,7 +222,7 @@ def _inner_step(task: inner.InnerTask, arch: Architecture, fresh, dtype, run_len
         count = t if run_lengths is None else state.count
         mask = None if task.mask is None else task.mask(state.key)
         value, g = jax.value_and_grad(task.loss)(state.params, state.key, count)
-        bad = (state.diverged > 0) | ~jnp.isfinite(value) | (value > ceiling)
+        bad = (state.diverged > 0.5) | ~jnp.isfinite(value) | (value > ceiling)
         g = jnp.where(bad, 0, g)
         updates, opt_state = arch.update(theta, g, state.opt_state, state.params, count, layout._replace(mask=mask))
         proposed = state.params + (updates if mask is None else mask * updates)
@@ -261,7 +261,7 @@ def final_metrics(task: inner.InnerTask, state: InnerState) -> dict:
     train = metrics.pop("train_loss")
     capped = jnp.where(jnp.isfinite(train), jnp.minimum(train, task.ceiling), task.ceiling)
     return {
-        "final_train_loss": jnp.where(state.diverged > 0, task.ceiling, capped),
+        "final_train_loss": jnp.where(state.diverged > 0.5, task.ceiling, capped),
         "diverged": state.diverged,
         **metrics,
     }
