@@ -79,7 +79,17 @@ def _overhead_summary(rows) -> list[Line]:
 
 
 def _checkpoint_summary(result) -> list[Line]:
-    from benchmarks.checkpoint_memory import GOAL_HORIZONS, HORIZON, equinox_ratios, reference, sweep_goal
+    from benchmarks.checkpoint_memory import (
+        GOAL_FULL_BUDGET,
+        GOAL_FULL_TIME,
+        GOAL_HORIZONS,
+        HORIZON,
+        equinox_ratios,
+        full_goal,
+        nested_goal,
+        reference,
+        sweep_goal,
+    )
 
     rows, planned = result
 
@@ -106,6 +116,32 @@ def _checkpoint_summary(result) -> list[Line]:
                 _met(all(ratio <= 1 for ratio in ratios.values())) if ratios else "-",
             )
         )
+    for horizon in GOAL_HORIZONS:
+        peer, ours = nested_goal(rows, horizon)
+        if peer is not None:
+            lines.append(
+                (
+                    f"checkpointed_bptt / nested jax.checkpoint scans, time within their memory, T = {horizon:.0e}".replace(
+                        "e+0", "e"
+                    )
+                    + (f" (m = {ours.budget}; memory {ours.temp_bytes / peer.temp_bytes:.2f}x)" if ours else ""),
+                    f"{ours.seconds / peer.seconds:.2f}x" if ours else "no budget within their memory",
+                    "<= 1",
+                    _met(ours is not None and ours.seconds <= peer.seconds),
+                )
+            )
+        ratio = full_goal(rows, horizon)
+        if ratio is not None:
+            lines.append(
+                (
+                    f"checkpointed_bptt / full_bptt time at m = {GOAL_FULL_BUDGET}, T = {horizon:.0e}".replace(
+                        "e+0", "e"
+                    ),
+                    f"{ratio:.2f}x",
+                    f"<= {GOAL_FULL_TIME:g}",
+                    _met(ratio <= GOAL_FULL_TIME),
+                )
+            )
     for r in planned:
         if (r.horizon, r.budget) == (10**6, 100):
             lines.append(

@@ -128,7 +128,9 @@ def test_compiled_memory_grows_with_the_stored_trajectory():
         memories[horizon] = advice.rows[0].memory
     added = memories[400] - memories[200]
     trajectory = 4 * 200 * 8 * 8  # workers x added steps x state floats x bytes (float64)
-    assert trajectory <= added <= 4 * trajectory, (added, trajectory)
+    # about W T states: full_bptt compiles to jax.grad's scan, which XLA may store in a little under a state a step
+    # (measured 0.91 of it)
+    assert trajectory / 2 <= added <= 4 * trajectory, (added, trajectory)
 
 
 def test_window_count_covers_each_step_equally():

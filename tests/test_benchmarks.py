@@ -36,7 +36,7 @@ def test_device_script_runs_quick(tmp_path):
         assert f"platform {PLATFORM}" in text and f"jax {jax.__version__}" in text and "Date: " in text
         for row in rows[name]:
             assert row in text, (name, row, text)
-        assert "failed" not in text, text
+        assert ": failed after" not in text, text  # a part that raised (skips, e.g. evosax not installed, are fine)
         assert "skipped (" not in text, text
 
 

@@ -198,17 +198,14 @@ def parallel_outlook(
 
 
 def _full_step_overflows(system, theta, key, solver: str) -> jax.Array:
-    """Whether one undamped Newton iteration (DEER's, or quasi-DEER's for the diagonal solvers) from zeros overflows on
-    the episode `key` starts."""
+    """Whether one undamped Newton step from zeros overflows on the episode `key` starts."""
     from unroll.jacobians import DIAGONAL_SOLVERS, episode_jacobian
-    from unroll.parallel import _newton_loop, discrete_inputs, episode_view
+    from unroll.parallel import discrete_inputs, episode_view, full_step_overflows
 
-    undamped = "quasi-deer" if solver in DIAGONAL_SOLVERS else "deer"
     view = episode_view(system, theta, key)
     xs = discrete_inputs(view, system.horizon)
-    jacobian = episode_jacobian(system, theta, key, solver=undamped)
-    loop = _newton_loop(view.advance, view.x0, xs, undamped, None, 0.0, 1, jacobian)
-    return ~jnp.isfinite(loop.current.residual)
+    jacobian = episode_jacobian(system, theta, key, solver="quasi-deer" if solver in DIAGONAL_SOLVERS else "deer")
+    return full_step_overflows(view.advance, view.x0, xs, solver=solver, jacobian=jacobian)
 
 
 def outlook_from_exponent(

@@ -48,6 +48,7 @@ __all__ = [
     "default_tolerance",
     "discrete_inputs",
     "episode_view",
+    "full_step_overflows",
     "linear_recurrence",
     "matrix_recurrence",
     "sequential_recurrence",
@@ -409,6 +410,29 @@ def _damped(measure, jac, bias, x0, loop: _Loop, diagonal: bool):
     )
     new = jax.tree_util.tree_map(lambda a, b: jnp.where(accepted, a, b), new, current)
     return new, variance, ~accepted
+
+
+def full_step_overflows(fn: Callable, x0: jax.Array, xs: PyTree, *, solver: str = "deer", jacobian=None) -> jax.Array:
+    r"""Whether one full (undamped) Newton step over time from the zeros guess overflows.
+
+    The step is DEER's, or quasi-DEER's for the diagonal solvers (`solver` names the family):
+    where its iterate is not finite, DEER and quasi-DEER give up at once, and damping
+    (`"elk"`, `"quasi-elk"`) is what keeps the solve going (`unroll.diagnostics.parallel_outlook`
+    reports it).
+
+    Args:
+      fn: $f$, `fn(x, xs_t) -> x_t`.
+      x0: $x_{-1}$, `[n]`.
+      xs: the per-step inputs, a pytree with the time axis first.
+      solver: one of `SOLVERS`; only whether it is diagonal matters.
+      jacobian: as in `solve_recurrence` (dense or diagonal to match `solver`). Default: `jax.jacfwd`.
+
+    Returns:
+      A boolean scalar.
+    """
+    undamped = "quasi-deer" if solver in DIAGONAL_SOLVERS else "deer"
+    loop = _newton_loop(fn, x0, xs, undamped, None, 0.0, 1, jacobian)
+    return ~jnp.isfinite(loop.current.residual)
 
 
 def sequential_recurrence(fn: Callable, x0: jax.Array, xs: PyTree) -> jax.Array:

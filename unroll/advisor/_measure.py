@@ -354,6 +354,14 @@ class Measurer:
             warnings.simplefilter("ignore")  # the reference's error is reported once, in the reasons
             return quality_of_windows(taken, self.reference, reference_error=self.error)
 
+    def _checkpoint_memory(self, settings: dict, slots: int) -> int:
+        """The compiled memory of `checkpointed_bptt` with `slots` stored states (compiled, not run)."""
+        estimator = registry.get("checkpointed-bptt").constructor(
+            self.task.system, **{**settings, "memory_budget": slots}
+        )
+        state = jax.eval_shape(estimator.init, self.task.theta, self.key)
+        return compiled_memory(jax.jit(estimator.estimate).lower(self.task.theta, state, self.key).compile())
+
     def _checkpoint_slots(self, settings: dict) -> tuple[dict, str | None]:
         if self.full_bptt_memory is None:  # full-bptt not measured: the task's settings
             return settings, None
@@ -365,16 +373,14 @@ class Measurer:
         state_bytes = max(trajectory_sizes(self.task.system, self.task.theta)[0], 1)
         workers = int(settings.get("num_workers", 1))
         horizon = self.task.system.horizon
-        trajectory = workers * horizon * state_bytes
-        if self.full_bptt_compiled:  # what full-bptt holds besides its stored states
-            room = self.budget - max(self.full_bptt_memory - trajectory, 0)
-        else:  # full-bptt not compiled (its model is over the budget): half the budget for the states
-            room = self.budget // 2
-        slots = int(room // (workers * state_bytes))
+        # its compiled memory at 1 and 2 slots: what one more slot costs, and what it holds besides its slots
+        one, two = (self._checkpoint_memory(settings, slots) for slots in (1, min(2, horizon - 1)))
+        per_slot = two - one if two > one else workers * state_bytes
+        slots = int((self.budget - (one - per_slot)) // per_slot)
         if slots < 1:
             return settings, (
                 f"the budget {format_bytes(self.budget)} leaves no room for a state of {format_bytes(state_bytes)} "
-                f"per worker ({workers} workers) besides what full-bptt holds apart from its states"
+                f"per worker ({workers} workers): checkpointed-bptt compiles to {format_bytes(one)} with one"
             )
         return {**settings, "memory_budget": min(slots, horizon - 1)}, None
 
