@@ -121,7 +121,6 @@ class Measurer:
         self.compile_times: list[float] = []
         self.index = 0
         self.full_bptt_memory: int | None = None
-        self.full_bptt_compiled = False
         self.bias_threshold = bias_threshold(ravel_pytree(task.theta)[0].size)
         self.slowdown = 1.5  # gradient_quality's samples against the timed calls (measured as it goes)
         self.exact_quality: dict[int, tuple] = {}  # num_workers -> (label measured, quality figures, flags, notes)
@@ -265,7 +264,7 @@ class Measurer:
             _, state, info = jax.block_until_ready(compiled(theta, state, jax.random.fold_in(key, r + 1)))
             times.append(time.perf_counter() - tick)
         if name == "full-bptt":
-            self.full_bptt_memory, self.full_bptt_compiled = memory, True
+            self.full_bptt_memory = memory
         return dict(
             seconds=float(np.median(times)),
             system_steps=int(info["steps"]),
