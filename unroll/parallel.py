@@ -208,11 +208,11 @@ ELK and quasi-ELK (Gonzalez et al. 2024)."""
 DAMPED_SOLVERS = ("elk", "quasi-elk")
 """The Newton solvers whose steps are damped (ELK's trust region); the others take the full step."""
 
-# ELK's trust region: sigma^2 starts at _INITIAL_VARIANCE; it is multiplied by _GROW after a step that lowered the
-# squared residual (toward DEER's step) and divided by _SHRINK after one that did not (toward the current iterate),
-# within [_MIN_VARIANCE, _MAX_VARIANCE]. A step is taken unless it is not finite or multiplies the squared residual
-# by more than _BLOWUP (Newton's residual need not fall every step; a blow-up is what damping is for); an iteration
-# whose _MAX_TRIALS steps are all refused stops the solve.
+# ELK's trust region: sigma^2 starts at _INITIAL_VARIANCE; it is multiplied by _GROW after an accepted step (toward
+# DEER's step) and divided by _SHRINK after a refused one (toward the current iterate), within [_MIN_VARIANCE,
+# _MAX_VARIANCE]. A step is accepted unless it is not finite or multiplies the squared residual by more than _BLOWUP
+# (Newton's residual need not fall every step; a blow-up is what damping is for); an iteration whose _MAX_TRIALS
+# steps are all refused stops the solve.
 _INITIAL_VARIANCE = 1e6
 _GROW, _SHRINK = 4.0, 8.0
 _MIN_VARIANCE, _MAX_VARIANCE = 1e-12, 1e12
@@ -278,7 +278,6 @@ class _Loop(NamedTuple):
     iterations: jax.Array
     variance: jax.Array  # ELK's sigma^2
     stalled: jax.Array
-    tolerance: jax.Array
 
 
 def solve_recurrence(
@@ -337,8 +336,9 @@ def solve_recurrence(
     Returns:
       A `Solution`.
     """
+    tolerance = default_tolerance(x0.dtype) if tolerance is None else tolerance
     loop = _newton_loop(fn, x0, xs, solver, guess, tolerance, max_iterations, jacobian)
-    return Solution(loop.best.x, loop.iterations, loop.best.residual, loop.best.residual <= loop.tolerance)
+    return Solution(loop.best.x, loop.iterations, loop.best.residual, loop.best.residual <= tolerance)
 
 
 def _newton_loop(fn, x0, xs, solver, guess, tolerance, max_iterations, jacobian) -> _Loop:
@@ -372,7 +372,7 @@ def _newton_loop(fn, x0, xs, solver, guess, tolerance, max_iterations, jacobian)
             new, variance, stalled = measure(_affine(jac, bias, x0, diagonal)), loop.variance, loop.stalled
         better = new.residual < loop.best.residual
         best = jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), new, loop.best)
-        return _Loop(new, best, loop.iterations + 1, variance, stalled, loop.tolerance)
+        return _Loop(new, best, loop.iterations + 1, variance, stalled)
 
     def going(loop: _Loop):
         residual = loop.current.residual
@@ -380,14 +380,14 @@ def _newton_loop(fn, x0, xs, solver, guess, tolerance, max_iterations, jacobian)
 
     start = measure(guess)
     variance = jnp.asarray(_INITIAL_VARIANCE, x0.dtype)
-    first = _Loop(start, start, jnp.zeros((), jnp.int32), variance, jnp.asarray(False), jnp.asarray(tolerance))
+    first = _Loop(start, start, jnp.zeros((), jnp.int32), variance, jnp.asarray(False))
     return jax.lax.while_loop(going, newton, first)
 
 
 def _damped(measure, jac, bias, x0, loop: _Loop, diagonal: bool):
-    """ELK's iteration from one linearization: smoother steps at shrinking $\\sigma^2$ until one lowers the squared
-    residual by at most `_BLOWUP` ($\\sigma^2$ grows if it fell, shrinks if not), or `_MAX_TRIALS` are refused
-    (stalled: the iterate stays)."""
+    """ELK's iteration from one linearization: smoother steps, $\\sigma^2$ divided by `_SHRINK` after each refused
+    one (not finite, or the squared residual times more than `_BLOWUP`), until one is accepted (then $\\sigma^2$ is
+    multiplied by `_GROW`) or `_MAX_TRIALS` are refused (stalled: the iterate stays)."""
     # x_{-1} is fixed: its term moves into bias_0, which becomes f_0(x_{-1})
     bias = bias.at[0].add(jac[0] * x0 if diagonal else jac[0] @ x0)
     jac = jac.at[0].set(0)
